@@ -1,0 +1,212 @@
+//! Deletions: the syscall tracepoints say who removed which name; the ext4
+//! hooks, firing inside the same call, say which inode and whether anything
+//! else held it. Entry records the arguments by thread id, exit turns them
+//! into one event, so a failed or unrelated call costs a map insert/delete.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, generated,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use unrm_abi::{
+    DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags,
+};
+
+use crate::{
+    kernel::{PathRef, Walk, fd_file, inode_facts, off, read, read_path, read_ptr, write_dir},
+    maps::{DATA_LEN, EVENT_BUF, EVENTS, INFLIGHT, Inflight, count},
+};
+
+const AT_FDCWD: i32 = -100;
+const AT_REMOVEDIR: u64 = 0x200;
+const RENAME_NOREPLACE: u64 = 1;
+const RENAME_EXCHANGE: u64 = 2;
+
+/// Argument `n` of a `syscalls/sys_enter_*` tracepoint (stable layout: the
+/// common header, the syscall number, then one u64 per argument).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
+}
+
+#[inline(always)]
+fn begin(op: u32, dirfd: u64, path: u64) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
+    if INFLIGHT.insert(&tid, &call, 0).is_err() {
+        count(stat::LOST_INFLIGHT);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn unrm_enter_unlink(ctx: TracePointContext) -> u32 {
+    begin(delete_op::UNLINK, AT_FDCWD as u64, arg(&ctx, 0))
+}
+
+#[tracepoint]
+pub fn unrm_enter_unlinkat(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 2) & AT_REMOVEDIR != 0 {
+        return 0;
+    }
+    begin(delete_op::UNLINK, arg(&ctx, 0), arg(&ctx, 1))
+}
+
+#[tracepoint]
+pub fn unrm_enter_rename(ctx: TracePointContext) -> u32 {
+    begin(delete_op::RENAME, AT_FDCWD as u64, arg(&ctx, 1))
+}
+
+#[tracepoint]
+pub fn unrm_enter_renameat(ctx: TracePointContext) -> u32 {
+    begin(delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
+}
+
+#[tracepoint]
+pub fn unrm_enter_renameat2(ctx: TracePointContext) -> u32 {
+    // Neither flag can drop a name: one refuses to replace, one swaps.
+    if arg(&ctx, 4) & (RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+        return 0;
+    }
+    begin(delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
+}
+
+/// Attached to the exit of every deletion call above.
+#[tracepoint]
+pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = INFLIGHT.get_ptr(&tid) else { return 0 };
+    let call = unsafe { *call };
+    let _ = INFLIGHT.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    unsafe { emit_deletion(&call, ret) };
+    0
+}
+
+#[inline(always)]
+unsafe fn emit_deletion(call: &Inflight, ret: i64) {
+    let Some(buf) = EVENT_BUF.get_ptr_mut(0) else { return };
+    unsafe {
+        let data = (*buf).data.as_mut_ptr();
+        let n = generated::bpf_probe_read_user_str(data as *mut _, PATH_MAX as u32, call.path as *const _);
+        let path_len = if n > 0 { (n - 1) as usize } else { 0 };
+        let mut flags = 0;
+        let mut dir_len = 0;
+        if path_len > 0 && *data == b'/' {
+            flags |= path_flags::ABSOLUTE;
+        } else {
+            match base_dir(call.dirfd) {
+                Some((start, root)) => match write_dir(data, path_len, start, root) {
+                    Walk::Complete(len) => dir_len = len,
+                    Walk::Truncated(len) => {
+                        dir_len = len;
+                        flags |= path_flags::DIR_TRUNCATED;
+                    }
+                },
+                None => flags |= path_flags::DIR_UNKNOWN,
+            }
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        (*buf).header = DeleteEvent {
+            kind: event_kind::DELETE,
+            op: call.op,
+            ktime_ns: bpf_ktime_get_ns(),
+            tid: pid_tgid as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            uid: bpf_get_current_uid_gid() as u32,
+            ret: ret as i32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            victim: call.victim,
+            path_len: path_len as u32,
+            dir_len: dir_len as u32,
+            path_flags: flags,
+            _pad: 0,
+        };
+        let len = core::mem::size_of::<DeleteEvent>() + path_len + dir_len;
+        if len > core::mem::size_of::<DeleteEvent>() + DATA_LEN {
+            return;
+        }
+        let bytes = core::slice::from_raw_parts(buf as *const u8, len);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            count(stat::LOST_EVENTS);
+        }
+    }
+}
+
+/// The directory a relative path starts from, and the caller's root.
+#[inline(always)]
+unsafe fn base_dir(dirfd: i32) -> Option<(PathRef, PathRef)> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let fs = read_ptr(task, off!(task_fs))?;
+        let root = read_path(fs.wrapping_add(off!(fs_root)))?;
+        let start = if dirfd == AT_FDCWD {
+            read_path(fs.wrapping_add(off!(fs_pwd)))?
+        } else {
+            let file = fd_file(task, dirfd as u32)?;
+            read_path(file.wrapping_add(off!(file_path)))?
+        };
+        Some((start, root))
+    }
+}
+
+/// ext4 calls this with the dentry it is about to unlink, inside our call.
+#[btf_tracepoint(function = "ext4_unlink_enter")]
+pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    unsafe {
+        let dentry: *const u8 = ctx.arg(1);
+        let Some(inode) = read_ptr(dentry, off!(dentry_inode)) else { return 0 };
+        let Some(facts) = inode_facts(inode) else { return 0 };
+        let refs = read::<u32>(dentry, off!(dentry_count)).unwrap_or(0);
+        (*call).victim = Victim {
+            flags: victim_flags::KNOWN | victim_flags::FS_HOOKED | victim_flags::REFS_VALID,
+            dev: facts.dev,
+            ino: facts.ino,
+            size: facts.size,
+            mode: facts.mode,
+            nlink: facts.nlink,
+            refs,
+            _pad: 0,
+        };
+    }
+    0
+}
+
+/// ext4 marks every inode a rename touches dirty; a regular file whose link
+/// count has just reached zero is the one the rename replaced.
+#[btf_tracepoint(function = "ext4_mark_inode_dirty")]
+pub fn unrm_ext4_dirty(ctx: BtfTracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
+    unsafe {
+        if (*call).victim.flags & victim_flags::KNOWN != 0 {
+            return 0;
+        }
+        (*call).victim.flags |= victim_flags::FS_HOOKED;
+        if (*call).op != delete_op::RENAME {
+            return 0;
+        }
+        let inode: *const u8 = ctx.arg(0);
+        let Some(facts) = inode_facts(inode) else { return 0 };
+        if !facts.is_regular() || facts.nlink != 0 {
+            return 0;
+        }
+        (*call).victim = Victim {
+            flags: victim_flags::KNOWN | victim_flags::FS_HOOKED,
+            dev: facts.dev,
+            ino: facts.ino,
+            size: facts.size,
+            mode: facts.mode,
+            // The count before the rename dropped it.
+            nlink: 1,
+            refs: 0,
+            _pad: 0,
+        };
+    }
+    0
+}

@@ -1,0 +1,209 @@
+//! Reading kernel objects without CO-RE: every field offset comes from the
+//! `OFFSETS` global the daemon fills in from the running kernel's BTF.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use unrm_abi::{DIR_DEPTH, DIR_MAX, S_IFMT, S_IFREG};
+
+use crate::maps::{DATA_LEN, NAME_SLOT};
+
+/// The byte offset of a kernel field. Volatile so the compiler reads the
+/// value the daemon wrote, not the zero this crate was built with.
+macro_rules! off {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        let offset = unsafe { core::ptr::read_volatile(&raw const crate::maps::OFFSETS.$field) };
+        offset as usize
+    }};
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub unsafe fn read<T>(base: *const u8, offset: usize) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T).ok() }
+}
+
+#[inline(always)]
+pub unsafe fn read_ptr(base: *const u8, offset: usize) -> Option<*const u8> {
+    unsafe { read::<*const u8>(base, offset).filter(|p| !p.is_null()) }
+}
+
+/// What the probes report about an inode.
+pub struct InodeFacts {
+    pub dev: u32,
+    pub ino: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl InodeFacts {
+    #[inline(always)]
+    pub fn is_regular(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+}
+
+#[inline(always)]
+pub unsafe fn inode_facts(inode: *const u8) -> Option<InodeFacts> {
+    unsafe {
+        let sb = read_ptr(inode, off!(inode_sb))?;
+        Some(InodeFacts {
+            dev: read::<u32>(sb, off!(sb_dev))?,
+            ino: read::<u64>(inode, off!(inode_ino))?,
+            size: read::<i64>(inode, off!(inode_size))? as u64,
+            mode: read::<u16>(inode, off!(inode_mode))? as u32,
+            nlink: read::<u32>(inode, off!(inode_nlink))?,
+            uid: read::<u32>(inode, off!(inode_uid))?,
+            gid: read::<u32>(inode, off!(inode_gid))?,
+        })
+    }
+}
+
+#[inline(always)]
+pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
+    unsafe { read_ptr(file, off!(file_inode)) }
+}
+
+/// The open file behind `fd` in `task`'s descriptor table.
+#[inline(always)]
+pub unsafe fn fd_file(task: *const u8, fd: u32) -> Option<*const u8> {
+    unsafe {
+        let files = read_ptr(task, off!(task_files))?;
+        let fdt = read_ptr(files, off!(files_fdt))?;
+        let max_fds = read::<u32>(fdt, off!(fdt_max_fds))?;
+        if fd >= max_fds {
+            return None;
+        }
+        let table = read_ptr(fdt, off!(fdt_fd))?;
+        read_ptr(table, fd as usize * 8)
+    }
+}
+
+/// A `struct path`: a mount and a dentry on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PathRef {
+    pub mnt: *const u8,
+    pub dentry: *const u8,
+}
+
+#[inline(always)]
+pub unsafe fn read_path(path: *const u8) -> Option<PathRef> {
+    unsafe {
+        Some(PathRef {
+            mnt: read_ptr(path, off!(path_mnt))?,
+            dentry: read_ptr(path, off!(path_dentry))?,
+        })
+    }
+}
+
+/// Where a directory walk ended.
+pub enum Walk {
+    /// Reached the task's root or the mount namespace's root.
+    Complete(usize),
+    /// Stopped early: too deep, out of room, or a read failed.
+    Truncated(usize),
+}
+
+/// The state of a directory walk between `bpf_loop` steps.
+#[repr(C)]
+struct WalkState {
+    mnt: *const u8,
+    mount: *const u8,
+    dentry: *const u8,
+    root: PathRef,
+    buf: *mut u8,
+    base: usize,
+    len: usize,
+    /// 0 while walking, then `DONE_COMPLETE` or `DONE_TRUNCATED`.
+    done: u64,
+}
+
+const DONE_COMPLETE: u64 = 1;
+const DONE_TRUNCATED: u64 = 2;
+
+/// Writes the names from `start` up to `root` into `buf`, leaf first, each
+/// ended by a NUL, beginning at `buf[base]`. Crosses mount points the way
+/// `d_path` does. The walk runs under `bpf_loop` so the verifier checks one
+/// step instead of every path through `DIR_DEPTH` unrolled steps.
+#[inline(always)]
+pub unsafe fn write_dir(buf: *mut u8, base: usize, start: PathRef, root: PathRef) -> Walk {
+    let mut state = WalkState {
+        mnt: start.mnt,
+        mount: start.mnt.wrapping_sub(off!(mount_mnt)),
+        dentry: start.dentry,
+        root,
+        buf,
+        base,
+        len: 0,
+        done: 0,
+    };
+    unsafe {
+        generated::bpf_loop(
+            DIR_DEPTH,
+            walk_step as *mut _,
+            &mut state as *mut WalkState as *mut _,
+            0,
+        );
+    }
+    match state.done {
+        DONE_COMPLETE => Walk::Complete(state.len),
+        _ => Walk::Truncated(state.len),
+    }
+}
+
+/// One step up the tree; returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let state = unsafe { &mut *(ctx as *mut WalkState) };
+    state.done = unsafe { step(state) };
+    (state.done != 0) as i64
+}
+
+#[inline(always)]
+unsafe fn step(s: &mut WalkState) -> u64 {
+    unsafe {
+        if s.dentry == s.root.dentry && s.mnt == s.root.mnt {
+            return DONE_COMPLETE;
+        }
+        let Some(mnt_root) = read_ptr(s.mnt, off!(vfsmount_root)) else { return DONE_TRUNCATED };
+        if s.dentry == mnt_root {
+            let Some(parent) = read_ptr(s.mount, off!(mount_parent)) else { return DONE_TRUNCATED };
+            if parent == s.mount {
+                return DONE_COMPLETE;
+            }
+            let Some(mountpoint) = read_ptr(s.mount, off!(mount_mountpoint)) else {
+                return DONE_TRUNCATED;
+            };
+            s.dentry = mountpoint;
+            s.mount = parent;
+            s.mnt = parent.wrapping_add(off!(mount_mnt));
+            return 0;
+        }
+        let Some(parent) = read_ptr(s.dentry, off!(dentry_parent)) else { return DONE_TRUNCATED };
+        if parent == s.dentry {
+            return DONE_COMPLETE;
+        }
+        let Some(name) = read_ptr(s.dentry, off!(dentry_name) + off!(qstr_name)) else {
+            return DONE_TRUNCATED;
+        };
+        if s.len > DIR_MAX - NAME_SLOT {
+            return DONE_TRUNCATED;
+        }
+        // The mask changes nothing (base + len < DATA_LEN) but lets the
+        // verifier see that the write stays inside the buffer.
+        let at = (s.base + s.len) & (DATA_LEN - 1);
+        let n = generated::bpf_probe_read_kernel_str(
+            s.buf.add(at) as *mut _,
+            NAME_SLOT as u32,
+            name as *const _,
+        );
+        if n <= 0 {
+            return DONE_TRUNCATED;
+        }
+        s.len += n as usize;
+        s.dentry = parent;
+        0
+    }
+}

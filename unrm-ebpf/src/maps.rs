@@ -1,0 +1,92 @@
+//! The maps the probes share with each other and with the daemon.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use unrm_abi::{DIR_MAX, DeleteEvent, InodeKey, KernelOffsets, PATH_MAX, Victim, stat};
+
+/// Events to the daemon. The daemon may resize it before loading.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Processes that hold a pinned inode: the release probes' first filter.
+#[map]
+pub static WATCHED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Inodes the daemon has pinned and is waiting to capture.
+#[map]
+pub static WATCHED_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// A deletion system call in progress, by thread id: set on entry, filled by
+/// filesystem hooks during the call, turned into an event on exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub op: u32,
+    pub dirfd: i32,
+    pub path: u64,
+    pub victim: Victim,
+}
+
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(4096, 0);
+
+/// A release call in progress by a watched process, by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingRelease {
+    pub reason: u32,
+    pub _pad: u32,
+    pub inode: InodeKey,
+}
+
+#[map]
+pub static RELEASES: LruHashMap<u32, PendingRelease> = LruHashMap::with_max_entries(4096, 0);
+
+/// Room to build one deletion event: the header, then the caller's path,
+/// then the base directory's components. The slack past `PATH_MAX + DIR_MAX`
+/// lets a masked offset plus one name always stay in bounds.
+pub const NAME_SLOT: usize = 256;
+pub const DATA_LEN: usize = PATH_MAX + DIR_MAX;
+
+#[repr(C)]
+pub struct EventBuf {
+    pub header: DeleteEvent,
+    pub data: [u8; DATA_LEN + NAME_SLOT],
+}
+
+#[map]
+pub static EVENT_BUF: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room for one `bpf_d_path` result in the iterators.
+#[map]
+pub static PATH_BUF: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters of what the probes had to drop; see `unrm_abi::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; the map outlives the program.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Field offsets of the running kernel, written by the daemon before load.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_tgid: 0, task_comm: 0, task_files: 0, task_fs: 0, task_mm: 0,
+    fs_root: 0, fs_pwd: 0, path_mnt: 0, path_dentry: 0, files_fdt: 0,
+    fdt_max_fds: 0, fdt_fd: 0, file_inode: 0, file_path: 0, inode_mode: 0,
+    inode_nlink: 0, inode_ino: 0, inode_size: 0, inode_sb: 0, inode_uid: 0,
+    inode_gid: 0, sb_dev: 0, dentry_parent: 0, dentry_name: 0, dentry_inode: 0,
+    dentry_count: 0, qstr_len: 0, qstr_name: 0, vfsmount_root: 0,
+    vfsmount_flags: 0, mount_mnt: 0, mount_parent: 0, mount_mountpoint: 0,
+    mm_exe_file: 0, vma_start: 0, vma_end: 0, vma_file: 0, _pad: 0,
+};
+
+/// The daemon's own process, whose pins are not holders.
+#[unsafe(no_mangle)]
+pub static SELF_TGID: u32 = 0;

@@ -1,0 +1,282 @@
+//! From ring-buffer bytes to typed events.
+//!
+//! The reader task only decodes and forwards: it never waits on disk or on
+//! the index (principle 5), so the ring buffer drains as fast as it fills.
+
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Component, Path, PathBuf},
+    sync::mpsc::Sender,
+};
+
+use anyhow::{Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use unrm_abi::{
+    DeleteEvent, ReleaseEvent, S_IFMT, S_IFREG, delete_op, event_kind, path_flags, release_reason,
+    victim_flags,
+};
+
+use crate::holders::{InodeId, comm_string};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOp {
+    Unlink,
+    Rename,
+}
+
+/// The inode a deletion removed, when a filesystem hook saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Victim {
+    pub inode: InodeId,
+    pub size: u64,
+    pub mode: u32,
+    /// Links before the call; above 1, the file lives on under another name.
+    pub nlink: u32,
+    /// Dentry references when unlinked, when known.
+    pub refs: Option<u32>,
+}
+
+impl Victim {
+    pub fn is_regular(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Deletion {
+    pub op: DeleteOp,
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// 0 on success, -errno otherwise.
+    pub ret: i32,
+    /// Absolute and lexically normalised, as the deleting process saw it.
+    pub path: PathBuf,
+    /// False when the base directory of a relative path could not be fully
+    /// resolved; `path` is then the best the probe could tell.
+    pub path_complete: bool,
+    pub victim: Option<Victim>,
+    /// A filesystem hook fired during the call: no `victim` then means no
+    /// inode lost its last name.
+    pub fs_hooked: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Release {
+    pub reason: u32,
+    pub pid: u32,
+    pub ktime_ns: u64,
+    pub inode: Option<InodeId>,
+}
+
+impl Release {
+    pub fn reason_name(&self) -> &'static str {
+        match self.reason {
+            release_reason::CLOSE => "close",
+            release_reason::CLOSE_RANGE => "close_range",
+            release_reason::DUP2 => "dup2",
+            release_reason::MUNMAP => "munmap",
+            release_reason::MREMAP => "mremap",
+            release_reason::EXEC => "exec",
+            release_reason::EXIT => "exit",
+            _ => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    Delete(Deletion),
+    Release(Release),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event> {
+    let Some(kind) = bytes.get(..4) else { bail!("event shorter than its kind") };
+    match u32::from_ne_bytes(kind.try_into().unwrap()) {
+        event_kind::DELETE => decode_delete(bytes).map(Event::Delete),
+        event_kind::RELEASE => decode_release(bytes).map(Event::Release),
+        other => bail!("unknown event kind {other}"),
+    }
+}
+
+fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
+    const HEADER: usize = size_of::<DeleteEvent>();
+    if bytes.len() < HEADER {
+        bail!("deletion event of {} bytes", bytes.len());
+    }
+    // SAFETY: DeleteEvent is plain integers; read_unaligned copies.
+    let ev: DeleteEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let (path_len, dir_len) = (ev.path_len as usize, ev.dir_len as usize);
+    if bytes.len() < HEADER + path_len + dir_len {
+        bail!("deletion event shorter than its path");
+    }
+    let user_path = &bytes[HEADER..HEADER + path_len];
+    let dir = &bytes[HEADER + path_len..HEADER + path_len + dir_len];
+    let flags = ev.path_flags;
+    let path = if flags & path_flags::ABSOLUTE != 0 {
+        normalize(Path::new(OsStr::from_bytes(user_path)))
+    } else {
+        normalize(&dir_from_components(dir).join(OsStr::from_bytes(user_path)))
+    };
+    let v = ev.victim;
+    let victim = (v.flags & victim_flags::KNOWN != 0).then(|| Victim {
+        inode: InodeId::from_kernel(v.dev, v.ino),
+        size: v.size,
+        mode: v.mode,
+        nlink: v.nlink,
+        refs: (v.flags & victim_flags::REFS_VALID != 0).then_some(v.refs),
+    });
+    Ok(Deletion {
+        op: if ev.op == delete_op::RENAME { DeleteOp::Rename } else { DeleteOp::Unlink },
+        ktime_ns: ev.ktime_ns,
+        pid: ev.tgid,
+        uid: ev.uid,
+        comm: comm_string(&ev.comm),
+        ret: ev.ret,
+        path,
+        path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
+        victim,
+        fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
+    })
+}
+
+fn decode_release(bytes: &[u8]) -> Result<Release> {
+    if bytes.len() < size_of::<ReleaseEvent>() {
+        bail!("release event of {} bytes", bytes.len());
+    }
+    // SAFETY: as above.
+    let ev: ReleaseEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Ok(Release {
+        reason: ev.reason,
+        pid: ev.tgid,
+        ktime_ns: ev.ktime_ns,
+        inode: (ev.ino != 0).then(|| InodeId::from_kernel(ev.dev, ev.ino)),
+    })
+}
+
+/// The probe writes a directory's names leaf first, each ended by a NUL.
+fn dir_from_components(dir: &[u8]) -> PathBuf {
+    let mut path = PathBuf::from("/");
+    let names: Vec<&[u8]> = dir.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+    for name in names.iter().rev() {
+        path.push(OsStr::from_bytes(name));
+    }
+    path
+}
+
+/// Drops `.` and empty components and applies `..` lexically. Symlinks in
+/// the caller's path are not followed: the path is what the caller named.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// Drains the ring buffer for as long as the daemon runs, forwarding every
+/// event. Undecodable records are counted and logged, never fatal.
+pub async fn forward(ring: RingBuf<MapData>, tx: Sender<Event>) -> Result<()> {
+    let mut ring = AsyncFd::new(ring)?;
+    loop {
+        let mut guard = ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => {
+                    if tx.send(event).is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(err) => log::warn!("dropping an undecodable event: {err:#}"),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(flags: u32, path: &[u8], dir: &[u8]) -> Vec<u8> {
+        let ev = DeleteEvent {
+            kind: event_kind::DELETE,
+            op: delete_op::UNLINK,
+            ktime_ns: 7,
+            tid: 11,
+            tgid: 10,
+            uid: 1000,
+            ret: 0,
+            comm: *b"rm\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            victim: unrm_abi::Victim {
+                flags: victim_flags::KNOWN | victim_flags::FS_HOOKED,
+                dev: (254 << 20) | 3,
+                ino: 99,
+                size: 5,
+                mode: 0o100600,
+                nlink: 1,
+                refs: 2,
+                _pad: 0,
+            },
+            path_len: path.len() as u32,
+            dir_len: dir.len() as u32,
+            path_flags: flags,
+            _pad: 0,
+        };
+        let mut out = unsafe {
+            std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<DeleteEvent>())
+        }
+        .to_vec();
+        out.extend_from_slice(path);
+        out.extend_from_slice(dir);
+        out
+    }
+
+    fn deletion(bytes: &[u8]) -> Deletion {
+        match decode(bytes).unwrap() {
+            Event::Delete(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn relative_paths_join_the_reversed_directory() {
+        let d = deletion(&event(0, b"../x/./f", b"sub\0home\0"));
+        assert_eq!(d.path, Path::new("/home/x/f"));
+        assert!(d.path_complete);
+        assert_eq!((d.pid, d.uid, d.comm.as_str()), (10, 1000, "rm"));
+        let v = d.victim.unwrap();
+        assert_eq!(v.inode, InodeId { dev: libc::makedev(254, 3), ino: 99 });
+        assert!(v.refs.is_none(), "REFS_VALID was not set");
+        assert!(v.is_regular());
+    }
+
+    #[test]
+    fn absolute_paths_ignore_the_directory_and_normalise() {
+        let d = deletion(&event(path_flags::ABSOLUTE, b"//tmp/../var//f", b""));
+        assert_eq!(d.path, Path::new("/var/f"));
+        let d = deletion(&event(path_flags::DIR_TRUNCATED, b"f", b"c\0b\0"));
+        assert_eq!(d.path, Path::new("/b/c/f"));
+        assert!(!d.path_complete);
+        assert_eq!(deletion(&event(0, b"f", b"")).path, Path::new("/f"));
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_errors() {
+        let bytes = event(0, b"abc", b"d\0");
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode(&bytes[..8]).is_err());
+        assert!(decode(&[9, 0, 0, 0]).is_err());
+        assert!(decode(&[]).is_err());
+    }
+}

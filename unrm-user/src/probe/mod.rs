@@ -1,0 +1,273 @@
+//! Loading and attaching the probes.
+//!
+//! The probe object is built by `cargo xtask build` and embedded in the
+//! binary. Loading fills in the kernel's struct offsets (from BTF) and the
+//! daemon's own pid; attaching is split so that the release probes, which sit
+//! on hot system calls, are attached only while some pinned inode still has
+//! holders to watch (principle 4: pay only while there is something to watch).
+
+pub mod btf;
+
+use std::{io::Read, path::Path};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, TracePoint, trace_point::TracePointLinkId},
+};
+use unrm_abi::{InodeKey, stat};
+
+/// The probe object, or an empty slice when this binary was built without it.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("UNRM_EBPF_OBJECT"));
+
+/// Which hooks the probes ride on. Only the tracepoint tier exists so far.
+pub const TIER: &str = "tracepoint";
+
+/// Tracepoint programs and where each attaches (category/name).
+type Attachments = &'static [(&'static str, &'static [&'static str])];
+
+const DELETION: Attachments = &[
+    ("unrm_enter_unlink", &["syscalls/sys_enter_unlink"]),
+    ("unrm_enter_unlinkat", &["syscalls/sys_enter_unlinkat"]),
+    ("unrm_enter_rename", &["syscalls/sys_enter_rename"]),
+    ("unrm_enter_renameat", &["syscalls/sys_enter_renameat"]),
+    ("unrm_enter_renameat2", &["syscalls/sys_enter_renameat2"]),
+    (
+        "unrm_exit_deletion",
+        &[
+            "syscalls/sys_exit_unlink",
+            "syscalls/sys_exit_unlinkat",
+            "syscalls/sys_exit_rename",
+            "syscalls/sys_exit_renameat",
+            "syscalls/sys_exit_renameat2",
+        ],
+    ),
+];
+
+const RELEASE: Attachments = &[
+    ("unrm_enter_close", &["syscalls/sys_enter_close"]),
+    ("unrm_enter_dup2", &["syscalls/sys_enter_dup2", "syscalls/sys_enter_dup3"]),
+    ("unrm_enter_close_range", &["syscalls/sys_enter_close_range"]),
+    (
+        "unrm_exit_fd_release",
+        &[
+            "syscalls/sys_exit_close",
+            "syscalls/sys_exit_close_range",
+            "syscalls/sys_exit_dup2",
+            "syscalls/sys_exit_dup3",
+        ],
+    ),
+    ("unrm_exit_munmap", &["syscalls/sys_exit_munmap"]),
+    ("unrm_exit_mremap", &["syscalls/sys_exit_mremap"]),
+    ("unrm_exit_exec", &["syscalls/sys_exit_execve", "syscalls/sys_exit_execveat"]),
+    ("unrm_process_exit", &["sched/sched_process_exit"]),
+];
+
+/// Filesystem hooks that name the inode a deletion removes (optional: the
+/// filesystem may not be built into this kernel).
+const FS_HOOKS: &[(&str, &str)] = &[
+    ("unrm_ext4_unlink", "ext4_unlink_enter"),
+    ("unrm_ext4_dirty", "ext4_mark_inode_dirty"),
+];
+
+const ITERATORS: &[(&str, &str)] = &[("unrm_iter_files", "task_file"), ("unrm_iter_vmas", "task_vma")];
+
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Whether to load the deletion and release probes (the daemon) or only
+    /// the iterators (`unrm scan`).
+    pub hooks: bool,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    release_links: Vec<(&'static str, TracePointLinkId)>,
+    fs_hooks: Vec<&'static str>,
+}
+
+impl Probes {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this unrm binary was built without its eBPF object; build it with `cargo xtask build`");
+        }
+        raise_memlock();
+        let offsets = btf::KernelBtf::load()?.probe_offsets()?;
+        let self_tgid = std::process::id();
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("SELF_TGID", &self_tgid, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+
+        for (name, iter_type) in ITERATORS {
+            let prog: &mut Iter = program(&mut ebpf, name)?;
+            prog.load(iter_type, &btf).with_context(|| format!("loading iterator {name}"))?;
+        }
+        let mut probes = Self { ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
+        if opts.hooks {
+            ensure_tracefs()?;
+            for (name, _) in DELETION.iter().chain(RELEASE) {
+                let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
+                prog.load().with_context(|| format!("loading {name}"))?;
+            }
+            probes.attach(DELETION)?;
+            for (name, hook) in FS_HOOKS {
+                match attach_btf(&mut probes.ebpf, &btf, name, hook) {
+                    Ok(()) => probes.fs_hooks.push(hook),
+                    Err(err) => log::info!("filesystem hook {hook} unavailable: {err:#}"),
+                }
+            }
+        }
+        Ok(probes)
+    }
+
+    /// The filesystem hooks that attached.
+    pub fn fs_hooks(&self) -> &[&'static str] {
+        &self.fs_hooks
+    }
+
+    fn attach(&mut self, table: Attachments) -> Result<Vec<(&'static str, TracePointLinkId)>> {
+        let mut links = Vec::new();
+        for (name, points) in table {
+            let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+            for point in *points {
+                let (category, event) = point.split_once('/').expect("category/name");
+                if !tracepoint_exists(category, event) {
+                    // e.g. unlink(2) and rename(2) do not exist on arm64.
+                    log::debug!("tracepoint {point} does not exist here; skipped");
+                    continue;
+                }
+                let id = prog
+                    .attach(category, event)
+                    .with_context(|| format!("attaching {name} to {point}"))?;
+                links.push((*name, id));
+            }
+        }
+        Ok(links)
+    }
+
+    pub fn release_attached(&self) -> bool {
+        !self.release_links.is_empty()
+    }
+
+    pub fn attach_release(&mut self) -> Result<()> {
+        if self.release_links.is_empty() {
+            self.release_links = self.attach(RELEASE)?;
+            log::debug!("release probes attached");
+        }
+        Ok(())
+    }
+
+    pub fn detach_release(&mut self) -> Result<()> {
+        for (name, id) in self.release_links.drain(..) {
+            let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+            prog.detach(id)?;
+        }
+        log::debug!("release probes detached");
+        Ok(())
+    }
+
+    /// Runs one iterator to completion and returns what it wrote.
+    pub fn run_iterator(&mut self, name: &str) -> Result<Vec<u8>> {
+        let prog: &mut Iter = program(&mut self.ebpf, name)?;
+        let id = prog.attach()?;
+        let mut file = prog.take_link(id)?.into_file()?;
+        let mut out = Vec::with_capacity(64 * 1024);
+        file.read_to_end(&mut out).with_context(|| format!("reading iterator {name}"))?;
+        Ok(out)
+    }
+
+    pub fn iterator_names() -> impl Iterator<Item = &'static str> {
+        ITERATORS.iter().map(|(name, _)| *name)
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_watch_maps(&mut self) -> Result<WatchMaps> {
+        let tgids = self.ebpf.take_map("WATCHED_TGIDS").context("WATCHED_TGIDS missing")?;
+        let inodes = self.ebpf.take_map("WATCHED_INODES").context("WATCHED_INODES missing")?;
+        Ok(WatchMaps { tgids: HashMap::try_from(tgids)?, inodes: HashMap::try_from(inodes)? })
+    }
+
+    pub fn take_stats(&mut self) -> Result<ProbeStats> {
+        let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
+        Ok(ProbeStats { map: PerCpuArray::try_from(map)? })
+    }
+
+    /// aya-log's reader for the probes' log lines, if any probe logs.
+    pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+}
+
+/// The kernel-side filters of the release probes.
+pub struct WatchMaps {
+    pub tgids: HashMap<MapData, u32, u32>,
+    pub inodes: HashMap<MapData, InodeKey, u32>,
+}
+
+/// Counters of what the probes had to drop.
+pub struct ProbeStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl ProbeStats {
+    fn sum(&self, index: u32) -> u64 {
+        self.map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+    pub fn lost_events(&self) -> u64 {
+        self.sum(stat::LOST_EVENTS)
+    }
+    pub fn lost_inflight(&self) -> u64 {
+        self.sum(stat::LOST_INFLIGHT)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<()> {
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+    prog.load(hook, btf)?;
+    prog.attach()?;
+    Ok(())
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn tracepoint_exists(category: &str, event: &str) -> bool {
+    Path::new(TRACEFS).join("events").join(category).join(event).exists()
+}
+
+/// Classic tracepoints are found through tracefs, which a fresh machine may
+/// not have mounted.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    rustix::mount::mount("tracefs", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None)
+        .with_context(|| format!("mounting tracefs on {TRACEFS}"))?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let unlimited = rustix::process::Rlimit { current: None, maximum: None };
+    if let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Memlock, unlimited) {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {err}");
+    }
+}
+
