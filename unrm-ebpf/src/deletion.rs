@@ -17,7 +17,7 @@ use unrm_abi::{
 
 use crate::{
     kernel::{PathRef, Walk, fd_file, inode_facts, off, read, read_path, read_ptr, write_dir},
-    maps::{DATA_LEN, EVENT_BUF, EVENTS, INFLIGHT, Inflight, count},
+    maps::{DATA_LEN, EVENT_BUF, EVENTS, INFLIGHT, Inflight, SELF_TGID, count},
 };
 
 const AT_FDCWD: i32 = -100;
@@ -34,7 +34,12 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 
 #[inline(always)]
 fn begin(op: u32, dirfd: u64, path: u64) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // The daemon's own files (index journal, store temporaries) are not news.
+    if (pid_tgid >> 32) as u32 == unsafe { core::ptr::read_volatile(&raw const SELF_TGID) } {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
     let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
     if INFLIGHT.insert(&tid, &call, 0).is_err() {
         count(stat::LOST_INFLIGHT);
@@ -171,6 +176,8 @@ pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
             mode: facts.mode,
             nlink: facts.nlink,
             refs,
+            uid: facts.uid,
+            gid: facts.gid,
             _pad: 0,
         };
     }
@@ -205,6 +212,8 @@ pub fn unrm_ext4_dirty(ctx: BtfTracePointContext) -> u32 {
             // The count before the rename dropped it.
             nlink: 1,
             refs: 0,
+            uid: facts.uid,
+            gid: facts.gid,
             _pad: 0,
         };
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use unrm_abi::{HeldRecord, holder_kind};
 
 use crate::probe::Probes;
@@ -36,7 +36,7 @@ impl InodeId {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HolderKind {
     Fd,

@@ -36,6 +36,8 @@ pub struct Victim {
     pub nlink: u32,
     /// Dentry references when unlinked, when known.
     pub refs: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Victim {
@@ -128,6 +130,8 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         mode: v.mode,
         nlink: v.nlink,
         refs: (v.flags & victim_flags::REFS_VALID != 0).then_some(v.refs),
+        uid: v.uid,
+        gid: v.gid,
     });
     Ok(Deletion {
         op: if ev.op == delete_op::RENAME { DeleteOp::Rename } else { DeleteOp::Unlink },
@@ -185,15 +189,16 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// Drains the ring buffer for as long as the daemon runs, forwarding every
 /// event. Undecodable records are counted and logged, never fatal.
-pub async fn forward(ring: RingBuf<MapData>, tx: Sender<Event>) -> Result<()> {
-    let mut ring = AsyncFd::new(ring)?;
+pub async fn forward<M: From<Event>>(ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
+    // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
+    let mut ring = unsafe { AsyncFd::register(ring)? };
     loop {
         let mut guard = ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
-                    if tx.send(event).is_err() {
+                    if tx.send(event.into()).is_err() {
                         return Ok(());
                     }
                 }
@@ -226,6 +231,8 @@ mod tests {
                 mode: 0o100600,
                 nlink: 1,
                 refs: 2,
+                uid: 1000,
+                gid: 1000,
                 _pad: 0,
             },
             path_len: path.len() as u32,

@@ -1,20 +1,63 @@
-mod holders;
-mod ingest;
-mod probe;
+//! unrm: makes `rm` undoable for every file some process still holds.
+//!
+//! The data path, one module per step:
+//! `probe` (eBPF in the kernel) → `ingest` (ring buffer to events) →
+//! `holders` (the kernel's truth about who holds what) → `pins` (unrm's own
+//! reference) → `daemon` (decisions) → `copy`/`store` (captured content) →
+//! `index` (SQLite) → `api` (the socket) → `cli` (what the user types).
 
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let mut probes = probe::Probes::load(&probe::LoadOptions { ring_bytes: 1 << 22, hooks: true })?;
-    println!("fs hooks: {:?}", probes.fs_hooks());
-    let ring = probes.take_events()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(ingest::forward(ring, tx)).unwrap();
-    });
-    eprintln!("ready");
-    for ev in rx {
-        println!("{ev:?}");
+mod api;
+mod cli;
+mod copy;
+mod daemon;
+mod holders;
+mod index;
+mod ingest;
+mod pins;
+mod probe;
+mod record;
+mod store;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(err) if err.use_stderr() => {
+            // One line: clap's first, without its "error: " prefix.
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("unrm: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("unrm: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace('\n', " ")
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("{what} must run as root (it loads eBPF programs and reads other processes' files)");
     }
     Ok(())
 }

@@ -82,6 +82,8 @@ pub struct Victim {
     pub nlink: u32,
     /// Dentry references when it was unlinked; the deleter's own lookup is one.
     pub refs: u32,
+    pub uid: u32,
+    pub gid: u32,
     pub _pad: u32,
 }
 
@@ -221,8 +223,8 @@ pub const S_IFREG: u32 = 0o100000;
 pub const MNT_INTERNAL: u32 = 0x4000;
 
 const _: () = {
-    assert!(core::mem::size_of::<Victim>() == 40);
-    assert!(core::mem::size_of::<DeleteEvent>() == 104);
+    assert!(core::mem::size_of::<Victim>() == 48);
+    assert!(core::mem::size_of::<DeleteEvent>() == 112);
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
     assert!(core::mem::size_of::<HeldRecord>() == 80);
     assert!(core::mem::size_of::<InodeKey>() == 16);

@@ -1,0 +1,140 @@
+//! Frames and messages. A frame is a little-endian u32 length, then that
+//! many bytes of JSON. Requests are small and capped hard; a frame over its
+//! cap is refused before anything is allocated for it.
+
+use serde::{Deserialize, Serialize};
+use anyhow::{Result, bail};
+
+use crate::{index::RestoreMeta, record::{Record, Status}};
+
+/// Largest request the daemon accepts.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest response the CLI accepts.
+pub const MAX_RESPONSE: usize = 256 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    List {
+        /// Only deletions at or after this time (ns since the epoch).
+        since_ns: Option<i64>,
+        status: Option<Status>,
+        /// A glob over the full path.
+        path: Option<String>,
+        /// 0 for all.
+        limit: usize,
+    },
+    Show { id: i64 },
+    /// Sends a readable descriptor of the content along with the record.
+    Open { id: i64 },
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Records { records: Vec<Record> },
+    Record { record: Record },
+    Opened { record: Record, meta: RestoreMeta },
+    Status { status: DaemonStatus },
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub state_dir: String,
+    pub probes: ProbeStatus,
+    pub counters: Counters,
+    /// Files pinned right now and their total size.
+    pub held_files: u64,
+    pub held_bytes: u64,
+    pub store_bytes: u64,
+    pub records: u64,
+    /// Time from a deletion returning to unrm holding its pin.
+    pub pin_latency_us: Latency,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// Which hooks the probes ride on (`tracepoint`).
+    pub tier: String,
+    pub attached: bool,
+    /// Filesystem hooks that name the deleted inode, where attached.
+    pub fs_hooks: Vec<String>,
+    /// Release probes ride hot syscalls and are attached only while a pinned
+    /// file still has holders.
+    pub release_attached: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub deletions: u64,
+    pub releases: u64,
+    /// Events the probes had to drop (ring buffer full or table full).
+    pub lost_events: u64,
+    pub scans: u64,
+    pub pins: u64,
+    pub captured: u64,
+    pub missed: u64,
+    pub unheld: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+pub fn frame(message: &impl Serialize) -> Vec<u8> {
+    let body = serde_json::to_vec(message).expect("messages serialize");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The body length a frame header announces, refused when over `max`.
+pub fn body_len(header: [u8; 4], max: usize) -> Result<usize> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        bail!("message of {len} bytes is over the {max}-byte limit");
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = [
+            Request::List { since_ns: Some(5), status: Some(Status::Held), path: Some("*.log".into()), limit: 3 },
+            Request::Show { id: 1 },
+            Request::Open { id: 2 },
+            Request::Status,
+        ];
+        for req in reqs {
+            let bytes = frame(&req);
+            let len = body_len(bytes[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
+            assert_eq!(len, bytes.len() - 4);
+            let back: Request = serde_json::from_slice(&bytes[4..]).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn oversized_and_malformed_are_refused() {
+        assert!(body_len((MAX_REQUEST as u32 + 1).to_le_bytes(), MAX_REQUEST).is_err());
+        assert!(serde_json::from_slice::<Request>(br#"{"op":"drop_tables"}"#).is_err());
+        assert!(serde_json::from_slice::<Request>(br#"{"op":"show","id":"x"}"#).is_err());
+        assert!(serde_json::from_slice::<Request>(br#"{"op":"show","id":1,"extra":2}"#).is_err());
+    }
+}

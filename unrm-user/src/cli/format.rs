@@ -1,0 +1,44 @@
+//! Small text helpers for human output.
+
+use std::time::SystemTime;
+
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes}B") } else { format!("{value:.1}{}", UNITS[unit]) }
+}
+
+pub fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `-rw-r--r--` from a `st_mode`.
+pub fn mode(mode: u32) -> String {
+    let kind = if mode & libc::S_IFMT == libc::S_IFREG { '-' } else { '?' };
+    let bits = "rwxrwxrwx";
+    let perms: String = bits
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if mode & (1 << (8 - i)) != 0 { c } else { '-' })
+        .collect();
+    format!("{kind}{perms}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(size(5), "5B");
+        assert_eq!(size(1536), "1.5K");
+        assert_eq!(size(3 << 30), "3.0G");
+        assert_eq!(mode(0o100640), "-rw-r-----");
+        assert_eq!(time(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,199 @@
+//! The command line: argument definitions and one module per command.
+
+mod format;
+mod restore;
+mod scan;
+mod show;
+
+use std::{path::PathBuf, process::ExitCode, time::{Duration, SystemTime}};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    api::{client::Client, proto::{Request, Response}},
+    daemon,
+    record::{Status, nanos},
+};
+
+#[derive(Parser)]
+#[command(name = "unrm", version, about = "Makes rm undoable for every file some process still holds")]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "UNRM_SOCKET", default_value = "/run/unrm.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (as root).
+    Daemon {
+        /// Where the index and the captured files live.
+        #[arg(long, default_value = "/var/lib/unrm")]
+        state_dir: PathBuf,
+        /// Largest file to copy into the store when its last holder lets go
+        /// (larger ones stay restorable only while held).
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        max_file_size: u64,
+        /// Ring buffer between the probes and the daemon (a power of two).
+        #[arg(long, default_value = "4M", value_parser = parse_ring_size)]
+        ring_size: u32,
+        /// How often to reconcile with the kernel's state without events.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        rescan_interval: Duration,
+    },
+    /// Recent deletions, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Only deletions within this long ago (e.g. 10m, 2h, 3days).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Only paths matching this glob (`*` also matches `/`).
+        #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+        path: Option<String>,
+        /// Only records in this status: held, captured, missed, unheld, skipped, failed.
+        #[arg(long)]
+        status: Option<Status>,
+        /// At most this many records (0 for all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One record in full.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a deleted file back, byte for byte, with its mode and owner.
+    Restore {
+        id: i64,
+        /// Where to write it (default: where it was). An existing directory
+        /// receives the file under its original name.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Replace an existing file at the destination.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Deleted files that processes hold right now (works without the daemon).
+    Scan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the daemon is up with its probes attached; its counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Daemon { state_dir, max_file_size, ring_size, rescan_interval } => {
+            daemon::run(daemon::Options {
+                state_dir,
+                socket: cli.socket,
+                max_file_size,
+                ring_bytes: ring_size,
+                rescan_every: rescan_interval,
+            })?;
+        }
+        Command::List { json, since, path, status, limit } => {
+            let since_ns = since.map(|ago| nanos(SystemTime::now() - ago));
+            let request = Request::List { since_ns, status, path, limit };
+            let Response::Records { records } = call(&cli.socket, &request)? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                show::table(&records);
+            }
+        }
+        Command::Show { id, json } => {
+            let Response::Record { record } = call(&cli.socket, &Request::Show { id })? else {
+                bail!("unexpected answer")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                show::detail(&record);
+            }
+        }
+        Command::Restore { id, to, force } => restore::run(&cli.socket, id, to, force)?,
+        Command::Scan { json } => scan::run(json)?,
+        Command::Status { json } => {
+            let Response::Status { status } = call(&cli.socket, &Request::Status)? else {
+                bail!("unexpected answer")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                show::status(&status);
+            }
+            if !status.probes.attached {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
+    Ok(Client::connect(socket)?.call(request)?.0)
+}
+
+/// `123`, `4K`, `1.5G`, `2GiB`: binary multiples.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 512M, 2G)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit (use K, M, G or T)")),
+    };
+    Ok((number * (1u64 << shift) as f64) as u64)
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !size.is_power_of_two() || !(4096..=(1 << 30)).contains(&size) {
+        return Err(format!("{text:?}: the ring buffer must be a power of two between 4K and 1G"));
+    }
+    Ok(size as u32)
+}
+
+fn parse_glob(text: &str) -> Result<String, String> {
+    globset::Glob::new(text).map(|_| text.to_owned()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("8mb").unwrap(), 8 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5Q").is_err());
+        assert!(parse_ring_size("3M").is_err());
+        assert!(parse_ring_size("1K").is_err());
+        assert_eq!(parse_ring_size("64K").unwrap(), 65536);
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

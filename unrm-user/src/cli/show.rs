@@ -1,0 +1,95 @@
+//! Human-readable output of records and status.
+
+use super::format;
+use crate::{api::proto::DaemonStatus, record::Record};
+
+pub fn table(records: &[Record]) {
+    if records.is_empty() {
+        println!("no deletions recorded");
+        return;
+    }
+    println!("{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  PATH", "ID", "DELETED", "STATUS", "SIZE", "BY");
+    for r in records {
+        let size = r.size.map(format::size).unwrap_or_else(|| "-".into());
+        let by = r.deleted_by.as_ref().map(|d| format!("{}[{}]", d.comm, d.pid)).unwrap_or_else(|| "-".into());
+        println!(
+            "{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  {}",
+            r.id,
+            format::time(r.deleted_at),
+            r.status.as_str(),
+            size,
+            by,
+            r.path
+        );
+    }
+}
+
+pub fn detail(r: &Record) {
+    let field = |name: &str, value: String| println!("{:<10} {value}", format!("{name}:"));
+    field("id", r.id.to_string());
+    field("path", r.path.clone());
+    field("status", match &r.reason {
+        Some(reason) => format!("{} ({reason})", r.status),
+        None => r.status.to_string(),
+    });
+    if let Some(size) = r.size {
+        field("size", format!("{size} bytes"));
+    }
+    if let (Some(dev), Some(ino)) = (r.dev, r.ino) {
+        field("inode", format!("{}:{} ino {ino}", libc::major(dev), libc::minor(dev)));
+    }
+    if let Some(mode) = r.mode {
+        let owner = match (r.uid, r.gid) {
+            (Some(uid), Some(gid)) => format!(" uid {uid} gid {gid}"),
+            _ => String::new(),
+        };
+        field("mode", format!("{} ({:04o}){owner}", format::mode(mode), mode & 0o7777));
+    }
+    let by = match &r.deleted_by {
+        Some(d) => format!(" by {} (pid {}, uid {}) via {}", d.comm, d.pid, d.uid, r.op),
+        None => " (found held by a scan; deleter unknown)".into(),
+    };
+    field("deleted", format!("{}{by}", format::time(r.deleted_at)));
+    if !r.holders.is_empty() {
+        let holders: Vec<String> =
+            r.holders.iter().map(|h| format!("{}[{}] {}", h.comm, h.pid, serde_json::to_value(h.kind).unwrap().as_str().unwrap_or(""))).collect();
+        field("holders", holders.join(", "));
+    }
+    if let Some(at) = r.captured_at {
+        field("captured", format::time(at));
+    }
+    if let Some(sum) = &r.checksum {
+        field("blake3", sum.clone());
+    }
+}
+
+pub fn status(s: &DaemonStatus) {
+    let c = &s.counters;
+    println!("unrm daemon pid {} up {}s, state in {}", s.pid, s.uptime_secs, s.state_dir);
+    println!(
+        "probes: {} tier, {}; filesystem hooks: {}; release probes {}",
+        s.probes.tier,
+        if s.probes.attached { "attached" } else { "NOT attached" },
+        if s.probes.fs_hooks.is_empty() { "none".into() } else { s.probes.fs_hooks.join(", ") },
+        if s.probes.release_attached { "attached" } else { "idle (nothing to watch)" },
+    );
+    println!(
+        "events: {} ({} deletions, {} releases), lost: {}, scans: {}",
+        c.events, c.deletions, c.releases, c.lost_events, c.scans
+    );
+    println!(
+        "pins: {}, captured: {}, missed: {}, unheld: {}, skipped: {}, failed: {}",
+        c.pins, c.captured, c.missed, c.unheld, c.skipped, c.failed
+    );
+    println!(
+        "held now: {} files, {}; store: {}; records: {}",
+        s.held_files,
+        format::size(s.held_bytes),
+        format::size(s.store_bytes),
+        s.records
+    );
+    let l = &s.pin_latency_us;
+    if let (Some(p50), Some(p99)) = (l.p50, l.p99) {
+        println!("pin latency: p50 {p50} µs, p99 {p99} µs over {} pins", l.samples);
+    }
+}

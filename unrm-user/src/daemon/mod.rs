@@ -1,0 +1,134 @@
+//! `unrm daemon`: wires the data path together.
+//!
+//! probe (kernel) → ring buffer → ingest task → engine thread (pins, index)
+//!                                   pidfds ↗        ↘ capture thread → store
+//! socket server (tokio) ⇄ engine
+//!
+//! The ring buffer is drained on the tokio runtime, which never touches disk;
+//! the engine takes decisions and writes the index; the capture thread does
+//! the copying. Nothing on the way from the kernel to a pin waits on I/O.
+
+mod capture;
+mod engine;
+mod exits;
+
+use std::{
+    fs::File,
+    io::Write,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::oneshot};
+
+use engine::{Config, Engine, Msg};
+
+use crate::{
+    api::server::{self, Handler},
+    index::Index,
+    ingest,
+    probe::{LoadOptions, Probes},
+    store::Store,
+};
+
+pub struct Options {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub max_file_size: u64,
+    pub ring_bytes: u32,
+    pub rescan_every: Duration,
+}
+
+/// One daemon per machine: two would each see the other's pins as holders
+/// and neither would ever capture.
+pub const LOCK: &str = "/run/unrm.lock";
+
+pub fn run(opts: Options) -> Result<()> {
+    crate::require_root("the daemon")?;
+    // Everything the daemon creates is root's alone.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let _lock = lock()?;
+    let store = Arc::new(Store::open(&opts.state_dir)?);
+    let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
+    let mut probes = Probes::load(&LoadOptions { ring_bytes: opts.ring_bytes, hooks: true })?;
+    log::info!("probes attached ({} tier; filesystem hooks: {:?})", crate::probe::TIER, probes.fs_hooks());
+    let ring = probes.take_events()?;
+    let logger = probes.logger();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (capture_tx, capture_rx) = std::sync::mpsc::channel();
+    capture::spawn(store.clone(), capture_rx, tx.clone());
+    runtime.spawn(ingest::forward(ring, tx.clone()));
+    runtime.spawn(exits::watch(exit_rx, tx.clone()));
+    if let Some(logger) = logger {
+        runtime.spawn(forward_probe_logs(logger));
+    }
+
+    let cfg = Config { state_dir: opts.state_dir.clone(), max_file_size: opts.max_file_size, rescan_every: opts.rescan_every };
+    let mut engine = Engine::new(cfg, probes, index, store, exit_tx, capture_tx)?;
+    engine.start().context("the start-up scan")?;
+    let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || engine.run(rx))?;
+
+    let served = runtime.block_on(async {
+        let listener = server::bind(&opts.socket)?;
+        log::info!("serving {}", opts.socket.display());
+        println!("ready");
+        std::io::stdout().flush()?;
+        let api_tx = tx.clone();
+        let handler: Handler = Arc::new(move |request| {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let _ = api_tx.send(Msg::Api(request, reply_tx));
+            reply_rx
+        });
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            result = server::serve(listener, handler) => result,
+            _ = term.recv() => Ok(()),
+            _ = int.recv() => Ok(()),
+        }
+    });
+    let _ = tx.send(Msg::Shutdown);
+    let stopped = engine.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    let _ = std::fs::remove_file(&opts.socket);
+    served.and(stopped)
+}
+
+fn lock() -> Result<File> {
+    let file = File::options().create(true).truncate(false).write(true).open(LOCK)
+        .with_context(|| format!("opening {LOCK}"))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let pid = std::fs::read_to_string(LOCK).unwrap_or_default();
+        bail!("another unrm daemon is running (pid {}, holding {LOCK})", pid.trim());
+    }
+    // `unrm scan` reads the pid to tell the daemon's pins from real holders.
+    file.set_len(0)?;
+    writeln!(&file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// aya-log's reader has a descriptor but no `AsRawFd`; tokio needs one.
+struct LogFd<T>(T);
+
+impl<T: AsFd> AsRawFd for LogFd<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Probe log lines (aya-log) go to the daemon's log.
+async fn forward_probe_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its descriptor and keeps it open while registered.
+    let Ok(mut fd) = (unsafe { AsyncFd::register(LogFd(logger)) }) else { return };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().0.flush();
+        guard.clear_ready();
+    }
+}
+

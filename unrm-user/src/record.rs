@@ -1,0 +1,226 @@
+//! A deletion record: what the index stores, the API sends and the CLI shows.
+
+use std::{fmt, str::FromStr, time::{Duration, SystemTime, UNIX_EPOCH}};
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+use crate::holders::{Hold, HolderKind};
+
+/// Where a deleted file's content stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Still held by some process and pinned by unrm: restorable now.
+    Held,
+    /// Saved to the store when the last holder let go: restorable.
+    Captured,
+    /// Held when deleted, but let go before unrm could pin it.
+    Missed,
+    /// Nobody held it when it was deleted: a record only.
+    Unheld,
+    /// Deliberately not captured (e.g. larger than the size cap); see `reason`.
+    Skipped,
+    /// Capture was attempted and failed; see `reason`.
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Held,
+        Status::Captured,
+        Status::Missed,
+        Status::Unheld,
+        Status::Skipped,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Held => "held",
+            Status::Captured => "captured",
+            Status::Missed => "missed",
+            Status::Unheld => "unheld",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match Status::ALL.into_iter().find(|st| st.as_str() == s) {
+            Some(st) => Ok(st),
+            None => bail!(
+                "unknown status {s:?} (one of: {})",
+                Status::ALL.map(Status::as_str).join(", ")
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleter {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub kind: HolderKind,
+}
+
+impl From<&Hold> for Holder {
+    fn from(h: &Hold) -> Self {
+        Holder { pid: h.pid, comm: h.comm.clone(), kind: h.kind }
+    }
+}
+
+/// Holders as a record lists them: one per process and kind.
+pub fn holders_of(holds: &[Hold]) -> Vec<Holder> {
+    let mut out: Vec<Holder> = Vec::new();
+    for hold in holds {
+        let holder = Holder::from(hold);
+        if !out.contains(&holder) {
+            out.push(holder);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: i64,
+    /// The path as the deleting process named it (lossy where not UTF-8).
+    pub path: String,
+    /// `st_dev` and `st_ino` as `stat(2)` reports them; null when the
+    /// filesystem has no hook and nothing held the file.
+    pub dev: Option<u64>,
+    pub ino: Option<u64>,
+    pub size: Option<u64>,
+    /// File mode and owner when deleted (null when unknown).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    #[serde(with = "rfc3339")]
+    pub deleted_at: SystemTime,
+    /// Null for files found held by a scan, whose deleter is unknown.
+    pub deleted_by: Option<Deleter>,
+    /// `unlink`, `rename` (replaced by a rename), or `scan` (found by a scan).
+    pub op: String,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub holders: Vec<Holder>,
+    #[serde(with = "rfc3339_opt", default)]
+    pub captured_at: Option<SystemTime>,
+    /// BLAKE3 of the captured content.
+    pub checksum: Option<String>,
+}
+
+pub fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+pub fn from_nanos(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(D::Error::custom)
+    }
+}
+
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_micros(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_rfc3339(&t).map_err(D::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_rejects_unknown() {
+        for st in Status::ALL {
+            assert_eq!(st.as_str().parse::<Status>().unwrap(), st);
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{st}\""));
+        }
+        let err = "gone".parse::<Status>().unwrap_err().to_string();
+        assert!(err.contains("held, captured"), "{err}");
+    }
+
+    #[test]
+    fn record_json_has_the_documented_shape() {
+        let rec = Record {
+            id: 3,
+            path: "/tmp/f".into(),
+            dev: Some(2049),
+            ino: Some(12),
+            size: Some(5),
+            mode: Some(0o100644),
+            uid: Some(1000),
+            gid: Some(1000),
+            deleted_at: from_nanos(1_700_000_000_123_456_000),
+            deleted_by: Some(Deleter { pid: 9, uid: 1000, comm: "rm".into() }),
+            op: "unlink".into(),
+            status: Status::Held,
+            reason: None,
+            holders: vec![Holder { pid: 8, comm: "sleep".into(), kind: HolderKind::Fd }],
+            captured_at: None,
+            checksum: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["deleted_at"], "2023-11-14T22:13:20.123456Z");
+        assert_eq!(v["deleted_by"]["comm"], "rm");
+        assert_eq!(v["holders"][0]["kind"], "fd");
+        assert_eq!(v["status"], "held");
+        let back: Record = serde_json::from_value(v).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn holders_are_one_per_process_and_kind() {
+        let hold = |pid, kind, fd| Hold { kind, pid, comm: "x".into(), fd, vm_start: 0, vm_end: 0 };
+        let holds = [
+            hold(1, HolderKind::Fd, 3),
+            hold(1, HolderKind::Fd, 4),
+            hold(1, HolderKind::Mmap, 0),
+            hold(2, HolderKind::Fd, 3),
+        ];
+        assert_eq!(holders_of(&holds).len(), 3);
+    }
+}
