@@ -1,1 +1,304 @@
+//! What the integration tests run against: the real `unrm` binary, real
+//! processes holding real files, and filesystems of their own (a loop-mounted
+//! ext4 image and a tmpfs), all cleaned up when dropped.
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a test waits for the daemon to reach a state before failing.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn unrm_bin() -> PathBuf {
+    match std::env::var_os("UNRM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/unrm"),
+    }
+}
+
+/// The `holder` helper, built beside the test binaries (target/*/deps/..).
+pub fn holder_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("holder")
+}
+
+/// Reads lines from a child's stdout on a thread, so waits can time out.
+fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_line(rx: &mpsc::Receiver<String>, want: &str, what: &str) {
+    match rx.recv_timeout(PATIENCE) {
+        Ok(line) if line == want => {}
+        Ok(line) => panic!("{what}: expected {want:?}, got {line:?}"),
+        Err(_) => panic!("{what}: no {want:?} within {PATIENCE:?}"),
+    }
+}
+
+/// A running `unrm daemon` with its own state directory and socket.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts a daemon whose state lives in `dir` (so a second daemon can
+    /// pick up where a first one stopped).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let state_dir = dir.path().join("state");
+        let socket = dir.path().join("unrm.sock");
+        let log = dir.path().join("daemon.log");
+        let mut child = Command::new(unrm_bin())
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning unrm daemon");
+        let ready = lines_of(child.stdout.take().unwrap());
+        let started = ready.recv_timeout(PATIENCE);
+        if started.as_deref() != Ok("ready") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("daemon did not become ready ({started:?}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        Daemon { child, socket, state_dir, log, _dir: dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(unrm_bin()).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// Runs the CLI expecting success and JSON on stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "unrm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// The newest record for `path`, waiting until one exists whose status
+    /// is `status`.
+    pub fn wait_record(&self, path: &Path, status: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            let records = self.json(&["list", "--json", "--limit", "0"]);
+            last = records
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["path"] == path.to_str().unwrap())
+                .cloned()
+                .unwrap_or(Value::Null);
+            if last["status"] == status {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no {status:?} record for {} within {PATIENCE:?}; last: {last}\n{}", path.display(), self.log());
+    }
+
+    /// Stops the daemon the way a service manager would (SIGTERM) and
+    /// waits for it.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the daemon at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        dir
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// A real process holding a file (see `src/bin/holder.rs`).
+pub struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    out: mpsc::Receiver<String>,
+}
+
+impl Holder {
+    pub fn fd(path: &Path) -> Self {
+        Self::spawn("fd", path)
+    }
+
+    pub fn mmap(path: &Path) -> Self {
+        Self::spawn("mmap", path)
+    }
+
+    fn spawn(mode: &str, path: &Path) -> Self {
+        let mut child = Command::new(holder_bin())
+            .arg(mode)
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning holder");
+        let stdin = child.stdin.take().unwrap();
+        let out = lines_of(child.stdout.take().unwrap());
+        expect_line(&out, "ready", "holder");
+        Holder { child, stdin, out }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes `text` at the end of the held file (fd mode).
+    pub fn append(&mut self, text: &str) {
+        writeln!(self.stdin, "append {text}").unwrap();
+        expect_line(&self.out, "ok", "holder append");
+    }
+
+    /// Lets go of the file by exiting, and waits until the process is gone.
+    pub fn exit(mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A filesystem mounted for one test, unmounted when dropped.
+pub struct Mount {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// A fresh ext4 filesystem on a loop device (the probes' hooked path).
+    pub fn ext4() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("ext4.img");
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(64 << 20).unwrap();
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&path));
+        Mount { path, _dir: dir }
+    }
+
+    /// A fresh tmpfs (no filesystem hook: found through scans).
+    pub fn tmpfs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "unrm-test"]).arg(&path));
+        Mount { path, _dir: dir }
+    }
+
+    pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Lazily, in case a process the test started still holds something.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Deletes `path` with the real `rm`, from `cwd` if given.
+pub fn rm(path: &Path, cwd: Option<&Path>) -> u32 {
+    let mut cmd = Command::new("rm");
+    cmd.arg(path);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "rm {}", path.display());
+    pid
+}
+
+/// Content unlikely to survive a wrong copy: every byte value, then text.
+pub fn content(tag: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    bytes.extend_from_slice(tag.as_bytes());
+    bytes
+}
+
+/// One line on stderr, nonzero exit.
+pub fn assert_one_line_error(out: &Output, contains: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(stderr.contains(contains), "expected {contains:?} in: {stderr}");
+}

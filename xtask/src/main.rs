@@ -1,1 +1,79 @@
-fn main(){}
+//! `cargo xtask build|run|test|bench`: the only commands a newcomer needs.
+//!
+//! `build` first makes sure this machine can build Rust eBPF (installing
+//! what is missing, checking versions of what is there), then builds the
+//! probe object and the `unrm` binary that embeds it.
+
+mod build;
+mod toolchain;
+
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install or check the eBPF toolchain, build the probes and target/release/unrm.
+    Build,
+    /// Build, then run `unrm daemon ARGS` in the foreground (as root).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test: unit tests and the integration tests (as root).
+    Test {
+        /// Passed to the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (not part of the tests).
+    Bench,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Task::Build => {
+            build::all(&root)?;
+        }
+        Task::Run { args } => {
+            let bin = build::all(&root)?;
+            require_root("cargo xtask run")?;
+            let err = Command::new(&bin).arg("daemon").args(args).exec();
+            bail!("running {}: {err}", bin.display());
+        }
+        Task::Test { args } => {
+            let bin = build::all(&root)?;
+            require_root("cargo xtask test")?;
+            build::test(&root, &bin, &args)?;
+        }
+        Task::Bench => bail!("`cargo xtask bench` is not implemented yet (tracked in issue 3)"),
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("{what} loads eBPF programs and must run as root (try: sudo -E env PATH=\"$PATH\" {what})");
+    }
+    Ok(())
+}

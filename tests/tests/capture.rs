@@ -1,0 +1,322 @@
+//! The capture loop on the real kernel: a real daemon, real holders, real
+//! filesystems. Every test deletes a file the way a user would and checks
+//! what unrm recorded and what it brings back.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use unrm_tests::{Daemon, Holder, Mount, content, rm};
+
+/// Restores record `id` to `to` and returns the bytes that came back.
+fn restore_to(daemon: &Daemon, id: &serde_json::Value, to: &Path) -> Vec<u8> {
+    let id = id.as_i64().unwrap().to_string();
+    let out = daemon.cli(&["restore", &id, "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    fs::read(to).unwrap()
+}
+
+fn held_by_fd_is_restored(fs: Mount) {
+    let data = content("fd");
+    let path = fs.file("notes.bin", &data);
+    let meta = fs::metadata(&path).unwrap();
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    let rm_pid = rm(&path, None);
+
+    let rec = daemon.wait_record(&path, "held");
+    assert_eq!(rec["deleted_by"]["pid"], rm_pid);
+    assert_eq!(rec["deleted_by"]["comm"], "rm");
+    assert_eq!(rec["deleted_by"]["uid"], 0);
+    assert_eq!(rec["op"], "unlink");
+    assert_eq!(rec["ino"], meta.ino());
+    assert_eq!(rec["dev"], meta.dev());
+    assert_eq!(rec["size"], data.len());
+    let holders = rec["holders"].as_array().unwrap();
+    assert!(holders.iter().any(|h| h["pid"] == holder.pid() && h["kind"] == "fd"), "{rec}");
+
+    let back = fs.path.join("back.bin");
+    assert_eq!(restore_to(&daemon, &rec["id"], &back), data);
+    assert_eq!(fs::metadata(&back).unwrap().mode(), meta.mode());
+    drop(holder);
+}
+
+#[test]
+fn held_by_fd_is_restored_on_ext4() {
+    held_by_fd_is_restored(Mount::ext4());
+}
+
+#[test]
+fn held_by_fd_is_restored_on_tmpfs() {
+    held_by_fd_is_restored(Mount::tmpfs());
+}
+
+#[test]
+fn held_only_through_mmap_is_restored() {
+    let fs = Mount::ext4();
+    let data = content("mmap");
+    let path = fs.file("mapped.bin", &data);
+    let daemon = Daemon::start();
+    let holder = Holder::mmap(&path);
+    rm(&path, None);
+
+    let rec = daemon.wait_record(&path, "held");
+    let holders = rec["holders"].as_array().unwrap();
+    assert!(holders.iter().all(|h| h["kind"] == "mmap"), "the holder closed its fd: {rec}");
+    assert!(holders.iter().any(|h| h["pid"] == holder.pid()));
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+}
+
+fn written_after_unlink_is_captured(fs: Mount) {
+    let path = fs.file("log.txt", b"first line\n");
+    let daemon = Daemon::start();
+    let mut holder = Holder::fd(&path);
+    rm(&path, None);
+    daemon.wait_record(&path, "held");
+
+    holder.append("written after the unlink");
+    holder.exit();
+    let rec = daemon.wait_record(&path, "captured");
+    let expected = b"first line\nwritten after the unlink";
+    assert_eq!(rec["size"], expected.len());
+    assert!(rec["checksum"].is_string());
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), expected);
+
+    // The store is root's alone.
+    let store = fs::metadata(daemon.state_dir.join("store")).unwrap();
+    assert_eq!(store.mode() & 0o777, 0o700);
+    let stored = daemon.state_dir.join("store").join(rec["id"].to_string());
+    assert_eq!(fs::metadata(stored).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(daemon.state_dir.join("index.sqlite")).unwrap().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn written_after_unlink_is_captured_on_ext4() {
+    written_after_unlink_is_captured(Mount::ext4());
+}
+
+#[test]
+fn written_after_unlink_is_captured_on_tmpfs() {
+    written_after_unlink_is_captured(Mount::tmpfs());
+}
+
+#[test]
+fn unheld_deletion_is_recorded_with_path_and_deleter() {
+    let ext4 = Mount::ext4();
+    let tmpfs = Mount::tmpfs();
+    let daemon = Daemon::start();
+    for fs in [&ext4, &tmpfs] {
+        let path = fs.file("nobody.txt", b"nobody holds me");
+        let rm_pid = rm(&path, None);
+        let rec = daemon.wait_record(&path, "unheld");
+        assert_eq!(rec["deleted_by"]["pid"], rm_pid);
+        assert_eq!(rec["deleted_by"]["comm"], "rm");
+        assert!(rec["holders"].as_array().unwrap().is_empty());
+        let id = rec["id"].to_string();
+        let out = daemon.cli(&["restore", &id, "--to", fs.path.join("x").to_str().unwrap()]);
+        unrm_tests::assert_one_line_error(&out, "no content to restore");
+    }
+    // ext4's hook names the inode; tmpfs has none, so only the path is known.
+    let ext4_rec = daemon.wait_record(&ext4.path.join("nobody.txt"), "unheld");
+    assert_eq!(ext4_rec["size"], 15);
+    let tmpfs_rec = daemon.wait_record(&tmpfs.path.join("nobody.txt"), "unheld");
+    assert!(tmpfs_rec["ino"].is_null());
+}
+
+#[test]
+fn relative_paths_and_dirfds_resolve_to_absolute_paths() {
+    let fs = Mount::ext4();
+    let dir = fs.path.join("a/b");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("by-cwd"), b"1").unwrap();
+    fs::write(dir.join("by-dirfd"), b"2").unwrap();
+    let daemon = Daemon::start();
+
+    // rm with a relative path: unlinkat(AT_FDCWD, "../b/./by-cwd").
+    rm(Path::new("../b/./by-cwd"), Some(&dir));
+    daemon.wait_record(&dir.join("by-cwd"), "unheld");
+
+    // unlinkat on a directory descriptor, from this process.
+    let dirfd = fs::File::open(fs.path.join("a")).unwrap();
+    let name = CString::new("b/by-dirfd").unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    let ret = unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
+    assert_eq!(ret, 0);
+    let rec = daemon.wait_record(&dir.join("by-dirfd"), "unheld");
+    assert_eq!(rec["deleted_by"]["pid"], std::process::id());
+}
+
+fn rename_over_held_file(fs: Mount) {
+    let old = content("old version");
+    let target = fs.file("config", &old);
+    let replacement = fs.file("config.new", b"new version");
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&target);
+    fs::rename(&replacement, &target).unwrap();
+
+    let rec = daemon.wait_record(&target, "held");
+    assert_eq!(rec["op"], "rename");
+    assert_eq!(rec["deleted_by"]["pid"], std::process::id());
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("old")), old);
+    assert_eq!(fs::read(&target).unwrap(), b"new version");
+    drop(holder);
+}
+
+#[test]
+fn rename_over_a_held_file_on_ext4() {
+    rename_over_held_file(Mount::ext4());
+}
+
+#[test]
+fn rename_over_a_held_file_on_tmpfs() {
+    rename_over_held_file(Mount::tmpfs());
+}
+
+#[test]
+fn deleted_before_the_daemon_started_is_pinned_by_the_start_scan() {
+    let fs = Mount::ext4();
+    let data = content("early");
+    let path = fs.file("early.bin", &data);
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+
+    let daemon = Daemon::start();
+    let rec = daemon.wait_record(&path, "held");
+    assert_eq!(rec["op"], "scan");
+    assert!(rec["deleted_by"].is_null());
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+
+    // Once the holder goes, the start scan's pin is what saves the content.
+    holder.exit();
+    let rec = daemon.wait_record(&path, "captured");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back2")), data);
+}
+
+#[test]
+fn held_records_survive_a_daemon_restart() {
+    let fs = Mount::ext4();
+    let data = content("restart");
+    let path = fs.file("kept.bin", &data);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
+    let daemon = Daemon::start_in(dir, &[]);
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let first = daemon.wait_record(&path, "held");
+    let dir = daemon.kill();
+    assert_eq!(dir.path(), state);
+
+    let daemon = Daemon::start_in(dir, &[]);
+    let again = daemon.wait_record(&path, "held");
+    assert_eq!(again["id"], first["id"], "the same record is picked up again");
+    holder.exit();
+    let rec = daemon.wait_record(&path, "captured");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+}
+
+#[test]
+fn restore_refuses_to_clobber_without_force() {
+    let fs = Mount::ext4();
+    let data = content("clobber");
+    let path = fs.file("precious", &data);
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let rec = daemon.wait_record(&path, "held");
+    let id = rec["id"].to_string();
+
+    // Something new took the name; a symlink sits at another destination.
+    fs::write(&path, b"someone else's new file").unwrap();
+    let out = daemon.cli(&["restore", &id]);
+    unrm_tests::assert_one_line_error(&out, "already exists");
+    assert_eq!(fs::read(&path).unwrap(), b"someone else's new file");
+
+    let link = fs.path.join("link");
+    let victim = fs.path.join("victim");
+    fs::write(&victim, b"do not touch").unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = daemon.cli(&["restore", &id, "--to", link.to_str().unwrap()]);
+    unrm_tests::assert_one_line_error(&out, "already exists");
+    let out = daemon.cli(&["restore", &id, "--to", link.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&victim).unwrap(), b"do not touch", "the symlink was replaced, not followed");
+    assert_eq!(fs::read(&link).unwrap(), data);
+    assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    // To the original path with --force; a directory takes the original name.
+    let out = daemon.cli(&["restore", &id, "--force"]);
+    assert!(out.status.success());
+    assert_eq!(fs::read(&path).unwrap(), data);
+    let sub = fs.path.join("sub");
+    fs::create_dir(&sub).unwrap();
+    assert!(daemon.cli(&["restore", &id, "--to", sub.to_str().unwrap()]).status.success());
+    assert_eq!(fs::read(sub.join("precious")).unwrap(), data);
+    drop(holder);
+}
+
+#[test]
+fn files_over_the_size_cap_are_held_but_not_copied() {
+    let fs = Mount::ext4();
+    let path = fs.file("big", &content("big"));
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--max-file-size", "1K"]);
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    daemon.wait_record(&path, "held");
+    holder.exit();
+    let rec = daemon.wait_record(&path, "skipped");
+    assert!(rec["reason"].as_str().unwrap().contains("cap"), "{rec}");
+}
+
+#[test]
+fn status_reports_the_probes_and_counters() {
+    let fs = Mount::ext4();
+    let path = fs.file("counted", b"x");
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    daemon.wait_record(&path, "held");
+
+    let out = daemon.cli(&["status"]);
+    assert!(out.status.success());
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["pid"], daemon.pid());
+    assert_eq!(status["probes"]["tier"], "tracepoint");
+    assert_eq!(status["probes"]["attached"], true);
+    assert_eq!(status["probes"]["release_attached"], true, "a pinned file has a live holder");
+    assert!(status["counters"]["pins"].as_u64().unwrap() >= 1);
+    assert!(status["held_files"].as_u64().unwrap() >= 1);
+    assert!(status["pin_latency_us"]["samples"].as_u64().unwrap() >= 1);
+    let hooks = status["probes"]["fs_hooks"].as_array().unwrap();
+    assert!(hooks.iter().any(|h| h == "ext4_unlink_enter"), "{status}");
+    drop(holder);
+}
+
+#[test]
+fn list_filters_by_status_path_and_time() {
+    let fs = Mount::ext4();
+    let daemon = Daemon::start();
+    let a = fs.file("keep.log", b"a");
+    let b = fs.file("other.txt", b"b");
+    let holder = Holder::fd(&a);
+    rm(&a, None);
+    rm(&b, None);
+    daemon.wait_record(&a, "held");
+    daemon.wait_record(&b, "unheld");
+
+    let glob = format!("{}/*.log", fs.path.display());
+    let logs = daemon.json(&["list", "--json", "--path", &glob]);
+    let paths: Vec<&str> = logs.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [a.to_str().unwrap()]);
+    let held = daemon.json(&["list", "--json", "--status", "held", "--limit", "0"]);
+    assert!(held.as_array().unwrap().iter().all(|r| r["status"] == "held"));
+    assert!(held.as_array().unwrap().iter().any(|r| r["path"] == a.to_str().unwrap()));
+    let recent = daemon.json(&["list", "--json", "--since", "1h", "--limit", "0"]);
+    assert!(recent.as_array().unwrap().len() >= 2);
+    let text = daemon.cli(&["list"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(a.as_os_str().to_str().unwrap()));
+    drop(holder);
+}

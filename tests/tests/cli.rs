@@ -1,0 +1,94 @@
+//! The CLI on its own: `scan` without a daemon, and bad input of every kind
+//! answered with one clear line and a nonzero exit.
+
+use std::{
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    process::Command,
+};
+
+use unrm_tests::{Daemon, Holder, Mount, assert_one_line_error, rm, unrm_bin};
+
+#[test]
+fn scan_works_without_the_daemon() {
+    let fs = Mount::ext4();
+    let path = fs.file("scanned", b"held and deleted");
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let holder = Holder::fd(&path);
+    let mapper = Holder::mmap(&path);
+    rm(&path, None);
+
+    let socket = tempfile::tempdir().unwrap();
+    let out = Command::new(unrm_bin())
+        .args(["scan", "--json"])
+        .env("UNRM_SOCKET", socket.path().join("nothing-here.sock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["ino"] == ino)
+        .unwrap_or_else(|| panic!("inode {ino} not in {files}"));
+    assert_eq!(entry["path"], path.to_str().unwrap());
+    assert_eq!(entry["size"], 16);
+    let holders = entry["holders"].as_array().unwrap();
+    assert!(holders.iter().any(|h| h["pid"] == holder.pid() && h["kind"] == "fd" && h["fd"].is_u64()));
+    assert!(holders.iter().any(|h| h["pid"] == mapper.pid() && h["kind"] == "mmap" && h["map"].is_string()));
+
+    let text = Command::new(unrm_bin()).arg("scan").output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(path.to_str().unwrap()));
+}
+
+#[test]
+fn unknown_ids_and_bad_arguments() {
+    let daemon = Daemon::start();
+    assert_one_line_error(&daemon.cli(&["show", "987654321"]), "no record with id 987654321");
+    assert_one_line_error(&daemon.cli(&["restore", "987654321"]), "no record with id 987654321");
+    assert_one_line_error(&daemon.cli(&["show", "abc"]), "invalid value 'abc'");
+    assert_one_line_error(&daemon.cli(&["list", "--since", "yesterday-ish"]), "--since");
+    assert_one_line_error(&daemon.cli(&["list", "--status", "gone"]), "unknown status");
+    assert_one_line_error(&daemon.cli(&["list", "--path", "[unclosed"]), "--path");
+    assert_one_line_error(&daemon.cli(&["frobnicate"]), "frobnicate");
+    // The daemon is still serving after all that.
+    assert!(daemon.cli(&["status"]).status.success());
+}
+
+#[test]
+fn daemon_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("unrm.sock");
+    for args in [&["list"][..], &["status"], &["show", "1"], &["restore", "1"]] {
+        let out = Command::new(unrm_bin()).arg("--socket").arg(&socket).args(args).output().unwrap();
+        assert_one_line_error(&out, "daemon is not running");
+    }
+}
+
+#[test]
+fn not_root() {
+    let daemon = Daemon::start();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(unrm_bin());
+        cmd.arg("--socket").arg(&daemon.socket).args(args).uid(65534).gid(65534);
+        cmd.output().unwrap()
+    };
+    assert_one_line_error(&as_nobody(&["list"]), "root");
+    assert_one_line_error(&as_nobody(&["scan"]), "must run as root");
+    assert_one_line_error(&as_nobody(&["daemon", "--state-dir", "/nonexistent"]), "must run as root");
+}
+
+#[test]
+fn a_second_daemon_is_refused() {
+    let first = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(unrm_bin())
+        .args(["daemon", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(dir.path().join("sock"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "another unrm daemon is running");
+    assert!(first.cli(&["status"]).status.success());
+}

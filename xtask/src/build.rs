@@ -1,0 +1,73 @@
+//! The build and test steps, in the order the data path needs them: the
+//! probe object first, then the binary that embeds it, then the tests that
+//! run that binary.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::toolchain::{self, Route};
+
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the probes, then the release binary; returns the binary's path.
+pub fn all(root: &Path) -> Result<PathBuf> {
+    let object = ebpf(root)?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["build", "--release", "--package", "unrm-user", "--bin", "unrm"])
+        .env("UNRM_EBPF_OBJECT", &object);
+    run(&mut cmd)?;
+    Ok(root.join("target/release/unrm"))
+}
+
+fn ebpf(root: &Path) -> Result<PathBuf> {
+    let tools = toolchain::ensure()?;
+    let target_dir = root.join("target/ebpf");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root);
+    match tools.route {
+        Route::Nightly => {
+            cmd.args(["+nightly", "build", "-Z", "build-std=core"]);
+        }
+        Route::Debian => {
+            // Only this invocation sees Debian's compiler; the userspace
+            // build keeps rustup's.
+            cmd.arg("build").env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1");
+        }
+    }
+    cmd.args(["--package", "unrm-ebpf", "--target", BPF_TARGET, "--profile", "bpf"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &tools.bpf_linker)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env_remove("RUSTFLAGS");
+    run(&mut cmd)?;
+    Ok(target_dir.join(BPF_TARGET).join("bpf/unrm-ebpf"))
+}
+
+/// Unit tests of every crate, then the integration tests against `bin`.
+pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
+    let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "--release"])
+        .env("UNRM_EBPF_OBJECT", &object)
+        .env("UNRM_BIN", bin)
+        .arg("--")
+        // The integration tests each run the one daemon a machine may have.
+        .arg("--test-threads=1")
+        .args(args);
+    run(&mut cmd)
+}
