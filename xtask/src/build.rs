@@ -59,6 +59,8 @@ fn ebpf(root: &Path) -> Result<PathBuf> {
 
 /// Unit tests of every crate, then the integration tests against `bin`.
 pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
+    // The integration tests make their own ext4 images and mounts.
+    toolchain::ensure_commands(&[("mkfs.ext4", "e2fsprogs"), ("mount", "mount"), ("losetup", "mount")])?;
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)

@@ -147,6 +147,25 @@ fn ensure_bpf_linker(llvm: u32) -> Result<PathBuf> {
     Ok(linker)
 }
 
+/// Installs the package of every command missing from PATH.
+pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = commands
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+fn on_path(cmd: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(["/sbin".into(), "/usr/sbin".into()]).any(|dir| dir.join(cmd).is_file())
+}
+
 fn apt_install(packages: &[&str]) -> Result<()> {
     if Command::new("apt-get").arg("--version").output().is_err() {
         bail!("{} needed but this is not a Debian-like system; install them by hand", packages.join(" "));
