@@ -320,3 +320,61 @@ fn list_filters_by_status_path_and_time() {
     assert!(String::from_utf8_lossy(&text.stdout).contains(a.as_os_str().to_str().unwrap()));
     drop(holder);
 }
+
+#[test]
+fn lost_events_are_counted_and_a_snapshot_recovers_the_held_file() {
+    let fs = Mount::tmpfs();
+    // Paths of ~3 KiB make each deletion event nearly fill a 4 KiB ring.
+    let mut dir = fs.path.clone();
+    for level in 0..14 {
+        dir.push(format!("{level:0>200}"));
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let names: Vec<String> = (0..2000).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        fs::write(dir.join(name), b"x").unwrap();
+    }
+    let held_path = dir.join("f1000");
+    let data = content("burst");
+    fs::write(&held_path, &data).unwrap();
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--ring-size", "4K"]);
+    let holder = Holder::fd(&held_path);
+
+    // Relative names keep the command line short; the probe resolves the
+    // directory in the kernel, so every event still carries the long path.
+    let status = std::process::Command::new("rm").args(&names).current_dir(&dir).status().unwrap();
+    assert!(status.success());
+    let rec = daemon.wait_record(&held_path, "held");
+    let status = daemon.json(&["status", "--json"]);
+    assert!(status["counters"]["lost_events"].as_u64().unwrap() > 0, "{status}");
+    assert!(daemon.log().contains("ring buffer full"), "the probe's own log line reaches the daemon's log");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    drop(holder);
+}
+
+#[test]
+fn a_running_executable_that_was_deleted_is_held() {
+    let fs = Mount::ext4();
+    let exe = fs.path.join("my-sleep");
+    fs::copy("/bin/sleep", &exe).unwrap();
+    let original = fs::read(&exe).unwrap();
+    let daemon = Daemon::start();
+    let mut child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
+    // The new image is in place once /proc/PID/exe names it.
+    let proc_exe = format!("/proc/{}/exe", child.id());
+    let deadline = std::time::Instant::now() + unrm_tests::PATIENCE;
+    while fs::read_link(&proc_exe).ok().as_deref() != Some(exe.as_path()) {
+        assert!(std::time::Instant::now() < deadline, "{} never ran", exe.display());
+        std::thread::yield_now();
+    }
+    rm(&exe, None);
+
+    let rec = daemon.wait_record(&exe, "held");
+    let holders = rec["holders"].as_array().unwrap();
+    assert!(holders.iter().any(|h| h["pid"] == child.id() && h["kind"] == "exe"), "{rec}");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), original);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rec = daemon.wait_record(&exe, "captured");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back2")), original);
+}

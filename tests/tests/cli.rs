@@ -2,7 +2,7 @@
 //! answered with one clear line and a nonzero exit.
 
 use std::{
-    os::unix::{fs::MetadataExt, process::CommandExt},
+    os::unix::{fs::{MetadataExt, OpenOptionsExt}, process::CommandExt},
     process::Command,
 };
 
@@ -39,6 +39,37 @@ fn scan_works_without_the_daemon() {
 
     let text = Command::new(unrm_bin()).arg("scan").output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains(path.to_str().unwrap()));
+}
+
+#[test]
+fn scan_skips_what_was_never_a_users_file() {
+    // A memfd (kernel-internal mount) and an O_TMPFILE (never named) are both
+    // unlinked regular files held by this process.
+    let name = std::ffi::CString::new("unrm-test-memfd").unwrap();
+    // SAFETY: a valid name; the fd is closed at the end of the test.
+    let memfd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(memfd >= 0);
+    let fs = Mount::ext4();
+    let tmpfile = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&fs.path)
+        .unwrap();
+    let out = Command::new(unrm_bin()).args(["scan", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = std::process::id();
+    let mine: Vec<_> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["holders"].as_array().unwrap().iter().any(|h| h["pid"] == me))
+        .collect();
+    assert!(mine.is_empty(), "memfd or O_TMPFILE reported: {mine:?}");
+    drop(tmpfile);
+    // SAFETY: closing the memfd this test opened.
+    unsafe { libc::close(memfd) };
 }
 
 #[test]

@@ -11,6 +11,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use unrm_abi::{
     DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags,
 };
@@ -33,7 +34,7 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 }
 
 #[inline(always)]
-fn begin(op: u32, dirfd: u64, path: u64) -> u32 {
+fn begin(ctx: &TracePointContext, op: u32, dirfd: u64, path: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // The daemon's own files (index journal, store temporaries) are not news.
     if (pid_tgid >> 32) as u32 == unsafe { core::ptr::read_volatile(&raw const SELF_TGID) } {
@@ -43,13 +44,14 @@ fn begin(op: u32, dirfd: u64, path: u64) -> u32 {
     let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
     if INFLIGHT.insert(&tid, &call, 0).is_err() {
         count(stat::LOST_INFLIGHT);
+        warn!(ctx, "unrm: in-flight table full; deletion by thread {} unseen", tid);
     }
     0
 }
 
 #[tracepoint]
 pub fn unrm_enter_unlink(ctx: TracePointContext) -> u32 {
-    begin(delete_op::UNLINK, AT_FDCWD as u64, arg(&ctx, 0))
+    begin(&ctx, delete_op::UNLINK, AT_FDCWD as u64, arg(&ctx, 0))
 }
 
 #[tracepoint]
@@ -57,17 +59,17 @@ pub fn unrm_enter_unlinkat(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 2) & AT_REMOVEDIR != 0 {
         return 0;
     }
-    begin(delete_op::UNLINK, arg(&ctx, 0), arg(&ctx, 1))
+    begin(&ctx, delete_op::UNLINK, arg(&ctx, 0), arg(&ctx, 1))
 }
 
 #[tracepoint]
 pub fn unrm_enter_rename(ctx: TracePointContext) -> u32 {
-    begin(delete_op::RENAME, AT_FDCWD as u64, arg(&ctx, 1))
+    begin(&ctx, delete_op::RENAME, AT_FDCWD as u64, arg(&ctx, 1))
 }
 
 #[tracepoint]
 pub fn unrm_enter_renameat(ctx: TracePointContext) -> u32 {
-    begin(delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
+    begin(&ctx, delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
 }
 
 #[tracepoint]
@@ -76,7 +78,7 @@ pub fn unrm_enter_renameat2(ctx: TracePointContext) -> u32 {
     if arg(&ctx, 4) & (RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
         return 0;
     }
-    begin(delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
+    begin(&ctx, delete_op::RENAME, arg(&ctx, 2), arg(&ctx, 3))
 }
 
 /// Attached to the exit of every deletion call above.
@@ -87,12 +89,12 @@ pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
     let call = unsafe { *call };
     let _ = INFLIGHT.remove(&tid);
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
-    unsafe { emit_deletion(&call, ret) };
+    unsafe { emit_deletion(&ctx, &call, ret) };
     0
 }
 
 #[inline(always)]
-unsafe fn emit_deletion(call: &Inflight, ret: i64) {
+unsafe fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
     let Some(buf) = EVENT_BUF.get_ptr_mut(0) else { return };
     unsafe {
         let data = (*buf).data.as_mut_ptr();
@@ -137,6 +139,7 @@ unsafe fn emit_deletion(call: &Inflight, ret: i64) {
         let bytes = core::slice::from_raw_parts(buf as *const u8, len);
         if EVENTS.output::<[u8]>(bytes, 0).is_err() {
             count(stat::LOST_EVENTS);
+            warn!(ctx, "unrm: ring buffer full; deletion by {} dropped", (*buf).header.tgid);
         }
     }
 }

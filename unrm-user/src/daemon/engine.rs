@@ -108,6 +108,8 @@ pub struct Engine {
     exit_watch: UnboundedSender<u32>,
     captures: Sender<capture::Job>,
     counters: Counters,
+    /// Probe-side losses already acted on.
+    lost_seen: u64,
     latencies_ns: VecDeque<u64>,
     started: Instant,
 }
@@ -138,6 +140,7 @@ impl Engine {
             exit_watch,
             captures,
             counters: Counters::default(),
+            lost_seen: 0,
             latencies_ns: VecDeque::new(),
             started: Instant::now(),
         })
@@ -201,6 +204,13 @@ impl Engine {
                         }
                     }
                 }
+            }
+            let lost = self.lost_events();
+            if lost > self.lost_seen {
+                // Whatever the lost events said, a snapshot will find.
+                log::warn!("{} events lost in the kernel; reconciling", lost - self.lost_seen);
+                self.lost_seen = lost;
+                self.recheck = true;
             }
             let due = Instant::now() >= next_rescan;
             if due || self.recheck || !self.pending.is_empty() {
@@ -501,9 +511,13 @@ impl Engine {
         Ok(Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) })
     }
 
+    fn lost_events(&self) -> u64 {
+        self.probe_stats.lost_events() + self.probe_stats.lost_inflight()
+    }
+
     fn status(&self) -> Result<DaemonStatus> {
         let mut counters = self.counters.clone();
-        counters.lost_events = self.probe_stats.lost_events() + self.probe_stats.lost_inflight();
+        counters.lost_events = self.lost_events();
         let held_bytes = self.pins.values().filter_map(|p| p.file.metadata().ok()).map(|m| m.len()).sum();
         Ok(DaemonStatus {
             pid: std::process::id(),
