@@ -76,6 +76,8 @@ pub struct RestoreMeta {
     pub mtime_ns: Option<i64>,
 }
 
+pub type HeldRecord = (i64, Option<u64>, Option<u64>);
+
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub since: Option<SystemTime>,
@@ -220,8 +222,8 @@ impl Index {
         Ok(out)
     }
 
-    /// Records that were `held` when the daemon last stopped.
-    pub fn held(&self) -> Result<Vec<(i64, Option<u64>, Option<u64>)>> {
+    /// Records that were `held` when the daemon last stopped: id, dev, ino.
+    pub fn held(&self) -> Result<Vec<HeldRecord>> {
         let mut stmt = self.conn.prepare_cached("SELECT id, dev, ino FROM records WHERE status = 'held'")?;
         let rows = stmt.query_map([], |row| {
             Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.map(|d| d as u64), row.get::<_, Option<i64>>(2)?.map(|i| i as u64)))

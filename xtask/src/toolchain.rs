@@ -6,6 +6,7 @@
 //!   developer laptop with internet access;
 //! - Debian's `rustc-web` with prebuilt BPF `core`/`alloc`
 //!   (`libstd-rust-web-dev-bpf`), which needs no download from rustup.
+//!
 //! Whichever is present is used; if neither, the Debian one is installed.
 //! `bpf-linker` must link against the same LLVM major as that compiler.
 
@@ -123,7 +124,7 @@ fn ensure_bpf_linker(llvm: u32) -> Result<PathBuf> {
     if have == BPF_LINKER_VERSION && linker_llvm_major(&linker) == Some(llvm) {
         return Ok(linker);
     }
-    if llvm < 21 || llvm > 23 {
+    if !(21..=23).contains(&llvm) {
         bail!("bpf-linker {BPF_LINKER_VERSION} supports LLVM 21-23, but the BPF compiler uses LLVM {llvm}");
     }
     eprintln!(

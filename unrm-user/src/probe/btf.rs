@@ -75,10 +75,10 @@ impl KernelBtf {
             if m_name == name {
                 return Ok(Some((m.bit_offset(), m_ty)));
             }
-            if m_name.is_empty() {
-                if let Some((bits, found)) = self.member(&m_ty, name)? {
-                    return Ok(Some((m.bit_offset() + bits, found)));
-                }
+            if m_name.is_empty()
+                && let Some((bits, found)) = self.member(&m_ty, name)?
+            {
+                return Ok(Some((m.bit_offset() + bits, found)));
             }
         }
         Ok(None)
