@@ -17,7 +17,8 @@ use unrm_abi::{
 };
 
 use crate::{
-    kernel::{PathRef, Walk, fd_file, inode_facts, off, read, read_path, read_ptr, write_dir},
+    holder,
+    kernel::{InodeFacts, PathRef, Walk, fd_file, inode_facts, off, read, read_path, read_ptr, write_dir},
     maps::{DATA_LEN, EVENT_BUF, EVENTS, INFLIGHT, Inflight, SELF_TGID, count},
 };
 
@@ -41,7 +42,7 @@ fn begin(ctx: &TracePointContext, op: u32, dirfd: u64, path: u64) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
+    let call = Inflight { op, dirfd: dirfd as i32, path, inode: 0, victim: Victim::default() };
     if INFLIGHT.insert(&tid, &call, 0).is_err() {
         count(stat::LOST_INFLIGHT);
         warn!(ctx, "unrm: in-flight table full; deletion by thread {} unseen", tid);
@@ -86,9 +87,20 @@ pub fn unrm_enter_renameat2(ctx: TracePointContext) -> u32 {
 pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = INFLIGHT.get_ptr(&tid) else { return 0 };
-    let call = unsafe { *call };
+    let mut call = unsafe { *call };
     let _ = INFLIGHT.remove(&tid);
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    let v = &mut call.victim;
+    let maybe_held = v.flags & victim_flags::REFS_VALID == 0 || v.refs > 1;
+    if ret == 0 && v.flags & victim_flags::KNOWN != 0 && maybe_held {
+        // Locks are dropped now; holders keep the inode alive, and a
+        // pointer compare against a freed one simply never matches.
+        if let Some(holder) = unsafe { holder::find(call.inode as *const u8) } {
+            v.flags |= victim_flags::HOLDER;
+            v.holder_tgid = holder.tgid;
+            v.holder_fd = holder.fd;
+        }
+    }
     unsafe { emit_deletion(&ctx, &call, ret) };
     0
 }
@@ -161,6 +173,28 @@ unsafe fn base_dir(dirfd: i32) -> Option<(PathRef, PathRef)> {
     }
 }
 
+#[inline(always)]
+fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
+    let mut flags = victim_flags::KNOWN | victim_flags::FS_HOOKED;
+    if refs.is_some() {
+        flags |= victim_flags::REFS_VALID;
+    }
+    Victim {
+        flags,
+        dev: facts.dev,
+        ino: facts.ino,
+        size: facts.size,
+        mode: facts.mode,
+        nlink,
+        refs: refs.unwrap_or(0),
+        uid: facts.uid,
+        gid: facts.gid,
+        holder_tgid: 0,
+        holder_fd: 0,
+        _pad: 0,
+    }
+}
+
 /// ext4 calls this with the dentry it is about to unlink, inside our call.
 #[btf_tracepoint(function = "ext4_unlink_enter")]
 pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
@@ -170,19 +204,9 @@ pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
         let dentry: *const u8 = ctx.arg(1);
         let Some(inode) = read_ptr(dentry, off!(dentry_inode)) else { return 0 };
         let Some(facts) = inode_facts(inode) else { return 0 };
-        let refs = read::<u32>(dentry, off!(dentry_count)).unwrap_or(0);
-        (*call).victim = Victim {
-            flags: victim_flags::KNOWN | victim_flags::FS_HOOKED | victim_flags::REFS_VALID,
-            dev: facts.dev,
-            ino: facts.ino,
-            size: facts.size,
-            mode: facts.mode,
-            nlink: facts.nlink,
-            refs,
-            uid: facts.uid,
-            gid: facts.gid,
-            _pad: 0,
-        };
+        let refs = read::<u32>(dentry, off!(dentry_count));
+        (*call).victim = victim(&facts, facts.nlink, refs);
+        (*call).inode = inode as u64;
     }
     0
 }
@@ -206,19 +230,9 @@ pub fn unrm_ext4_dirty(ctx: BtfTracePointContext) -> u32 {
         if !facts.is_regular() || facts.nlink != 0 {
             return 0;
         }
-        (*call).victim = Victim {
-            flags: victim_flags::KNOWN | victim_flags::FS_HOOKED,
-            dev: facts.dev,
-            ino: facts.ino,
-            size: facts.size,
-            mode: facts.mode,
-            // The count before the rename dropped it.
-            nlink: 1,
-            refs: 0,
-            uid: facts.uid,
-            gid: facts.gid,
-            _pad: 0,
-        };
+        // The link count before the rename dropped it was one.
+        (*call).victim = victim(&facts, 1, holder::alias_refs(inode));
+        (*call).inode = inode as u64;
     }
     0
 }

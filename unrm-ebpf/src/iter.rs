@@ -74,11 +74,17 @@ pub fn unrm_iter_vmas(ctx: *mut c_void) -> i32 {
 }
 
 /// Facts of `file`'s inode if it is a deleted regular file on a user mount.
+/// Almost every file still has a name, so the link count is read first and
+/// alone.
 #[inline(always)]
 unsafe fn deleted_regular(file: *const u8) -> Option<InodeFacts> {
     unsafe {
-        let facts = inode_facts(file_inode(file)?)?;
-        if !facts.is_regular() || facts.nlink != 0 {
+        let inode = file_inode(file)?;
+        if read::<u32>(inode, off!(inode_nlink))? != 0 {
+            return None;
+        }
+        let facts = inode_facts(inode)?;
+        if !facts.is_regular() {
             return None;
         }
         let mnt = read_ptr(file, off!(file_path) + off!(path_mnt))?;

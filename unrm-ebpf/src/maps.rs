@@ -26,6 +26,8 @@ pub struct Inflight {
     pub op: u32,
     pub dirfd: i32,
     pub path: u64,
+    /// The victim's `struct inode *`, to look for a holder on exit.
+    pub inode: u64,
     pub victim: Victim,
 }
 
@@ -84,7 +86,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_gid: 0, sb_dev: 0, dentry_parent: 0, dentry_name: 0, dentry_inode: 0,
     dentry_count: 0, qstr_len: 0, qstr_name: 0, vfsmount_root: 0,
     vfsmount_flags: 0, mount_mnt: 0, mount_parent: 0, mount_mountpoint: 0,
-    mm_exe_file: 0, vma_start: 0, vma_end: 0, vma_file: 0, _pad: 0,
+    mm_exe_file: 0, vma_start: 0, vma_end: 0, vma_file: 0, task_real_parent: 0,
+    task_tasks: 0, fdt_open_fds: 0, inode_dentry: 0, dentry_alias: 0, _pad: 0,
 };
 
 /// The daemon's own process, whose pins are not holders.

@@ -91,7 +91,10 @@ impl Snapshot {
     pub fn take(probes: &mut Probes) -> Result<Self> {
         let mut snapshot = Snapshot::default();
         for name in Probes::iterator_names() {
-            snapshot.add(&probes.run_iterator(name)?)?;
+            let started = std::time::Instant::now();
+            let bytes = probes.run_iterator(name)?;
+            log::debug!("{name}: {} bytes in {:?}", bytes.len(), started.elapsed());
+            snapshot.add(&bytes)?;
         }
         Ok(snapshot)
     }

@@ -105,7 +105,11 @@ impl Index {
             }
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // In WAL mode NORMAL never corrupts and survives a crash of the
+        // daemon; a power cut may roll back the newest transactions. The
+        // one fact that must survive, a capture, is durable in the store
+        // before the index hears of it, and a restart re-adopts it.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA).context("creating the index schema")?;
         Ok(Self { conn })

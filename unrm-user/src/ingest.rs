@@ -5,6 +5,7 @@
 
 use std::{
     ffi::OsStr,
+    os::fd::OwnedFd,
     os::unix::ffi::OsStrExt,
     path::{Component, Path, PathBuf},
     sync::mpsc::Sender,
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use rustix::event::{PollFd, PollFlags, poll};
 use unrm_abi::{
     DeleteEvent, ReleaseEvent, S_IFMT, S_IFREG, delete_op, event_kind, path_flags, release_reason,
     victim_flags,
@@ -38,6 +39,8 @@ pub struct Victim {
     pub refs: Option<u32>,
     pub uid: u32,
     pub gid: u32,
+    /// A process and descriptor holding it, found by the probe.
+    pub holder: Option<(u32, u32)>,
 }
 
 impl Victim {
@@ -46,7 +49,16 @@ impl Victim {
     }
 }
 
-#[derive(Clone, Debug)]
+/// unrm's first hold on a deleted inode, taken by the reader the moment an
+/// event named a holder (see `pins::grab`).
+#[derive(Debug)]
+pub struct Grab {
+    pub handle: OwnedFd,
+    /// CLOCK_MONOTONIC when the handle was taken.
+    pub at_ns: u64,
+}
+
+#[derive(Debug)]
 pub struct Deletion {
     pub op: DeleteOp,
     pub ktime_ns: u64,
@@ -64,6 +76,7 @@ pub struct Deletion {
     /// A filesystem hook fired during the call: no `victim` then means no
     /// inode lost its last name.
     pub fs_hooked: bool,
+    pub grabbed: Option<Grab>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +102,7 @@ impl Release {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Event {
     Delete(Deletion),
     Release(Release),
@@ -132,6 +145,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         refs: (v.flags & victim_flags::REFS_VALID != 0).then_some(v.refs),
         uid: v.uid,
         gid: v.gid,
+        holder: (v.flags & victim_flags::HOLDER != 0).then_some((v.holder_tgid, v.holder_fd)),
     });
     Ok(Deletion {
         op: if ev.op == delete_op::RENAME { DeleteOp::Rename } else { DeleteOp::Unlink },
@@ -144,6 +158,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
         victim,
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
+        grabbed: None,
     })
 }
 
@@ -187,17 +202,41 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// Pin first (principle 1): when the probe named a descriptor holding the
+/// deleted inode, take an `O_PATH` handle on it right here, before the event
+/// queues behind anything. It costs two system calls on procfs and never
+/// blocks.
+fn grab(d: &mut Deletion) {
+    let Some(victim) = &d.victim else { return };
+    let Some((pid, fd)) = victim.holder else { return };
+    if d.ret != 0 {
+        return;
+    }
+    let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+    if let Ok(handle) = crate::pins::grab(&link, victim.inode) {
+        d.grabbed = Some(Grab { handle, at_ns: crate::daemon::monotonic_ns() });
+    }
+}
+
 /// Drains the ring buffer for as long as the daemon runs, forwarding every
-/// event. Undecodable records are counted and logged, never fatal.
-pub async fn forward<M: From<Event>>(ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
-    // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
-    let mut ring = unsafe { AsyncFd::register(ring)? };
+/// event. Undecodable records are logged, never fatal.
+///
+/// A thread of its own blocked in poll(2), rather than a task on the async
+/// runtime: one wake-up between the kernel's notification and the first
+/// pin, instead of the reactor's and then a worker's.
+pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
     loop {
-        let mut guard = ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+        let mut fds = [PollFd::new(&ring, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
+        }
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    if let Event::Delete(d) = &mut event {
+                        grab(d);
+                    }
                     if tx.send(event.into()).is_err() {
                         return Ok(());
                     }
@@ -205,7 +244,6 @@ pub async fn forward<M: From<Event>>(ring: RingBuf<MapData>, tx: Sender<M>) -> R
                 Err(err) => log::warn!("dropping an undecodable event: {err:#}"),
             }
         }
-        guard.clear_ready();
     }
 }
 
@@ -233,6 +271,8 @@ mod tests {
                 refs: 2,
                 uid: 1000,
                 gid: 1000,
+                holder_tgid: 0,
+                holder_fd: 0,
                 _pad: 0,
             },
             path_len: path.len() as u32,

@@ -6,7 +6,7 @@ use std::{
     fs::{File, OpenOptions},
     io,
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, OwnedFd},
         unix::fs::{MetadataExt, OpenOptionsExt},
     },
     path::Path,
@@ -44,19 +44,19 @@ impl Meta {
 /// Opens a reference to `held` through the first of its holds that still
 /// leads to the same deleted inode.
 pub fn take(held: &HeldFile) -> Option<(File, Meta)> {
-    held.holds.iter().find_map(|hold| {
-        let file = open_verified(&hold.proc_path(), held.inode).ok()?;
-        let meta = Meta::of(&file).ok()?;
-        Some((file, meta))
-    })
+    held.holds.iter().find_map(|hold| open_grabbed(&grab(&hold.proc_path(), held.inode).ok()?).ok())
 }
 
-/// Between the scan and this open, the holder may have closed the fd and
-/// opened something else under the same number, possibly a FIFO or a
-/// device whose open has side effects. So: an `O_PATH` handle first, which
-/// opens nothing; check it is the same deleted regular file; then reopen
-/// that exact inode for reading through our own handle.
-fn open_verified(link: &Path, want: InodeId) -> io::Result<File> {
+/// Takes an `O_PATH` handle on the deleted inode behind a /proc link. The
+/// handle holds the dentry, so the inode and its data live as long as it
+/// does: this alone is a pin. It opens nothing (no `->open`, so it cannot
+/// block on a FUSE server or trigger a device's open), which is why the
+/// ring-buffer reader may take it the moment an event names a holder.
+///
+/// Between the event (or scan) and now, the holder may have closed the fd
+/// and opened something else under the same number: the handle is kept
+/// only if it is still the same deleted regular file.
+pub fn grab(link: &Path, want: InodeId) -> io::Result<OwnedFd> {
     let handle = open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
     let st = fstat(&handle)?;
     let same = st.st_dev == want.dev && st.st_ino == want.ino;
@@ -64,7 +64,14 @@ fn open_verified(link: &Path, want: InodeId) -> io::Result<File> {
     if !same || !regular || st.st_nlink != 0 {
         return Err(io::Error::other(format!("{} is no longer the deleted file", link.display())));
     }
-    reopen(Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())))
+    Ok(handle)
+}
+
+/// Opens a grabbed inode for reading, through our own handle.
+pub fn open_grabbed(handle: &OwnedFd) -> io::Result<(File, Meta)> {
+    let file = reopen(Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())))?;
+    let meta = Meta::of(&file)?;
+    Ok((file, meta))
 }
 
 /// Opens for reading without touching the access time where allowed.

@@ -37,6 +37,8 @@ pub mod victim_flags {
     pub const FS_HOOKED: u32 = 2;
     /// `refs` is valid: the dentry's reference count when it was unlinked.
     pub const REFS_VALID: u32 = 4;
+    /// `holder_tgid`/`holder_fd` name a descriptor on the inode.
+    pub const HOLDER: u32 = 8;
 }
 
 /// `path_flags` of a deletion event.
@@ -84,6 +86,11 @@ pub struct Victim {
     pub refs: u32,
     pub uid: u32,
     pub gid: u32,
+    /// A process holding the inode through a descriptor, found in the kernel
+    /// right after the call (`victim_flags::HOLDER`): the daemon can pin
+    /// through `/proc/holder_tgid/fd/holder_fd` without scanning.
+    pub holder_tgid: u32,
+    pub holder_fd: u32,
     pub _pad: u32,
 }
 
@@ -203,6 +210,11 @@ pub struct KernelOffsets {
     pub vma_start: u32,
     pub vma_end: u32,
     pub vma_file: u32,
+    pub task_real_parent: u32,
+    pub task_tasks: u32,
+    pub fdt_open_fds: u32,
+    pub inode_dentry: u32,
+    pub dentry_alias: u32,
     pub _pad: u32,
 }
 
@@ -223,12 +235,12 @@ pub const S_IFREG: u32 = 0o100000;
 pub const MNT_INTERNAL: u32 = 0x4000;
 
 const _: () = {
-    assert!(core::mem::size_of::<Victim>() == 48);
-    assert!(core::mem::size_of::<DeleteEvent>() == 112);
+    assert!(core::mem::size_of::<Victim>() == 56);
+    assert!(core::mem::size_of::<DeleteEvent>() == 120);
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
     assert!(core::mem::size_of::<HeldRecord>() == 80);
     assert!(core::mem::size_of::<InodeKey>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 43 * 4);
 };
 
 #[cfg(feature = "user")]

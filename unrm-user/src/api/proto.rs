@@ -77,6 +77,9 @@ pub struct Counters {
     pub lost_events: u64,
     pub scans: u64,
     pub pins: u64,
+    /// Pins taken through the holder the probe found in the kernel, without
+    /// waiting for a snapshot.
+    pub fast_pins: u64,
     pub captured: u64,
     pub missed: u64,
     pub unheld: u64,

@@ -78,8 +78,8 @@ pub fn status(s: &DaemonStatus) {
         c.events, c.deletions, c.releases, c.lost_events, c.scans
     );
     println!(
-        "pins: {}, captured: {}, missed: {}, unheld: {}, skipped: {}, failed: {}",
-        c.pins, c.captured, c.missed, c.unheld, c.skipped, c.failed
+        "pins: {} ({} fast), captured: {}, missed: {}, unheld: {}, skipped: {}, failed: {}",
+        c.pins, c.fast_pins, c.captured, c.missed, c.unheld, c.skipped, c.failed
     );
     println!(
         "held now: {} files, {}; store: {}; records: {}",

@@ -27,7 +27,7 @@ use crate::{
         proto::{Counters, DaemonStatus, Latency, ProbeStatus, Request, Response},
         server::Reply,
     },
-    holders::{HeldFile, Hold, InodeId, Snapshot},
+    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::{Index, ListQuery, NewRecord},
     ingest::{DeleteOp, Deletion, Event},
     pins::{self, Meta},
@@ -289,8 +289,41 @@ impl Engine {
             self.index.insert(&record)?;
             return Ok(());
         }
-        self.pending.push(Pending { deletion: d, deleted_at, held_hint });
+        let mut pending = Pending { deletion: d, deleted_at, held_hint };
+        if self.pin_through_probe_holder(&mut pending)? {
+            return Ok(());
+        }
+        self.pending.push(pending);
         Ok(())
+    }
+
+    /// The fast path: the reader already holds the inode through the
+    /// descriptor the probe named. Open it for reading and record it; a
+    /// snapshot still follows in this batch to learn every holder.
+    fn pin_through_probe_holder(&mut self, p: &mut Pending) -> Result<bool> {
+        let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
+        let Some(victim) = p.deletion.victim else { return Ok(false) };
+        let Some((pid, fd)) = victim.holder else { return Ok(false) };
+        if self.pins.contains_key(&victim.inode) {
+            return Ok(true);
+        }
+        let Ok((file, meta)) = pins::open_grabbed(&grab.handle) else { return Ok(false) };
+        self.record_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let hold = Hold { kind: HolderKind::Fd, pid, comm: comm.trim_end().to_owned(), fd, vm_start: 0, vm_end: 0 };
+        let held = HeldFile {
+            inode: victim.inode,
+            path: p.deletion.path.clone(),
+            size: meta.size,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            holds: vec![hold],
+        };
+        self.add_pin(&held, file, &meta, Some(p))?;
+        self.counters.fast_pins += 1;
+        self.recheck = true;
+        Ok(true)
     }
 
     fn reconcile(&mut self) -> Result<()> {
@@ -371,17 +404,26 @@ impl Engine {
     /// gone by the time unrm reached for it.
     fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> Result<bool> {
         let Some((file, meta)) = pins::take(held) else { return Ok(false) };
-        let holders = holders_of(&held.holds);
+        if let Some(p) = pending {
+            self.record_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
+        }
+        self.add_pin(held, file, &meta, pending)?;
+        Ok(true)
+    }
+
+    fn record_latency(&mut self, ns: u64) {
+        if self.latencies_ns.len() == LATENCY_SAMPLES {
+            self.latencies_ns.pop_front();
+        }
+        self.latencies_ns.push_back(ns);
+    }
+
+    /// Records a new pin: from a deletion event, or (`pending` None) found
+    /// by a scan at `held.path`.
+    fn add_pin(&mut self, held: &HeldFile, file: File, meta: &Meta, pending: Option<&Pending>) -> Result<()> {
+        let (inode, holds) = (held.inode, held.holds.clone());
         let mut record = match pending {
-            Some(p) => {
-                if let Some(latency) = monotonic_ns().checked_sub(p.deletion.ktime_ns) {
-                    if self.latencies_ns.len() == LATENCY_SAMPLES {
-                        self.latencies_ns.pop_front();
-                    }
-                    self.latencies_ns.push_back(latency);
-                }
-                deletion_record(&p.deletion, p.deleted_at, Status::Held, None)
-            }
+            Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Held, None),
             None => NewRecord {
                 path: held.path.as_os_str().as_bytes().to_vec(),
                 op: "scan",
@@ -389,14 +431,14 @@ impl Engine {
                 ..Default::default()
             },
         };
-        fill_meta(&mut record, held.inode, &meta);
-        record.holders = holders;
+        fill_meta(&mut record, inode, meta);
+        record.holders = holders_of(&holds);
         let id = self.index.insert(&record)?;
         self.counters.pins += 1;
-        log::info!("pinned {} ({} bytes) as record {id}", held.path.display(), meta.size);
-        let pin = Pin { file, record: id, holds: held.holds.clone(), from_scan: pending.is_none(), capturing: false };
-        self.pins.insert(held.inode, pin);
-        Ok(true)
+        log::info!("pinned {} ({} bytes) as record {id}", String::from_utf8_lossy(&record.path), meta.size);
+        let pin = Pin { file, record: id, holds, from_scan: pending.is_none(), capturing: false };
+        self.pins.insert(inode, pin);
+        Ok(())
     }
 
     /// Only our pin is left: the content is final. Copy it, then let go.

@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::oneshot};
 
 use engine::{Config, Engine, Msg};
+pub use engine::monotonic_ns;
 
 use crate::{
     api::server::{self, Handler},
@@ -63,7 +64,12 @@ pub fn run(opts: Options) -> Result<()> {
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (capture_tx, capture_rx) = std::sync::mpsc::channel();
     capture::spawn(store.clone(), capture_rx, tx.clone());
-    runtime.spawn(ingest::forward(ring, tx.clone()));
+    let ring_tx = tx.clone();
+    std::thread::Builder::new().name("unrm-ingest".into()).spawn(move || {
+        if let Err(err) = ingest::forward(ring, ring_tx) {
+            log::error!("the ring buffer reader stopped: {err:#}");
+        }
+    })?;
     runtime.spawn(exits::watch(exit_rx, tx.clone()));
     if let Some(logger) = logger {
         runtime.spawn(forward_probe_logs(logger));

@@ -139,6 +139,11 @@ impl KernelBtf {
             vma_start: o("vm_area_struct", &["vm_start"])?,
             vma_end: o("vm_area_struct", &["vm_end"])?,
             vma_file: o("vm_area_struct", &["vm_file"])?,
+            task_real_parent: o("task_struct", &["real_parent"])?,
+            task_tasks: o("task_struct", &["tasks"])?,
+            fdt_open_fds: o("fdtable", &["open_fds"])?,
+            inode_dentry: o("inode", &["i_dentry"])?,
+            dentry_alias: o("dentry", &["d_u.d_alias", "d_alias"])?,
             _pad: 0,
         })
     }

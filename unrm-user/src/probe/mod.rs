@@ -106,14 +106,14 @@ impl Probes {
 
         for (name, iter_type) in ITERATORS {
             let prog: &mut Iter = program(&mut ebpf, name)?;
-            prog.load(iter_type, &btf).with_context(|| format!("loading iterator {name}"))?;
+            prog.load(iter_type, &btf).map_err(|err| verifier_error(name, err))?;
         }
         let mut probes = Self { ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
         if opts.hooks {
             ensure_tracefs()?;
             for (name, _) in DELETION.iter().chain(RELEASE) {
                 let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
-                prog.load().with_context(|| format!("loading {name}"))?;
+                prog.load().map_err(|err| verifier_error(name, err))?;
             }
             probes.attach(DELETION)?;
             for (name, hook) in FS_HOOKS {
@@ -174,11 +174,17 @@ impl Probes {
 
     /// Runs one iterator to completion and returns what it wrote.
     pub fn run_iterator(&mut self, name: &str) -> Result<Vec<u8>> {
+        let t0 = std::time::Instant::now();
         let prog: &mut Iter = program(&mut self.ebpf, name)?;
         let id = prog.attach()?;
+        let t1 = t0.elapsed();
         let mut file = prog.take_link(id)?.into_file()?;
+        let t2 = t0.elapsed();
         let mut out = Vec::with_capacity(64 * 1024);
         file.read_to_end(&mut out).with_context(|| format!("reading iterator {name}"))?;
+        let t3 = t0.elapsed();
+        drop(file);
+        log::debug!("attach {t1:?} file {t2:?} read {t3:?} close {:?}", t0.elapsed());
         Ok(out)
     }
 
@@ -239,9 +245,22 @@ where
     Ok(prog.try_into()?)
 }
 
+/// The verifier's log can run to megabytes: keep its end, where it says
+/// why, for the one-line error; the whole of it goes to the debug log.
+fn verifier_error(name: &str, err: aya::programs::ProgramError) -> anyhow::Error {
+    let text = err.to_string();
+    log::debug!("loading {name}: {text}");
+    const KEEP: usize = 600;
+    let tail = match text.char_indices().rev().nth(KEEP) {
+        Some((at, _)) => format!("…{}", &text[at..]),
+        None => text,
+    };
+    anyhow::anyhow!("the kernel refused probe {name}: {tail}")
+}
+
 fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<()> {
     let prog: &mut BtfTracePoint = program(ebpf, name)?;
-    prog.load(hook, btf)?;
+    prog.load(hook, btf).map_err(|err| verifier_error(name, err))?;
     prog.attach()?;
     Ok(())
 }
