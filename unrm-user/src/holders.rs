@@ -91,10 +91,7 @@ impl Snapshot {
     pub fn take(probes: &mut Probes) -> Result<Self> {
         let mut snapshot = Snapshot::default();
         for name in Probes::iterator_names() {
-            let started = std::time::Instant::now();
-            let bytes = probes.run_iterator(name)?;
-            log::debug!("{name}: {} bytes in {:?}", bytes.len(), started.elapsed());
-            snapshot.add(&bytes)?;
+            snapshot.add(&probes.run_iterator(name)?)?;
         }
         Ok(snapshot)
     }

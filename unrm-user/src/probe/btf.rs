@@ -6,30 +6,124 @@
 //! structs and unions along the way are searched, as C would let you write
 //! `dentry->d_lockref.count`. Where kernels renamed a field, alternatives are
 //! tried in order.
+//!
+//! A general BTF library builds every type and a table of every string
+//! (~0.3 s for vmlinux); this reader makes one pass that notes where each
+//! type starts and compares names in place, so `unrm scan` starts quickly.
 
 use anyhow::{Context, Result, anyhow, bail};
-use btf_rs::{Btf, Type};
 use unrm_abi::KernelOffsets;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+const MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
 pub struct KernelBtf {
-    btf: Btf,
+    data: Vec<u8>,
+    types: usize,
+    strings: usize,
+    strings_len: usize,
+    /// Byte offset of type id `i` (index 0 is void and unused).
+    starts: Vec<u32>,
+}
+
+/// One `struct btf_type` header.
+#[derive(Clone, Copy)]
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    vlen: u32,
+    kind_flag: bool,
+    /// `size` for structs and unions, `type` for references.
+    size_or_type: u32,
 }
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        let btf = Btf::from_file(VMLINUX).with_context(|| {
+        let data = std::fs::read(VMLINUX).with_context(|| {
             format!("reading {VMLINUX} (unrm needs a kernel built with CONFIG_DEBUG_INFO_BTF)")
         })?;
-        Ok(Self { btf })
+        Self::parse(data)
+    }
+
+    fn parse(data: Vec<u8>) -> Result<Self> {
+        let u32_at = |at: usize| -> Result<u32> {
+            let bytes = data.get(at..at + 4).context("BTF header is truncated")?;
+            Ok(u32::from_le_bytes(bytes.try_into().unwrap()))
+        };
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
+            bail!("{VMLINUX} is not little-endian BTF");
+        }
+        let header_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let mut btf = KernelBtf {
+            types: header_len + type_off,
+            strings: header_len + str_off,
+            strings_len: str_len,
+            starts: vec![0],
+            data,
+        };
+        if btf.strings + str_len > btf.data.len() || btf.types + type_len > btf.data.len() {
+            bail!("{VMLINUX}: sections run past the end of the file");
+        }
+        let mut at = btf.types;
+        while at < btf.types + type_len {
+            btf.starts.push(at as u32);
+            let t = btf.header_at(at)?;
+            at += 12 + trailer_len(&t)?;
+        }
+        Ok(btf)
+    }
+
+    fn u32_at(&self, at: usize) -> Result<u32> {
+        let bytes = self.data.get(at..at + 4).context("BTF type data is truncated")?;
+        Ok(u32::from_le_bytes(bytes.try_into().unwrap()))
+    }
+
+    fn header_at(&self, at: usize) -> Result<TypeHeader> {
+        let info = self.u32_at(at + 4)?;
+        Ok(TypeHeader {
+            name_off: self.u32_at(at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: info & 0xffff,
+            kind_flag: info >> 31 == 1,
+            size_or_type: self.u32_at(at + 8)?,
+        })
+    }
+
+    fn header(&self, id: u32) -> Result<TypeHeader> {
+        let at = *self.starts.get(id as usize).with_context(|| format!("BTF type id {id} out of range"))?;
+        self.header_at(at as usize)
+    }
+
+    fn name(&self, name_off: u32) -> &[u8] {
+        let start = self.strings + name_off as usize;
+        let end = self.strings + self.strings_len;
+        let Some(bytes) = self.data.get(start..end) else { return b"" };
+        &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
     }
 
     /// Byte offset of `path` inside `struct name`, trying each alternative.
     pub fn offset(&self, name: &str, paths: &[&str]) -> Result<u32> {
         let root = self.composite(name)?;
         for path in paths {
-            if let Some(bits) = self.walk(&root, path)? {
+            if let Some(bits) = self.walk(root, path)? {
                 if bits % 8 != 0 {
                     bail!("{name}.{path} is a bitfield");
                 }
@@ -39,24 +133,24 @@ impl KernelBtf {
         bail!("the running kernel's struct {name} has none of: {}", paths.join(", "))
     }
 
-    fn composite(&self, name: &str) -> Result<Type> {
-        self.btf
-            .resolve_types_by_name(name)
-            .with_context(|| format!("struct {name} is not in the kernel's BTF"))?
-            .into_iter()
-            .find(|t| matches!(t, Type::Struct(s) | Type::Union(s) if !s.members.is_empty()))
-            .ok_or_else(|| anyhow!("struct {name} has no definition in the kernel's BTF"))
+    fn composite(&self, name: &str) -> Result<u32> {
+        (1..self.starts.len() as u32)
+            .find(|&id| {
+                self.header(id).is_ok_and(|t| {
+                    matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.vlen > 0 && self.name(t.name_off) == name.as_bytes()
+                })
+            })
+            .ok_or_else(|| anyhow!("struct {name} is not in the kernel's BTF"))
     }
 
-    /// Follows `a.b.c` from `ty`, returning the bit offset.
-    fn walk(&self, ty: &Type, path: &str) -> Result<Option<u32>> {
-        let mut ty = ty.clone();
+    /// Follows `a.b.c` from type `id`, returning the bit offset.
+    fn walk(&self, mut id: u32, path: &str) -> Result<Option<u32>> {
         let mut total = 0;
         for part in path.split('.') {
-            match self.member(&ty, part)? {
-                Some((bits, member_ty)) => {
+            match self.member(id, part)? {
+                Some((bits, member)) => {
                     total += bits;
-                    ty = member_ty;
+                    id = member;
                 }
                 None => return Ok(None),
             }
@@ -64,38 +158,41 @@ impl KernelBtf {
         Ok(Some(total))
     }
 
-    /// Finds member `name` of `ty`, looking inside anonymous members.
-    fn member(&self, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> {
-        let (Type::Struct(s) | Type::Union(s)) = self.strip(ty.clone())? else {
+    /// Finds member `name` of type `id`, looking inside anonymous members.
+    fn member(&self, id: u32, name: &str) -> Result<Option<(u32, u32)>> {
+        let id = self.strip(id)?;
+        let t = self.header(id)?;
+        if !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
             return Ok(None);
-        };
-        for m in &s.members {
-            let m_name = self.btf.resolve_name(m).unwrap_or_default();
-            let m_ty = self.btf.resolve_chained_type(m)?;
-            if m_name == name {
-                return Ok(Some((m.bit_offset(), m_ty)));
+        }
+        let members = self.starts[id as usize] as usize + 12;
+        for i in 0..t.vlen as usize {
+            let at = members + i * 12;
+            let (m_name, m_type, m_offset) = (self.u32_at(at)?, self.u32_at(at + 4)?, self.u32_at(at + 8)?);
+            let bits = if t.kind_flag { m_offset & 0xff_ffff } else { m_offset };
+            let m_name = self.name(m_name);
+            if m_name == name.as_bytes() {
+                return Ok(Some((bits, m_type)));
             }
             if m_name.is_empty()
-                && let Some((bits, found)) = self.member(&m_ty, name)?
+                && let Some((inner, found)) = self.member(m_type, name)?
             {
-                return Ok(Some((m.bit_offset() + bits, found)));
+                return Ok(Some((bits + inner, found)));
             }
         }
         Ok(None)
     }
 
     /// Looks through typedefs and qualifiers to the type underneath.
-    fn strip(&self, mut ty: Type) -> Result<Type> {
-        loop {
-            ty = match &ty {
-                Type::Typedef(t) => self.btf.resolve_chained_type(t)?,
-                Type::Const(t) => self.btf.resolve_chained_type(t)?,
-                Type::Volatile(t) => self.btf.resolve_chained_type(t)?,
-                Type::Restrict(t) => self.btf.resolve_chained_type(t)?,
-                Type::TypeTag(t) => self.btf.resolve_chained_type(t)?,
-                _ => return Ok(ty),
+    fn strip(&self, mut id: u32) -> Result<u32> {
+        for _ in 0..64 {
+            let t = self.header(id)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
+                _ => return Ok(id),
             }
         }
+        bail!("BTF type {id} is a loop of qualifiers")
     }
 
     /// Every offset the probes use.
@@ -149,6 +246,19 @@ impl KernelBtf {
     }
 }
 
+/// Bytes that follow a type's 12-byte header.
+fn trailer_len(t: &TypeHeader) -> Result<usize> {
+    let vlen = t.vlen as usize;
+    Ok(match t.kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        0..=19 => 0,
+        kind => bail!("unknown BTF kind {kind}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,9 +270,12 @@ mod tests {
         let btf = KernelBtf::load().expect("kernel BTF");
         let o = btf.probe_offsets().expect("offsets");
         assert!(o.path_dentry > o.path_mnt, "struct path is {{ mnt, dentry }}");
+        assert_eq!(o.path_mnt, 0);
         assert!(o.qstr_name > o.qstr_len);
         assert_ne!(o.dentry_count, 0);
         assert_ne!(o.inode_ino, 0);
+        // struct lockref is { spinlock, count } inside d_lockref.
+        assert_eq!(o.dentry_count, btf.offset("dentry", &["d_lockref"]).unwrap() + 4);
     }
 
     #[test]
@@ -171,5 +284,14 @@ mod tests {
         let err = btf.offset("inode", &["no_such_field"]).unwrap_err().to_string();
         assert!(err.contains("no_such_field"), "{err}");
         assert!(btf.offset("no_such_struct_unrm", &["x"]).is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(KernelBtf::parse(vec![0; 10]).is_err());
+        let mut bad = vec![0x9f, 0xeb, 1, 0];
+        bad.extend_from_slice(&24u32.to_le_bytes());
+        bad.extend_from_slice(&[0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(KernelBtf::parse(bad).is_err());
     }
 }

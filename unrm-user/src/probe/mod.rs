@@ -93,21 +93,29 @@ impl Probes {
             bail!("this unrm binary was built without its eBPF object; build it with `cargo xtask build`");
         }
         raise_memlock();
+        let started = std::time::Instant::now();
         let offsets = btf::KernelBtf::load()?.probe_offsets()?;
         let self_tgid = std::process::id();
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("SELF_TGID", &self_tgid, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .map_max_entries("EVENTS", opts.ring_bytes);
+        if !opts.hooks {
+            // The iterators use none of the hooks' tables: keep them tiny.
+            for map in ["WATCHED_TGIDS", "WATCHED_INODES", "INFLIGHT", "RELEASES"] {
+                loader.map_max_entries(map, 1);
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
         for (name, iter_type) in ITERATORS {
             let prog: &mut Iter = program(&mut ebpf, name)?;
             prog.load(iter_type, &btf).map_err(|err| verifier_error(name, err))?;
         }
+        log::debug!("object and iterators loaded in {:?}", started.elapsed());
         let mut probes = Self { ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
         if opts.hooks {
             ensure_tracefs()?;
@@ -174,17 +182,11 @@ impl Probes {
 
     /// Runs one iterator to completion and returns what it wrote.
     pub fn run_iterator(&mut self, name: &str) -> Result<Vec<u8>> {
-        let t0 = std::time::Instant::now();
         let prog: &mut Iter = program(&mut self.ebpf, name)?;
         let id = prog.attach()?;
-        let t1 = t0.elapsed();
         let mut file = prog.take_link(id)?.into_file()?;
-        let t2 = t0.elapsed();
         let mut out = Vec::with_capacity(64 * 1024);
         file.read_to_end(&mut out).with_context(|| format!("reading iterator {name}"))?;
-        let t3 = t0.elapsed();
-        drop(file);
-        log::debug!("attach {t1:?} file {t2:?} read {t3:?} close {:?}", t0.elapsed());
         Ok(out)
     }
 
