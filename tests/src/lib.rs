@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bench;
+
 /// How long a test waits for the daemon to reach a state before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -22,10 +24,11 @@ pub fn unrm_bin() -> PathBuf {
     }
 }
 
-/// The `holder` helper, built beside the test binaries (target/*/deps/..).
+/// The `holder` helper, built beside the binaries that use it (the bench in
+/// target/release, the tests one level down in target/release/deps).
 pub fn holder_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("holder")
+    exe.ancestors().skip(1).take(2).map(|dir| dir.join("holder")).find(|p| p.exists()).expect("the holder helper is built")
 }
 
 /// Reads lines from a child's stdout on a thread, so waits can time out.
@@ -243,6 +246,24 @@ impl Mount {
         std::fs::create_dir(&path).unwrap();
         run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&path));
         Mount { path, _dir: dir }
+    }
+
+    /// A fresh filesystem of type `fs` on a sparse loop image of `size`
+    /// bytes, or None when this machine has no `mkfs.<fs>`.
+    pub fn image(fs: &str, size: u64) -> Option<Self> {
+        let mkfs = format!("mkfs.{fs}");
+        let found = ["/sbin", "/usr/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(&mkfs).exists());
+        if !found {
+            return None;
+        }
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let image = dir.path().join(format!("{fs}.img"));
+        std::fs::File::create(&image).unwrap().set_len(size).unwrap();
+        run(Command::new(&mkfs).arg("-q").arg(&image));
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&path));
+        Some(Mount { path, _dir: dir })
     }
 
     /// A fresh tmpfs (no filesystem hook: found through scans).

@@ -11,6 +11,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_log_ebpf::warn;
 use unrm_abi::{
     DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags,
@@ -149,7 +150,16 @@ unsafe fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
             return;
         }
         let bytes = core::slice::from_raw_parts(buf as *const u8, len);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        // Only a deletion that may be held is urgent: the daemon races its
+        // holders to pin it, so it is woken even when quiet records are
+        // still unread ahead of this one (the default, adaptive wake-up
+        // would then stay silent). The rest wait for the reader's next
+        // wake-up, so an `rm -rf` of unheld files does not wake it per file.
+        let v = &call.victim;
+        let unheld = v.flags & victim_flags::REFS_VALID != 0 && v.refs <= 1;
+        let quiet = ret != 0 || unheld || v.flags & victim_flags::FS_HOOKED != 0 && v.flags & victim_flags::KNOWN == 0;
+        let flags = if quiet { BPF_RB_NO_WAKEUP } else { BPF_RB_FORCE_WAKEUP };
+        if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
             count(stat::LOST_EVENTS);
             warn!(ctx, "unrm: ring buffer full; deletion by {} dropped", (*buf).header.tgid);
         }

@@ -4,6 +4,7 @@
 //! the daemon re-reads the kernel's state before it decides anything.
 
 use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
@@ -44,7 +45,7 @@ fn emit(reason: u32, tid: u32, tgid: u32, ret: i64, inode: InodeKey) {
         _pad: 0,
         ino: inode.ino,
     };
-    if EVENTS.output::<ReleaseEvent>(event, 0).is_err() {
+    if EVENTS.output::<ReleaseEvent>(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
         count(stat::LOST_EVENTS);
     }
 }

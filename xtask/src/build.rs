@@ -57,6 +57,24 @@ fn ebpf(root: &Path) -> Result<PathBuf> {
     Ok(target_dir.join(BPF_TARGET).join("bpf/unrm-ebpf"))
 }
 
+/// Builds and runs the benchmark driver, which writes target/bench/latest.json.
+pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
+    // What the benchmarks compare against or mount.
+    toolchain::ensure_commands(&[
+        ("lsof", "lsof"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.xfs", "xfsprogs"),
+        ("mkfs.btrfs", "btrfs-progs"),
+        ("cp", "coreutils"),
+    ])?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).args(["build", "--release", "--package", "unrm-tests", "--bins"]);
+    run(&mut cmd)?;
+    let mut cmd = Command::new(root.join("target/release/bench"));
+    cmd.current_dir(root).env("UNRM_BIN", bin).args(args);
+    run(&mut cmd)
+}
+
 /// Unit tests of every crate, then the integration tests against `bin`.
 pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     // The integration tests make their own ext4 images and mounts.

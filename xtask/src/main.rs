@@ -34,8 +34,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not part of the tests).
-    Bench,
+    /// Benchmarks against the anchors (not part of the tests; as root).
+    /// Writes target/bench/latest.json. Pass `-- --quick` for a smaller run,
+    /// `-- --only hot,pin,capture,storm,scan,snapshot` for some of it.
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -62,7 +67,11 @@ fn run(cli: Cli) -> Result<()> {
             require_root("cargo xtask test")?;
             build::test(&root, &bin, &args)?;
         }
-        Task::Bench => bail!("`cargo xtask bench` is not implemented yet (tracked in issue 3)"),
+        Task::Bench { args } => {
+            let bin = build::all(&root)?;
+            require_root("cargo xtask bench")?;
+            build::bench(&root, &bin, &args)?;
+        }
     }
     Ok(())
 }

@@ -90,6 +90,11 @@ struct Pending {
 
 /// Messages handled per batch before the engine reconciles and commits.
 const BATCH: usize = 4096;
+/// How long index writes may wait to share one commit.
+const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// How long a re-check may wait so that hints close together share one
+/// snapshot. The pin already protects the content meanwhile.
+const RECHECK_DELAY: Duration = Duration::from_millis(10);
 /// Pin latencies kept for `unrm status`.
 const LATENCY_SAMPLES: usize = 8192;
 
@@ -102,7 +107,12 @@ pub struct Engine {
     store: Arc<Store>,
     pins: HashMap<InodeId, Pin>,
     pending: Vec<Pending>,
-    recheck: bool,
+    /// When the next snapshot is due, beyond the periodic one.
+    recheck_at: Option<Instant>,
+    /// When the open index transaction began.
+    txn_since: Option<Instant>,
+    /// Pins changed since the kernel-side filters were last updated.
+    watches_stale: bool,
     watched_inodes: HashSet<InodeId>,
     watched_tgids: HashSet<u32>,
     exit_watch: UnboundedSender<u32>,
@@ -134,7 +144,9 @@ impl Engine {
             store,
             pins: HashMap::new(),
             pending: Vec::new(),
-            recheck: false,
+            recheck_at: None,
+            txn_since: None,
+            watches_stale: false,
             watched_inodes: HashSet::new(),
             watched_tgids: HashSet::new(),
             exit_watch,
@@ -185,13 +197,18 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
         let mut next_rescan = Instant::now() + self.cfg.rescan_every;
         loop {
-            let wait = next_rescan.saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
+            let mut deadline = next_rescan;
+            if let Some(at) = self.recheck_at {
+                deadline = deadline.min(at);
+            }
+            if let Some(since) = self.txn_since {
+                deadline = deadline.min(since + COMMIT_EVERY);
+            }
+            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            self.index.begin()?;
             let mut requests = Vec::new();
             let mut shutdown = false;
             for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH)) {
@@ -199,6 +216,7 @@ impl Engine {
                     Msg::Api(request, reply) => requests.push((request, reply)),
                     Msg::Shutdown => shutdown = true,
                     other => {
+                        self.begin()?;
                         if let Err(err) = self.handle(other) {
                             log::error!("{err:#}");
                         }
@@ -210,19 +228,29 @@ impl Engine {
                 // Whatever the lost events said, a snapshot will find.
                 log::warn!("{} events lost in the kernel; reconciling", lost - self.lost_seen);
                 self.lost_seen = lost;
-                self.recheck = true;
+                self.schedule_recheck(Duration::ZERO);
             }
-            let due = Instant::now() >= next_rescan;
-            if due || self.recheck || !self.pending.is_empty() {
-                self.recheck = false;
+            let now = Instant::now();
+            let rescan = now >= next_rescan;
+            if rescan || self.recheck_at.is_some_and(|at| now >= at) || !self.pending.is_empty() {
+                self.recheck_at = None;
+                self.begin()?;
                 if let Err(err) = self.reconcile() {
                     log::error!("reconciling with the kernel: {err:#}");
                 }
-                if due {
+                if rescan {
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }
-            self.index.commit()?;
+            if self.watches_stale {
+                self.sync_watches()?;
+            }
+            // Writes share a commit for a few milliseconds; a reader sees
+            // them all before it gets its answer.
+            let stale = self.txn_since.is_some_and(|since| since.elapsed() >= COMMIT_EVERY);
+            if stale || !requests.is_empty() || shutdown {
+                self.commit()?;
+            }
             for (request, reply) in requests {
                 let answer = self.answer(request).unwrap_or_else(|err| Reply::error(format!("{err:#}")));
                 let _ = reply.send(answer);
@@ -232,6 +260,27 @@ impl Engine {
                 return Ok(());
             }
         }
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if self.txn_since.is_none() {
+            self.index.begin()?;
+            self.txn_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.txn_since.take().is_some() {
+            self.index.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a snapshot within `delay`; requests close together share one.
+    fn schedule_recheck(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.recheck_at = Some(self.recheck_at.map_or(at, |old| old.min(at)));
     }
 
     fn handle(&mut self, msg: Msg) -> Result<()> {
@@ -250,12 +299,12 @@ impl Engine {
                     release.inode,
                     release.ktime_ns
                 );
-                self.recheck = true;
+                self.schedule_recheck(RECHECK_DELAY);
                 Ok(())
             }
             Msg::HolderExited(pid) => {
                 log::debug!("holder {pid} exited");
-                self.recheck = true;
+                self.schedule_recheck(RECHECK_DELAY);
                 Ok(())
             }
             Msg::Captured(done) => self.on_captured(done),
@@ -293,6 +342,12 @@ impl Engine {
         if self.pin_through_probe_holder(&mut pending)? {
             return Ok(());
         }
+        log::debug!(
+            "{}: held {:?}, probe holder {:?}, waiting for a snapshot",
+            pending.deletion.path.display(),
+            held_hint,
+            pending.deletion.victim.and_then(|v| v.holder)
+        );
         self.pending.push(pending);
         Ok(())
     }
@@ -322,7 +377,9 @@ impl Engine {
         };
         self.add_pin(&held, file, &meta, Some(p))?;
         self.counters.fast_pins += 1;
-        self.recheck = true;
+        // Watch the holder we know now; the snapshot adds the others.
+        self.watches_stale = true;
+        self.schedule_recheck(RECHECK_DELAY);
         Ok(true)
     }
 
@@ -481,6 +538,7 @@ impl Engine {
     /// holder's exit, and keeps the release probes attached only while some
     /// pinned file still has holders.
     fn sync_watches(&mut self) -> Result<()> {
+        self.watches_stale = false;
         let inodes: HashSet<InodeId> = self.pins.keys().copied().collect();
         let tgids: HashSet<u32> =
             self.pins.values().filter(|p| !p.capturing).flat_map(|p| p.holds.iter().map(|h| h.pid)).collect();
@@ -503,7 +561,7 @@ impl Engine {
         } else if !self.probes.release_attached() {
             self.probes.attach_release()?;
             // A release between the snapshot and now went unseen: look again.
-            self.recheck = true;
+            self.schedule_recheck(RECHECK_DELAY);
         }
         self.watched_tgids = tgids;
         Ok(())

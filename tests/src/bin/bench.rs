@@ -1,0 +1,71 @@
+//! The benchmark driver behind `cargo xtask bench` (run as root): runs every
+//! measure, prints the table, writes the JSON report.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use unrm_tests::bench::{self, Row};
+
+struct Options {
+    quick: bool,
+    only: Option<Vec<String>>,
+    out: PathBuf,
+}
+
+fn parse() -> Options {
+    let mut opts = Options { quick: false, only: None, out: PathBuf::from("target/bench/latest.json") };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--only" => opts.only = args.next().map(|v| v.split(',').map(str::to_owned).collect()),
+            "--out" => opts.out = args.next().map(PathBuf::from).expect("--out PATH"),
+            "hold-many" => {
+                let rest: Vec<String> = args.collect();
+                bench::scan::hold_many(&rest[0], rest[1].parse().unwrap(), rest[2].parse().unwrap());
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("bench: unknown argument {other:?} (--quick, --only a,b, --out PATH)");
+                std::process::exit(2);
+            }
+        }
+    }
+    opts
+}
+
+fn main() {
+    let opts = parse();
+    let wanted = |name: &str| opts.only.as_ref().is_none_or(|only| only.iter().any(|o| o == name));
+    let q = opts.quick;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut section = |name: &str, f: &dyn Fn() -> Vec<Row>| {
+        if wanted(name) {
+            eprintln!("bench: {name}");
+            for row in f() {
+                row.print();
+                rows.push(row);
+            }
+        }
+    };
+    println!("| measure | how | result | target | |");
+    println!("|---|---|---|---|---|");
+    section("hot", &|| bench::hot::measure(if q { 3 } else { 7 }, "tracepoint", &[]));
+    section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
+    section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, &[])]);
+    section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));
+    section("scan", &|| vec![bench::scan::measure(50, if q { 200 } else { 1000 }, 5)]);
+    section("snapshot", &|| bench::snapshot::measure(if q { 256 << 20 } else { 1 << 30 }, 3));
+
+    let report = json!({
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "machine": bench::machine(),
+        "quick": q,
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    eprintln!("bench: report written to {}", opts.out.display());
+}
