@@ -163,6 +163,62 @@ impl Snapshot {
     }
 }
 
+/// A held file as `unrm scan` shows it (and the daemon sends it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldView {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub holders: Vec<HoldView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub pid: u32,
+    pub comm: String,
+    pub kind: HolderKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd: Option<u32>,
+    /// `start-end` of the mapping, for `mmap` and `exe`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub map: Option<String>,
+}
+
+impl Snapshot {
+    /// Every held file, by path then inode.
+    pub fn views(&self) -> Vec<HeldView> {
+        let mut files: Vec<&HeldFile> = self.files.values().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.inode.cmp(&b.inode)));
+        files
+            .into_iter()
+            .map(|f| HeldView {
+                path: f.path.display().to_string(),
+                dev: f.inode.dev,
+                ino: f.inode.ino,
+                size: f.size,
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+                holders: f
+                    .holds
+                    .iter()
+                    .map(|h| HoldView {
+                        pid: h.pid,
+                        comm: h.comm.clone(),
+                        kind: h.kind,
+                        fd: (h.kind == HolderKind::Fd).then_some(h.fd),
+                        map: (h.kind != HolderKind::Fd).then(|| format!("{:x}-{:x}", h.vm_start, h.vm_end)),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// `d_path` appends " (deleted)" to unlinked files.
 fn strip_deleted(raw: &[u8]) -> PathBuf {
     let raw = raw.strip_suffix(b" (deleted)").unwrap_or(raw);

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
+CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns DESC, id DESC);
 ";
 
 const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
@@ -89,6 +90,9 @@ pub struct ListQuery {
 
 pub struct Index {
     conn: Connection,
+    /// Rows in `records`, counted once at open and kept up to date, so that
+    /// `unrm status` does not scan a million rows.
+    rows: u64,
 }
 
 impl Index {
@@ -112,7 +116,8 @@ impl Index {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA).context("creating the index schema")?;
-        Ok(Self { conn })
+        let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
+        Ok(Self { conn, rows })
     }
 
     pub fn begin(&self) -> Result<()> {
@@ -125,7 +130,7 @@ impl Index {
         Ok(())
     }
 
-    pub fn insert(&self, r: &NewRecord) -> Result<i64> {
+    pub fn insert(&mut self, r: &NewRecord) -> Result<i64> {
         let holders = serde_json::to_string(&r.holders)?;
         let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
         let mut stmt = self.conn.prepare_cached(
@@ -152,6 +157,7 @@ impl Index {
             r.reason,
             holders,
         ])?;
+        self.rows += 1;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -204,12 +210,25 @@ impl Index {
 
     /// Newest first.
     pub fn list(&self, q: &ListQuery) -> Result<Vec<Record>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM records WHERE deleted_at_ns >= ?1 AND (?2 IS NULL OR status = ?2)
-             ORDER BY deleted_at_ns DESC, id DESC"
-        ))?;
+        // Two statements, so that each can walk its own index in order.
         let since = q.since.map(nanos).unwrap_or(i64::MIN);
-        let mut rows = stmt.query(params![since, q.status.map(Status::as_str)])?;
+        let (mut stmt, status) = match q.status {
+            Some(status) => (
+                self.conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM records WHERE status = ?2 AND deleted_at_ns >= ?1
+                     ORDER BY deleted_at_ns DESC, id DESC"
+                ))?,
+                Some(status.as_str()),
+            ),
+            None => (
+                self.conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM records WHERE deleted_at_ns >= ?1 AND ?2 IS NULL
+                     ORDER BY deleted_at_ns DESC, id DESC"
+                ))?,
+                None,
+            ),
+        };
+        let mut rows = stmt.query(params![since, status])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             if let Some(glob) = &q.path {
@@ -235,17 +254,8 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn count_by_status(&self) -> Result<Vec<(Status, u64)>> {
-        let mut stmt = self.conn.prepare_cached("SELECT status, COUNT(*) FROM records GROUP BY status")?;
-        let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (status, n) = row?;
-            if let Ok(status) = status.parse() {
-                out.push((status, n as u64));
-            }
-        }
-        Ok(out)
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 }
 
@@ -304,7 +314,7 @@ mod tests {
 
     #[test]
     fn lists_newest_first_with_filters() {
-        let (_dir, idx) = index();
+        let (_dir, mut idx) = index();
         idx.insert(&new("/a/x.log", Status::Unheld, 10)).unwrap();
         idx.insert(&new("/a/y.txt", Status::Held, 20)).unwrap();
         idx.insert(&new("/b/z.log", Status::Held, 30)).unwrap();
@@ -325,7 +335,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let id = {
-            let idx = Index::open(&path).unwrap();
+            let mut idx = Index::open(&path).unwrap();
             let id = idx.insert(&new("/f", Status::Held, 1)).unwrap();
             assert_eq!(idx.held().unwrap(), vec![(id, Some(7), Some(1))]);
             idx.mark_captured(id, 5, "abc", SystemTime::now()).unwrap();
@@ -337,6 +347,7 @@ mod tests {
         assert_eq!(rec.checksum.as_deref(), Some("abc"));
         assert_eq!(rec.holders[0].comm, "less");
         assert!(idx.held().unwrap().is_empty());
+        assert_eq!(idx.rows(), 1, "counted at open");
         assert!(idx.get(id + 1).unwrap().is_none());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -10,7 +10,7 @@ use std::{
 use serde_json::json;
 
 use super::{Row, median};
-use crate::unrm_bin;
+use crate::{Daemon, unrm_bin};
 
 /// A child that opens `fds` descriptors on files in `dir`, deletes `delete`
 /// of those files, says `ready` and waits for its stdin to close.
@@ -59,29 +59,38 @@ pub fn measure(processes: usize, fds_each: usize, runs: usize) -> Row {
         let out = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).output().unwrap();
         (started.elapsed().as_secs_f64() * 1000.0, out.stdout)
     };
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let (mut our_files, mut their_lines) = (0, 0);
-    for _ in 0..runs {
-        let (ms, out) = time(Command::new(unrm_bin()).args(["scan", "--json"]));
-        ours.push(ms);
-        our_files = serde_json::from_slice::<serde_json::Value>(&out).map(|v| v.as_array().map_or(0, |a| a.len())).unwrap_or(0);
-        let (ms, out) = time(Command::new("lsof").args(["-nP", "+L1"]));
-        theirs.push(ms);
-        their_lines = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count().saturating_sub(1);
-    }
+    // Alternately unrm and lsof, `runs` times each; unrm via `socket`.
+    let compare = |socket: &std::path::Path| {
+        let (mut ours, mut theirs, mut found) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..runs {
+            let (ms, out) = time(Command::new(unrm_bin()).args(["scan", "--json"]).env("UNRM_SOCKET", socket));
+            ours.push(ms);
+            found = serde_json::from_slice::<serde_json::Value>(&out).map_or(0, |v| v.as_array().map_or(0, |a| a.len()));
+            theirs.push(time(Command::new("lsof").args(["-nP", "+L1"])).0);
+        }
+        (median(&mut ours), median(&mut theirs), found)
+    };
+    let nowhere = root.path().join("no-daemon.sock");
+    let (alone, lsof_alone, found_alone) = compare(&nowhere);
+    let daemon = Daemon::start();
+    let (served, lsof_served, found_served) = compare(&daemon.socket);
+    drop(daemon);
     for child in &mut children {
         drop(child.stdin.take());
         let _ = child.wait();
     }
-    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
-    let speedup = theirs / ours;
+    let speedup = lsof_served / served;
+    let speedup_alone = lsof_alone / alone;
     Row {
         measure: "scan".into(),
         how: format!("unrm scan vs lsof -nP +L1, {} open fds in {processes} processes", processes * fds_each),
-        result: format!("{speedup:.1}× faster ({ours:.0} ms vs {theirs:.0} ms)"),
+        result: format!(
+            "{speedup:.1}× faster with the daemon ({served:.0} vs {lsof_served:.0} ms); {speedup_alone:.1}× standalone ({alone:.0} vs {lsof_alone:.0} ms)"
+        ),
         target: "≥ 20× faster".into(),
         met: Some(speedup >= 20.0),
-        data: json!({ "unrm_ms": ours, "lsof_ms": theirs, "speedup": speedup, "fds": processes * fds_each,
-                      "unrm_files": our_files, "lsof_lines": their_lines }),
+        data: json!({ "daemon_ms": served, "standalone_ms": alone, "lsof_ms": lsof_served,
+                      "lsof_standalone_ms": lsof_alone, "speedup": speedup, "speedup_standalone": speedup_alone,
+                      "fds": processes * fds_each, "files_found": [found_alone, found_served] }),
     }
 }

@@ -5,7 +5,11 @@
 use serde::{Deserialize, Serialize};
 use anyhow::{Result, bail};
 
-use crate::{index::RestoreMeta, record::{Record, Status}};
+use crate::{
+    holders::HeldView,
+    index::RestoreMeta,
+    record::{Record, Status},
+};
 
 /// Largest request the daemon accepts.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -28,6 +32,8 @@ pub enum Request {
     /// Sends a readable descriptor of the content along with the record.
     Open { id: i64 },
     Status,
+    /// Deleted files held right now, from a fresh snapshot.
+    Scan,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +43,7 @@ pub enum Response {
     Record { record: Record },
     Opened { record: Record, meta: RestoreMeta },
     Status { status: DaemonStatus },
+    Scan { files: Vec<HeldView> },
     Error { message: String },
 }
 
@@ -123,6 +130,7 @@ mod tests {
             Request::Show { id: 1 },
             Request::Open { id: 2 },
             Request::Status,
+            Request::Scan,
         ];
         for req in reqs {
             let bytes = frame(&req);

@@ -122,7 +122,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Restore { id, to, force } => restore::run(&cli.socket, id, to, force)?,
-        Command::Scan { json } => scan::run(json)?,
+        Command::Scan { json } => scan::run(&cli.socket, json)?,
         Command::Status { json } => {
             let Response::Status { status } = call(&cli.socket, &Request::Status)? else {
                 bail!("unexpected answer")

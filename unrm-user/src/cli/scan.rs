@@ -1,47 +1,28 @@
-//! `unrm scan`: what `lsof +L1` shows, from the iterators, daemon or not.
+//! `unrm scan`: what `lsof +L1` shows, from the iterators. When the daemon
+//! runs, it answers from its loaded probes (a snapshot costs milliseconds);
+//! otherwise this process loads the iterators itself (as root).
 
-use anyhow::Result;
-use serde::Serialize;
+use std::path::Path;
+
+use anyhow::{Result, bail};
 
 use super::format;
 use crate::{
-    holders::{HeldFile, Hold, HolderKind, Snapshot},
+    api::{client::Client, proto::{Request, Response}},
+    holders::{HeldView, HolderKind, Snapshot},
     probe::{LoadOptions, Probes},
 };
 
-#[derive(Serialize)]
-struct Entry<'a> {
-    path: String,
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    holders: Vec<HoldJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct HoldJson<'a> {
-    pid: u32,
-    comm: &'a str,
-    kind: HolderKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fd: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    map: Option<String>,
-}
-
-pub fn run(json: bool) -> Result<()> {
-    crate::require_root("unrm scan")?;
-    let mut probes = Probes::load(&LoadOptions { ring_bytes: 4096, hooks: false })?;
-    let mut snapshot = Snapshot::take(&mut probes)?;
-    hide_daemon_pins(&mut snapshot);
-    let mut files: Vec<&HeldFile> = snapshot.files.values().collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path).then(a.inode.cmp(&b.inode)));
+pub fn run(socket: &Path, json: bool) -> Result<()> {
+    let files = match Client::connect(socket) {
+        Ok(mut client) => match client.call(&Request::Scan)?.0 {
+            Response::Scan { files } => files,
+            _ => bail!("unexpected answer from the daemon"),
+        },
+        Err(_) => standalone()?,
+    };
     if json {
-        let entries: Vec<Entry> = files.iter().map(|f| entry(f)).collect();
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        println!("{}", serde_json::to_string_pretty(&files)?);
         return Ok(());
     }
     if files.is_empty() {
@@ -49,31 +30,40 @@ pub fn run(json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  PATH", "PID", "COMM", "KIND", "FD/MAPPING", "SIZE", "INODE");
-    for f in files {
-        for h in &f.holds {
+    for f in &files {
+        for h in &f.holders {
+            let at = h.fd.map(|fd| fd.to_string()).or_else(|| h.map.clone()).unwrap_or_default();
             println!(
                 "{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  {}",
                 h.pid,
                 h.comm,
                 kind(h.kind),
-                location(h).unwrap_or_default(),
+                at,
                 format::size(f.size),
-                format!("{}:{}/{}", libc::major(f.inode.dev), libc::minor(f.inode.dev), f.inode.ino),
-                f.path.display()
+                format!("{}:{}/{}", libc::major(f.dev), libc::minor(f.dev), f.ino),
+                f.path
             );
         }
     }
     Ok(())
 }
 
-/// The daemon's own references are its pins, not holders a user cares
-/// about; its pid is in its lock file while it runs.
+fn standalone() -> Result<Vec<HeldView>> {
+    crate::require_root("unrm scan, when it cannot reach the daemon,")?;
+    let mut probes = Probes::load(&LoadOptions { ring_bytes: 4096, hooks: false })?;
+    let mut snapshot = Snapshot::take(&mut probes)?;
+    hide_daemon_pins(&mut snapshot);
+    Ok(snapshot.views())
+}
+
+/// A daemon we could not talk to may still be running: its references are
+/// its pins, not holders a user cares about. Its pid is in its lock file.
 fn hide_daemon_pins(snapshot: &mut Snapshot) {
     let Some(daemon) = std::fs::read_to_string(crate::daemon::LOCK).ok().and_then(|s| s.trim().parse::<u32>().ok())
     else {
         return;
     };
-    if !std::path::Path::new(&format!("/proc/{daemon}")).exists() {
+    if !Path::new(&format!("/proc/{daemon}")).exists() {
         return;
     }
     snapshot.files.retain(|_, f| {
@@ -87,35 +77,5 @@ fn kind(kind: HolderKind) -> &'static str {
         HolderKind::Fd => "fd",
         HolderKind::Mmap => "mmap",
         HolderKind::Exe => "exe",
-    }
-}
-
-fn location(h: &Hold) -> Option<String> {
-    match h.kind {
-        HolderKind::Fd => Some(h.fd.to_string()),
-        HolderKind::Mmap | HolderKind::Exe => Some(format!("{:x}-{:x}", h.vm_start, h.vm_end)),
-    }
-}
-
-fn entry(f: &HeldFile) -> Entry<'_> {
-    Entry {
-        path: f.path.display().to_string(),
-        dev: f.inode.dev,
-        ino: f.inode.ino,
-        size: f.size,
-        mode: f.mode,
-        uid: f.uid,
-        gid: f.gid,
-        holders: f
-            .holds
-            .iter()
-            .map(|h| HoldJson {
-                pid: h.pid,
-                comm: &h.comm,
-                kind: h.kind,
-                fd: (h.kind == HolderKind::Fd).then_some(h.fd),
-                map: (h.kind != HolderKind::Fd).then(|| location(h).unwrap_or_default()),
-            })
-            .collect(),
     }
 }

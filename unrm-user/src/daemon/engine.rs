@@ -584,6 +584,7 @@ impl Engine {
             Request::Show { id } => Response::Record { record: self.record(id)? },
             Request::Open { id } => return self.open(id),
             Request::Status => Response::Status { status: self.status()? },
+            Request::Scan => Response::Scan { files: Snapshot::take(&mut self.probes)?.views() },
         };
         Ok(Reply { response, fd: None })
     }
@@ -633,7 +634,7 @@ impl Engine {
             held_files: self.pins.len() as u64,
             held_bytes,
             store_bytes: self.store.bytes(),
-            records: self.index.count_by_status()?.iter().map(|(_, n)| n).sum(),
+            records: self.index.rows(),
             pin_latency_us: latency(&self.latencies_ns),
         })
     }

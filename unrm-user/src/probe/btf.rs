@@ -119,6 +119,13 @@ impl KernelBtf {
         &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
     }
 
+    /// The same BTF for aya, parsed from the bytes already read: sysfs hands
+    /// out /sys/kernel/btf/vmlinux a page per read(2), so reading it is
+    /// worth doing once.
+    pub fn for_aya(&self) -> Result<aya::Btf> {
+        aya::Btf::parse(&self.data, aya::Endianness::default()).context("parsing the kernel's BTF")
+    }
+
     /// Byte offset of `path` inside `struct name`, trying each alternative.
     pub fn offset(&self, name: &str, paths: &[&str]) -> Result<u32> {
         let root = self.composite(name)?;

@@ -94,9 +94,11 @@ impl Probes {
         }
         raise_memlock();
         let started = std::time::Instant::now();
-        let offsets = btf::KernelBtf::load()?.probe_offsets()?;
+        let kernel_btf = btf::KernelBtf::load()?;
+        let offsets = kernel_btf.probe_offsets()?;
+        let btf = kernel_btf.for_aya()?;
+        drop(kernel_btf);
         let self_tgid = std::process::id();
-        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
