@@ -134,6 +134,20 @@ impl Daemon {
         panic!("no {status:?} record for {} within {PATIENCE:?}; last: {last}\n{}", path.display(), self.log());
     }
 
+    /// `unrm show ID`, waiting until `ready` holds for it.
+    pub fn wait_show(&self, id: &Value, ready: impl Fn(&Value) -> bool) -> Value {
+        let id = id.to_string();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rec = self.json(&["show", &id, "--json"]);
+            if ready(&rec) {
+                return rec;
+            }
+            assert!(Instant::now() < deadline, "record {id} never got there: {rec}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the daemon the way a service manager would (SIGTERM) and
     /// waits for it.
     pub fn stop(mut self) {

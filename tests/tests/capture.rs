@@ -82,7 +82,9 @@ fn written_after_unlink_is_captured(fs: Mount) {
     let rec = daemon.wait_record(&path, "captured");
     let expected = b"first line\nwritten after the unlink";
     assert_eq!(rec["size"], expected.len());
-    assert!(rec["checksum"].is_string());
+    // The checksum is computed right after the capture, off its path.
+    let checksum = daemon.wait_show(&rec["id"], |r| r["checksum"].is_string())["checksum"].clone();
+    assert_eq!(checksum.as_str().unwrap().len(), 64, "BLAKE3 hex: {checksum}");
     assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), expected);
 
     // The store is root's alone.

@@ -184,12 +184,17 @@ impl Index {
         Ok(())
     }
 
-    pub fn mark_captured(&self, id: i64, size: u64, checksum: &str, at: SystemTime) -> Result<()> {
+    pub fn mark_captured(&self, id: i64, size: u64, at: SystemTime) -> Result<()> {
         let mut stmt = self.conn.prepare_cached(
-            "UPDATE records SET status = 'captured', reason = NULL, size = ?2, checksum = ?3,
-                captured_at_ns = ?4 WHERE id = ?1",
+            "UPDATE records SET status = 'captured', reason = NULL, size = ?2, captured_at_ns = ?3 WHERE id = ?1",
         )?;
-        stmt.execute(params![id, size as i64, checksum, nanos(at)])?;
+        stmt.execute(params![id, size as i64, nanos(at)])?;
+        Ok(())
+    }
+
+    pub fn set_checksum(&self, id: i64, checksum: &str) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?;
+        stmt.execute(params![id, checksum])?;
         Ok(())
     }
 
@@ -338,7 +343,8 @@ mod tests {
             let mut idx = Index::open(&path).unwrap();
             let id = idx.insert(&new("/f", Status::Held, 1)).unwrap();
             assert_eq!(idx.held().unwrap(), vec![(id, Some(7), Some(1))]);
-            idx.mark_captured(id, 5, "abc", SystemTime::now()).unwrap();
+            idx.mark_captured(id, 5, SystemTime::now()).unwrap();
+            idx.set_checksum(id, "abc").unwrap();
             id
         };
         let idx = Index::open(&path).unwrap();

@@ -19,6 +19,8 @@ use crate::holders::{HeldFile, InodeId};
 /// The file's metadata at the moment it was pinned.
 #[derive(Clone, Copy, Debug)]
 pub struct Meta {
+    /// As stat(2) reports it (on btrfs, the subvolume's device).
+    pub dev: u64,
     pub size: u64,
     pub mode: u32,
     pub uid: u32,
@@ -31,6 +33,7 @@ impl Meta {
     pub fn of(file: &File) -> io::Result<Self> {
         let st = file.metadata()?;
         Ok(Meta {
+            dev: st.dev(),
             size: st.size(),
             mode: st.mode(),
             uid: st.uid(),
@@ -44,7 +47,16 @@ impl Meta {
 /// Opens a reference to `held` through the first of its holds that still
 /// leads to the same deleted inode.
 pub fn take(held: &HeldFile) -> Option<(File, Meta)> {
-    held.holds.iter().find_map(|hold| open_grabbed(&grab(&hold.proc_path(), held.inode).ok()?).ok())
+    held.holds.iter().find_map(|hold| {
+        let link = hold.proc_path();
+        match grab(&link, held.inode).and_then(|handle| open_grabbed(&handle)) {
+            Ok(pinned) => Some(pinned),
+            Err(err) => {
+                log::debug!("no pin through {}: {err}", link.display());
+                None
+            }
+        }
+    })
 }
 
 /// Takes an `O_PATH` handle on the deleted inode behind a /proc link. The
@@ -59,12 +71,32 @@ pub fn take(held: &HeldFile) -> Option<(File, Meta)> {
 pub fn grab(link: &Path, want: InodeId) -> io::Result<OwnedFd> {
     let handle = open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
     let st = fstat(&handle)?;
-    let same = st.st_dev == want.dev && st.st_ino == want.ino;
+    let same = st.st_ino == want.ino && (st.st_dev == want.dev || mount_device(&handle) == Some(want.dev));
     let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
     if !same || !regular || st.st_nlink != 0 {
-        return Err(io::Error::other(format!("{} is no longer the deleted file", link.display())));
+        return Err(io::Error::other(format!(
+            "{} is no longer the deleted file (dev {:x} ino {} nlink {}, wanted dev {:x} ino {})",
+            link.display(),
+            st.st_dev,
+            st.st_ino,
+            st.st_nlink,
+            want.dev,
+            want.ino
+        )));
     }
     Ok(handle)
+}
+
+/// The device of the filesystem a descriptor lives on, as the kernel's
+/// `super_block` has it. The probes identify inodes by that device; stat(2)
+/// reports another one on btrfs (each subvolume has an anonymous device).
+fn mount_device(fd: &OwnedFd) -> Option<u64> {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let mnt_id = fdinfo.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = mountinfo.lines().find(|l| l.split(' ').next() == Some(mnt_id))?;
+    let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Opens a grabbed inode for reading, through our own handle.

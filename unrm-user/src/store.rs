@@ -24,7 +24,6 @@ pub struct Store {
 /// A capture that is durable in the store.
 pub struct Stored {
     pub size: u64,
-    pub checksum: String,
     pub method: copy::Method,
 }
 
@@ -79,10 +78,15 @@ impl Store {
             .with_context(|| format!("creating {}", temp.display()))?;
         let method = copy::copy(src, file.as_fd(), size).context("copying into the store")?;
         file.sync_all().context("syncing the capture")?;
-        let checksum = copy::checksum(&file)?;
         fs::rename(temp, self.final_path(id))?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(Stored { size, checksum, method })
+        Ok(Stored { size, method })
+    }
+
+    /// BLAKE3 of a capture, computed after the fact so that a capture (a
+    /// reflink especially) does not wait for a pass over every byte.
+    pub fn checksum(&self, id: i64) -> Result<String> {
+        Ok(copy::checksum(self.open_capture(id)?)?)
     }
 
     /// Whether a complete capture for `id` exists (it was renamed into place).

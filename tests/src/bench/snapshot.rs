@@ -60,6 +60,10 @@ fn time_capture(daemon: &Daemon, dir: &Path, size: u64) -> f64 {
     secs
 }
 
+fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 30 { format!("{} GiB", bytes >> 30) } else { format!("{} MiB", bytes >> 20) }
+}
+
 fn state_in(dir: &Path) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir_in(dir).unwrap();
     let p = tmp.path().to_path_buf();
@@ -67,7 +71,7 @@ fn state_in(dir: &Path) -> (tempfile::TempDir, PathBuf) {
 }
 
 pub fn measure(size: u64, rounds: usize) -> Vec<Row> {
-    let gib = size as f64 / (1u64 << 30) as f64;
+    let label = size_label(size);
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     let (state, _) = state_in(Path::new("/var/tmp"));
     let daemon = Daemon::start_in(state, &["--max-file-size", "4G"]);
@@ -82,7 +86,7 @@ pub fn measure(size: u64, rounds: usize) -> Vec<Row> {
     let speed = cp / ours;
     let mut rows = vec![Row {
         measure: "snapshot (copy)".into(),
-        how: format!("capture of a {gib:.0} GiB held file vs cp + fsync, ext4"),
+        how: format!("capture of a {label} held file vs cp + fsync, ext4"),
         result: format!("{speed:.2}× cp's speed ({ours:.2} s vs {:.2} s)", cp),
         target: "≥ 0.9× cp".into(),
         met: Some(speed >= 0.9),
@@ -108,7 +112,7 @@ fn reflink(mount: &Mount, fs: &str, size: u64, rounds: usize) -> Row {
     let (cp, ours) = (median(&mut cp), median(&mut ours));
     Row {
         measure: format!("snapshot (reflink, {fs})"),
-        how: format!("capture of a {:.0} GiB held file, store on the same {fs}", size as f64 / (1u64 << 30) as f64),
+        how: format!("capture of a {} held file, store on the same {fs}", size_label(size)),
         result: format!("{:.0} ms (cp --reflink: {:.0} ms)", ours * 1000.0, cp * 1000.0),
         target: "O(1): well under 100 ms".into(),
         met: Some(ours < 0.1),

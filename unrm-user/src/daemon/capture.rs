@@ -5,6 +5,7 @@ use std::{
     fs::File,
     os::fd::AsFd,
     sync::{Arc, mpsc::{Receiver, Sender}},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::{holders::InodeId, store::{Store, Stored}};
@@ -17,10 +18,11 @@ pub struct Job {
     pub size: u64,
 }
 
-pub struct Done {
-    pub record: i64,
-    pub inode: InodeId,
-    pub result: Result<Stored, String>,
+pub enum Done {
+    /// The content is durable in the store (or the capture failed).
+    Captured { record: i64, inode: InodeId, result: Result<Stored, String>, took: Duration, at: SystemTime },
+    /// Its checksum, computed afterwards.
+    Checksummed { record: i64, checksum: Result<String, String> },
 }
 
 pub fn spawn<M: From<Done> + Send + 'static>(store: Arc<Store>, jobs: Receiver<Job>, done: Sender<M>) {
@@ -28,10 +30,20 @@ pub fn spawn<M: From<Done> + Send + 'static>(store: Arc<Store>, jobs: Receiver<J
         .name("unrm-capture".into())
         .spawn(move || {
             for job in jobs {
+                let started = Instant::now();
                 let result = store.capture(job.record, job.file.as_fd(), job.size).map_err(|e| format!("{e:#}"));
-                let finished = Done { record: job.record, inode: job.inode, result };
-                if done.send(finished.into()).is_err() {
+                let ok = result.is_ok();
+                let took = started.elapsed();
+                let captured =
+                    Done::Captured { record: job.record, inode: job.inode, result, took, at: SystemTime::now() };
+                if done.send(captured.into()).is_err() {
                     return;
+                }
+                if ok {
+                    let checksum = store.checksum(job.record).map_err(|e| format!("{e:#}"));
+                    if done.send(Done::Checksummed { record: job.record, checksum }.into()).is_err() {
+                        return;
+                    }
                 }
             }
         })

@@ -92,6 +92,9 @@ struct Pending {
 const BATCH: usize = 4096;
 /// How long index writes may wait to share one commit.
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// How long the release probes stay attached with nothing to watch, so
+/// that pins coming and going do not attach and detach them each time.
+const RELEASE_LINGER: Duration = Duration::from_secs(5);
 /// How long a re-check may wait so that hints close together share one
 /// snapshot. The pin already protects the content meanwhile.
 const RECHECK_DELAY: Duration = Duration::from_millis(10);
@@ -113,6 +116,8 @@ pub struct Engine {
     txn_since: Option<Instant>,
     /// Pins changed since the kernel-side filters were last updated.
     watches_stale: bool,
+    /// Since when no pinned file has had holders (release probes idle).
+    release_idle_since: Option<Instant>,
     watched_inodes: HashSet<InodeId>,
     watched_tgids: HashSet<u32>,
     exit_watch: UnboundedSender<u32>,
@@ -147,6 +152,7 @@ impl Engine {
             recheck_at: None,
             txn_since: None,
             watches_stale: false,
+            release_idle_since: None,
             watched_inodes: HashSet::new(),
             watched_tgids: HashSet::new(),
             exit_watch,
@@ -175,9 +181,9 @@ impl Engine {
     fn resume(&mut self, id: i64, inode: Option<InodeId>, snapshot: &Snapshot) -> Result<()> {
         if self.store.has(id) {
             // The copy was durable but the index had not been told.
-            let checksum = crate::copy::checksum(self.store.open_capture(id)?)?;
             let size = self.store.open_capture(id)?.metadata()?.len();
-            return self.index.mark_captured(id, size, &checksum, SystemTime::now());
+            self.index.mark_captured(id, size, SystemTime::now())?;
+            return self.index.set_checksum(id, &self.store.checksum(id)?);
         }
         let held = inode.and_then(|inode| snapshot.files.get(&inode));
         match held.and_then(|held| pins::take(held).map(|(file, _)| (held, file))) {
@@ -519,17 +525,26 @@ impl Engine {
     }
 
     fn on_captured(&mut self, done: capture::Done) -> Result<()> {
-        self.pins.remove(&done.inode);
-        match done.result {
-            Ok(stored) => {
-                self.counters.captured += 1;
-                log::info!("captured record {} ({} bytes, {:?})", done.record, stored.size, stored.method);
-                self.index.mark_captured(done.record, stored.size, &stored.checksum, SystemTime::now())
+        match done {
+            capture::Done::Captured { record, inode, result, took, at } => {
+                self.pins.remove(&inode);
+                match result {
+                    Ok(stored) => {
+                        self.counters.captured += 1;
+                        log::info!("captured record {record} ({} bytes, {:?}, {took:?})", stored.size, stored.method);
+                        self.index.mark_captured(record, stored.size, at)
+                    }
+                    Err(reason) => {
+                        self.counters.failed += 1;
+                        log::warn!("capture of record {record} failed: {reason}");
+                        self.index.set_status(record, Status::Failed, Some(&reason))
+                    }
+                }
             }
-            Err(reason) => {
-                self.counters.failed += 1;
-                log::warn!("capture of record {} failed: {reason}", done.record);
-                self.index.set_status(done.record, Status::Failed, Some(&reason))
+            capture::Done::Checksummed { record, checksum: Ok(sum) } => self.index.set_checksum(record, &sum),
+            capture::Done::Checksummed { record, checksum: Err(err) } => {
+                log::warn!("checksumming record {record}: {err}");
+                Ok(())
             }
         }
     }
@@ -556,9 +571,12 @@ impl Engine {
             let _ = self.exit_watch.send(*new);
         }
         self.watched_inodes = inodes;
-        if tgids.is_empty() {
+        if !tgids.is_empty() {
+            self.release_idle_since = None;
+        } else if self.release_idle_since.get_or_insert_with(Instant::now).elapsed() >= RELEASE_LINGER {
             self.probes.detach_release()?;
-        } else if !self.probes.release_attached() {
+        }
+        if !tgids.is_empty() && !self.probes.release_attached() {
             self.probes.attach_release()?;
             // A release between the snapshot and now went unseen: look again.
             self.schedule_recheck(RECHECK_DELAY);
@@ -675,7 +693,7 @@ fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<
 }
 
 fn fill_meta(record: &mut NewRecord, inode: InodeId, meta: &Meta) {
-    record.dev = Some(inode.dev);
+    record.dev = Some(meta.dev);
     record.ino = Some(inode.ino);
     record.size = Some(meta.size);
     record.mode = Some(meta.mode);

@@ -173,12 +173,21 @@ impl Probes {
         Ok(())
     }
 
+    /// Detaching a tracepoint waits for RCU grace periods (tens of ms per
+    /// link), so the links are dropped on a thread of their own.
     pub fn detach_release(&mut self) -> Result<()> {
+        if self.release_links.is_empty() {
+            return Ok(());
+        }
+        let mut links = Vec::new();
         for (name, id) in self.release_links.drain(..) {
             let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
-            prog.detach(id)?;
+            links.push(prog.take_link(id)?);
         }
-        log::debug!("release probes detached");
+        std::thread::Builder::new().name("unrm-detach".into()).spawn(move || {
+            drop(links);
+            log::debug!("release probes detached");
+        })?;
         Ok(())
     }
 
