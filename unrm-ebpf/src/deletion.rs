@@ -184,7 +184,7 @@ unsafe fn base_dir(dirfd: i32) -> Option<(PathRef, PathRef)> {
 }
 
 #[inline(always)]
-fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
+pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
     let mut flags = victim_flags::KNOWN | victim_flags::FS_HOOKED;
     if refs.is_some() {
         flags |= victim_flags::REFS_VALID;
@@ -241,7 +241,7 @@ pub fn unrm_ext4_dirty(ctx: BtfTracePointContext) -> u32 {
             return 0;
         }
         // The link count before the rename dropped it was one.
-        (*call).victim = victim(&facts, 1, holder::alias_refs(inode));
+        (*call).victim = victim(&facts, 1, holder::rename_victim_refs(inode));
         (*call).inode = inode as u64;
     }
     0

@@ -163,13 +163,15 @@ extern "C" fn next_bit(bit: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// References on the dentry through which `inode` is named, for the rename
-/// victim whose dentry the filesystem hook does not pass.
+/// References on a rename victim's dentry, counted like an unlink's: one
+/// for the caller's own lookup, more if anything else holds the file. The
+/// filesystem hook passes only the inode, so the dentry is its alias; the
+/// rename itself holds one reference more than an unlink does.
 #[inline(always)]
-pub unsafe fn alias_refs(inode: *const u8) -> Option<u32> {
+pub unsafe fn rename_victim_refs(inode: *const u8) -> Option<u32> {
     unsafe {
         let first = read_ptr(inode, off!(inode_dentry))?;
         let dentry = first.wrapping_sub(off!(dentry_alias));
-        read::<u32>(dentry, off!(dentry_count))
+        read::<u32>(dentry, off!(dentry_count)).map(|refs| refs.saturating_sub(1))
     }
 }

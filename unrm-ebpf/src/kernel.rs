@@ -153,6 +153,15 @@ pub unsafe fn write_dir(buf: *mut u8, base: usize, start: PathRef, root: PathRef
     }
 }
 
+/// Writes the names from `dentry` up to its filesystem's root, leaf first
+/// (the file's own name first): a path relative to the filesystem, for
+/// hooks that see a dentry but not the mount it was reached through.
+#[inline(always)]
+pub unsafe fn write_fs_path(buf: *mut u8, base: usize, dentry: *const u8) -> Walk {
+    let none = PathRef { mnt: core::ptr::null(), dentry: core::ptr::null() };
+    unsafe { write_dir(buf, base, PathRef { mnt: core::ptr::null(), dentry }, none) }
+}
+
 /// One step up the tree; returns 1 to stop the loop.
 #[inline(never)]
 extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
@@ -164,11 +173,13 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 unsafe fn step(s: &mut WalkState) -> u64 {
     unsafe {
-        if s.dentry == s.root.dentry && s.mnt == s.root.mnt {
+        if s.mnt.is_null() {
+            // Within one filesystem: no mounts to cross, no root to stop at.
+        } else if s.dentry == s.root.dentry && s.mnt == s.root.mnt {
             return DONE_COMPLETE;
-        }
-        let Some(mnt_root) = read_ptr(s.mnt, off!(vfsmount_root)) else { return DONE_TRUNCATED };
-        if s.dentry == mnt_root {
+        } else if let Some(mnt_root) = read_ptr(s.mnt, off!(vfsmount_root))
+            && s.dentry == mnt_root
+        {
             let Some(parent) = read_ptr(s.mount, off!(mount_parent)) else { return DONE_TRUNCATED };
             if parent == s.mount {
                 return DONE_COMPLETE;

@@ -14,6 +14,7 @@
 #![no_main]
 
 mod deletion;
+mod fshooks;
 mod holder;
 mod iter;
 mod kernel;

@@ -90,6 +90,28 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_tasks: 0, fdt_open_fds: 0, inode_dentry: 0, dentry_alias: 0, _pad: 0,
 };
 
+/// `[start, end)` of ext4_rename's code, from /proc/kallsyms: the fs tier
+/// tells a rename's victim by who marks it dirty. Zero when unknown.
+#[unsafe(no_mangle)]
+pub static EXT4_RENAME: [u64; 2] = [0, 0];
+
+/// An ext4 unlink in progress (fs tier), by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FsCall {
+    pub dentry: u64,
+    pub inode: u64,
+    pub victim: Victim,
+}
+
+#[map]
+pub static FS_CALLS: LruHashMap<u32, FsCall> = LruHashMap::with_max_entries(4096, 0);
+
+/// The last rename victim reported per thread, so that an inode marked
+/// dirty twice in one rename is reported once.
+#[map]
+pub static FS_RENAMED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// The daemon's own process, whose pins are not holders.
 #[unsafe(no_mangle)]
 pub static SELF_TGID: u32 = 0;

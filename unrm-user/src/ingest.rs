@@ -19,7 +19,10 @@ use unrm_abi::{
     victim_flags,
 };
 
-use crate::holders::{InodeId, comm_string};
+use crate::{
+    holders::{InodeId, comm_string},
+    mounts::Mounts,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteOp {
@@ -76,6 +79,9 @@ pub struct Deletion {
     /// A filesystem hook fired during the call: no `victim` then means no
     /// inode lost its last name.
     pub fs_hooked: bool,
+    /// `path` is relative to the victim's filesystem (fs tier) until the
+    /// reader finds where that filesystem is mounted.
+    pub fs_relative: bool,
     pub grabbed: Option<Grab>,
 }
 
@@ -131,6 +137,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
     let user_path = &bytes[HEADER..HEADER + path_len];
     let dir = &bytes[HEADER + path_len..HEADER + path_len + dir_len];
     let flags = ev.path_flags;
+    let fs_relative = flags & path_flags::FS_RELATIVE != 0;
     let path = if flags & path_flags::ABSOLUTE != 0 {
         normalize(Path::new(OsStr::from_bytes(user_path)))
     } else {
@@ -158,6 +165,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
         victim,
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
+        fs_relative,
         grabbed: None,
     })
 }
@@ -259,6 +267,23 @@ fn grab(d: &mut Deletion) {
     }
 }
 
+/// Turns a path relative to its filesystem into an absolute one, re-reading
+/// the mount table when a filesystem is not (or no longer) where it was.
+fn place(d: &mut Deletion, mounts: &mut Mounts) {
+    let Some(victim) = d.victim.filter(|_| d.fs_relative) else { return };
+    let placed = mounts.resolve(victim.inode.dev, &d.path).or_else(|| {
+        *mounts = Mounts::read();
+        mounts.resolve(victim.inode.dev, &d.path)
+    });
+    match placed {
+        Some(path) => {
+            d.path = path;
+            d.fs_relative = false;
+        }
+        None => d.path_complete = false,
+    }
+}
+
 /// Drains the ring buffer for as long as the daemon runs, forwarding every
 /// event. Undecodable records are logged, never fatal.
 ///
@@ -267,6 +292,7 @@ fn grab(d: &mut Deletion) {
 /// pin, instead of the reactor's and then a worker's.
 pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
     raise_priority();
+    let mut mounts = Mounts::read();
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
     let patience = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
@@ -281,6 +307,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Res
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
                         grab(d);
+                        place(d, &mut mounts);
                     }
                     if tx.send(event.into()).is_err() {
                         return Ok(());

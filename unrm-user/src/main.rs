@@ -13,6 +13,7 @@ mod daemon;
 mod holders;
 mod index;
 mod ingest;
+mod mounts;
 mod pins;
 mod probe;
 mod record;

@@ -50,7 +50,12 @@ fn main() {
     };
     println!("| measure | how | result | target | |");
     println!("|---|---|---|---|---|");
-    section("hot", &|| bench::hot::measure(if q { 3 } else { 7 }, "tracepoint", &[]));
+    section("hot", &|| {
+        let rounds = if q { 3 } else { 7 };
+        let mut rows = bench::hot::measure(rounds, "tracepoint", &[]);
+        rows.extend(bench::hot::measure(rounds, "fs", &["--tier", "fs"]));
+        rows
+    });
     section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
     section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, &[])]);
     section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));

@@ -50,6 +50,10 @@ pub mod path_flags {
     pub const DIR_TRUNCATED: u32 = 2;
     /// The base directory could not be read (bad dirfd, no fs_struct).
     pub const DIR_UNKNOWN: u32 = 4;
+    /// A filesystem hook saw only a dentry: `dir_len` bytes hold the path
+    /// from the filesystem's root (leaf first, the file's name included),
+    /// and the daemon finds where that filesystem is mounted.
+    pub const FS_RELATIVE: u32 = 8;
 }
 
 /// Why a watched process may have let go of a watched inode.

@@ -40,6 +40,12 @@ enum Command {
         /// Ring buffer between the probes and the daemon (a power of two).
         #[arg(long, default_value = "4M", value_parser = parse_ring_size)]
         ring_size: u32,
+        /// Which hooks report deletions: `tracepoint` (every filesystem,
+        /// costs every system call while attached) or `fs` (ext4's own
+        /// tracepoints: free for unrelated system calls; other filesystems
+        /// only through periodic snapshots).
+        #[arg(long, value_enum, default_value = "tracepoint")]
+        tier: crate::probe::Tier,
         /// How often to reconcile with the kernel's state without events.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         rescan_interval: Duration,
@@ -92,8 +98,9 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon { state_dir, max_file_size, ring_size, rescan_interval } => {
+        Command::Daemon { state_dir, max_file_size, ring_size, tier, rescan_interval } => {
             daemon::run(daemon::Options {
+                tier,
                 state_dir,
                 socket: cli.socket,
                 max_file_size,

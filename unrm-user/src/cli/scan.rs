@@ -50,7 +50,7 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
 
 fn standalone() -> Result<Vec<HeldView>> {
     crate::require_root("unrm scan, when it cannot reach the daemon,")?;
-    let mut probes = Probes::load(&LoadOptions { ring_bytes: 4096, hooks: false })?;
+    let mut probes = Probes::load(&LoadOptions { tier: crate::probe::Tier::Fs, ring_bytes: 4096, hooks: false })?;
     let mut snapshot = Snapshot::take(&mut probes)?;
     hide_daemon_pins(&mut snapshot);
     Ok(snapshot.views())

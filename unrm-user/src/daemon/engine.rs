@@ -31,7 +31,7 @@ use crate::{
     index::{Index, ListQuery, NewRecord},
     ingest::{DeleteOp, Deletion, Event},
     pins::{self, Meta},
-    probe::{self, ProbeStats, Probes, WatchMaps},
+    probe::{ProbeStats, Probes, WatchMaps},
     record::{Deleter, Status, from_nanos, holders_of},
     store::Store,
 };
@@ -349,9 +349,10 @@ impl Engine {
             return Ok(());
         }
         log::debug!(
-            "{}: held {:?}, probe holder {:?}, waiting for a snapshot",
+            "{}: held {:?} (refs {:?}), probe holder {:?}, waiting for a snapshot",
             pending.deletion.path.display(),
             held_hint,
+            pending.deletion.victim.and_then(|v| v.refs),
             pending.deletion.victim.and_then(|v| v.holder)
         );
         self.pending.push(pending);
@@ -643,7 +644,7 @@ impl Engine {
             uptime_secs: self.started.elapsed().as_secs(),
             state_dir: self.cfg.state_dir.display().to_string(),
             probes: ProbeStatus {
-                tier: probe::TIER.into(),
+                tier: self.probes.tier().name().into(),
                 attached: true,
                 fs_hooks: self.probes.fs_hooks().iter().map(|h| h.to_string()).collect(),
                 release_attached: self.probes.release_attached(),

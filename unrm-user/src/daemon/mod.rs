@@ -36,6 +36,7 @@ use crate::{
 };
 
 pub struct Options {
+    pub tier: crate::probe::Tier,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub max_file_size: u64,
@@ -54,8 +55,8 @@ pub fn run(opts: Options) -> Result<()> {
     let _lock = lock()?;
     let store = Arc::new(Store::open(&opts.state_dir)?);
     let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
-    let mut probes = Probes::load(&LoadOptions { ring_bytes: opts.ring_bytes, hooks: true })?;
-    log::info!("probes attached ({} tier; filesystem hooks: {:?})", crate::probe::TIER, probes.fs_hooks());
+    let mut probes = Probes::load(&LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true })?;
+    log::info!("probes attached ({} tier; filesystem hooks: {:?})", opts.tier.name(), probes.fs_hooks());
     let ring = probes.take_events()?;
     let logger = probes.logger();
 

@@ -21,8 +21,28 @@ use unrm_abi::{InodeKey, stat};
 /// The probe object, or an empty slice when this binary was built without it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("UNRM_EBPF_OBJECT"));
 
-/// Which hooks the probes ride on. Only the tracepoint tier exists so far.
-pub const TIER: &str = "tracepoint";
+/// Which hooks tell the daemon about deletions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// Syscall tracepoints on unlink/rename (every filesystem, relative
+    /// paths as the caller named them) plus ext4's hooks for the inode.
+    /// Costs every system call of every process the syscall-tracing slow
+    /// path while attached.
+    Tracepoint,
+    /// ext4's own tracepoints only: nothing on unrelated system calls.
+    /// Other filesystems are covered by periodic snapshots alone (no
+    /// deleter, and a holder that lets go before the next one is missed).
+    Fs,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Tracepoint => "tracepoint",
+            Tier::Fs => "fs",
+        }
+    }
+}
 
 /// Tracepoint programs and where each attaches (category/name).
 type Attachments = &'static [(&'static str, &'static [&'static str])];
@@ -64,16 +84,24 @@ const RELEASE: Attachments = &[
     ("unrm_process_exit", &["sched/sched_process_exit"]),
 ];
 
-/// Filesystem hooks that name the inode a deletion removes (optional: the
-/// filesystem may not be built into this kernel).
+/// Filesystem hooks that name the inode a syscall-tier deletion removes
+/// (optional: the filesystem may not be built into this kernel).
 const FS_HOOKS: &[(&str, &str)] = &[
     ("unrm_ext4_unlink", "ext4_unlink_enter"),
     ("unrm_ext4_dirty", "ext4_mark_inode_dirty"),
 ];
 
+/// The fs tier's hooks: whole deletions, seen by the filesystem alone.
+const FS_TIER_HOOKS: &[(&str, &str)] = &[
+    ("unrm_fs_unlink_enter", "ext4_unlink_enter"),
+    ("unrm_fs_unlink_exit", "ext4_unlink_exit"),
+    ("unrm_fs_rename_victim", "ext4_mark_inode_dirty"),
+];
+
 const ITERATORS: &[(&str, &str)] = &[("unrm_iter_files", "task_file"), ("unrm_iter_vmas", "task_vma")];
 
 pub struct LoadOptions {
+    pub tier: Tier,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
     /// Whether to load the deletion and release probes (the daemon) or only
@@ -82,6 +110,7 @@ pub struct LoadOptions {
 }
 
 pub struct Probes {
+    tier: Tier,
     ebpf: Ebpf,
     release_links: Vec<(&'static str, TracePointLinkId)>,
     fs_hooks: Vec<&'static str>,
@@ -99,15 +128,17 @@ impl Probes {
         let btf = kernel_btf.for_aya()?;
         drop(kernel_btf);
         let self_tgid = std::process::id();
+        let ext4_rename = ext4_rename_range();
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("EXT4_RENAME", &ext4_rename, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         if !opts.hooks {
             // The iterators use none of the hooks' tables: keep them tiny.
-            for map in ["WATCHED_TGIDS", "WATCHED_INODES", "INFLIGHT", "RELEASES"] {
+            for map in ["WATCHED_TGIDS", "WATCHED_INODES", "INFLIGHT", "RELEASES", "FS_CALLS", "FS_RENAMED"] {
                 loader.map_max_entries(map, 1);
             }
         }
@@ -118,22 +149,32 @@ impl Probes {
             prog.load(iter_type, &btf).map_err(|err| verifier_error(name, err))?;
         }
         log::debug!("object and iterators loaded in {:?}", started.elapsed());
-        let mut probes = Self { ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
-        if opts.hooks {
-            ensure_tracefs()?;
-            for (name, _) in DELETION.iter().chain(RELEASE) {
-                let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
-                prog.load().map_err(|err| verifier_error(name, err))?;
-            }
-            probes.attach(DELETION)?;
-            for (name, hook) in FS_HOOKS {
-                match attach_btf(&mut probes.ebpf, &btf, name, hook) {
-                    Ok(()) => probes.fs_hooks.push(hook),
-                    Err(err) => log::info!("filesystem hook {hook} unavailable: {err:#}"),
-                }
+        let mut probes = Self { tier: opts.tier, ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
+        if !opts.hooks {
+            return Ok(probes);
+        }
+        ensure_tracefs()?;
+        let deletion: Attachments = if opts.tier == Tier::Tracepoint { DELETION } else { &[] };
+        for (name, _) in deletion.iter().chain(RELEASE) {
+            let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
+            prog.load().map_err(|err| verifier_error(name, err))?;
+        }
+        probes.attach(deletion)?;
+        let hooks = if opts.tier == Tier::Tracepoint { FS_HOOKS } else { FS_TIER_HOOKS };
+        for (name, hook) in hooks {
+            match attach_btf(&mut probes.ebpf, &btf, name, hook) {
+                Ok(()) => probes.fs_hooks.push(hook),
+                Err(err) => log::info!("filesystem hook {hook} unavailable: {err:#}"),
             }
         }
+        if opts.tier == Tier::Fs && probes.fs_hooks.is_empty() {
+            bail!("the fs tier needs ext4's tracepoints, which this kernel does not offer; use --tier tracepoint");
+        }
         Ok(probes)
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// The filesystem hooks that attached.
@@ -276,6 +317,28 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<()> 
     prog.load(hook, btf).map_err(|err| verifier_error(name, err))?;
     prog.attach()?;
     Ok(())
+}
+
+/// Where `ext4_rename`'s code lies, from /proc/kallsyms: `[start, end)`,
+/// end being the next symbol. Zeros (the fs tier then sees no renames)
+/// where the symbol or its address is hidden.
+fn ext4_rename_range() -> [u64; 2] {
+    let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else { return [0, 0] };
+    let mut addresses: Vec<(u64, bool)> = symbols
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let name = fields.nth(1)?;
+            Some((address, name == "ext4_rename"))
+        })
+        .filter(|(address, _)| *address != 0)
+        .collect();
+    addresses.sort_unstable();
+    let Some(at) = addresses.iter().position(|(_, is)| *is) else { return [0, 0] };
+    let start = addresses[at].0;
+    let end = addresses[at..].iter().map(|(a, _)| *a).find(|a| *a > start).unwrap_or(start);
+    [start, end]
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";

@@ -1,0 +1,100 @@
+//! The fs tier (`--tier fs`): deletions seen by ext4's own tracepoints, with
+//! no syscall tracepoint attached. Same records, same statuses, same CLI as
+//! the tracepoint tier; other filesystems are reached by snapshots only.
+
+use std::{ffi::CString, fs, os::fd::AsRawFd, path::Path};
+
+use unrm_tests::{Daemon, Holder, Mount, content, rm};
+
+fn fs_daemon(extra: &[&str]) -> Daemon {
+    let mut args = vec!["--tier", "fs"];
+    args.extend_from_slice(extra);
+    Daemon::start_in(tempfile::tempdir().unwrap(), &args)
+}
+
+fn restore_to(daemon: &Daemon, id: &serde_json::Value, to: &Path) -> Vec<u8> {
+    let out = daemon.cli(&["restore", &id.to_string(), "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    fs::read(to).unwrap()
+}
+
+#[test]
+fn held_unheld_and_renamed_over_on_ext4() {
+    let fs = Mount::ext4();
+    let daemon = fs_daemon(&[]);
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["probes"]["tier"], "fs");
+
+    let data = content("fs tier");
+    let held = fs.file("held.bin", &data);
+    let holder = Holder::fd(&held);
+    let rm_pid = rm(&held, None);
+    let rec = daemon.wait_record(&held, "held");
+    assert_eq!(rec["deleted_by"]["pid"], rm_pid);
+    assert_eq!(rec["deleted_by"]["comm"], "rm");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+
+    let loose = fs.file("loose.txt", b"nobody");
+    rm(&loose, None);
+    let rec = daemon.wait_record(&loose, "unheld");
+    assert_eq!(rec["size"], 6);
+
+    let target = fs.file("config", b"old");
+    let new = fs.file("config.new", b"new");
+    let config_holder = Holder::fd(&target);
+    fs::rename(&new, &target).unwrap();
+    let rec = daemon.wait_record(&target, "held");
+    assert_eq!(rec["op"], "rename");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("old")), b"old");
+
+    let unheld_target = fs.file("plain", b"1");
+    fs::rename(fs.file("plain.new", b"2"), &unheld_target).unwrap();
+    daemon.wait_record(&unheld_target, "unheld");
+    drop((holder, config_holder));
+}
+
+#[test]
+fn paths_are_absolute_whatever_the_caller_named() {
+    let fs = Mount::ext4();
+    let dir = fs.path.join("a/b");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("by-cwd"), b"1").unwrap();
+    fs::write(dir.join("by-dirfd"), b"2").unwrap();
+    let daemon = fs_daemon(&[]);
+    rm(Path::new("../b/./by-cwd"), Some(&dir));
+    daemon.wait_record(&dir.join("by-cwd"), "unheld");
+    let dirfd = fs::File::open(fs.path.join("a")).unwrap();
+    let name = CString::new("b/by-dirfd").unwrap();
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    assert_eq!(unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) }, 0);
+    let rec = daemon.wait_record(&dir.join("by-dirfd"), "unheld");
+    assert_eq!(rec["deleted_by"]["pid"], std::process::id());
+}
+
+#[test]
+fn written_after_unlink_is_captured() {
+    let fs = Mount::ext4();
+    let path = fs.file("log", b"before");
+    let daemon = fs_daemon(&[]);
+    let mut holder = Holder::fd(&path);
+    rm(&path, None);
+    daemon.wait_record(&path, "held");
+    holder.append(" and after");
+    holder.exit();
+    let rec = daemon.wait_record(&path, "captured");
+    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), b"before and after");
+}
+
+#[test]
+fn unhooked_filesystems_are_reached_by_snapshots() {
+    let tmpfs = Mount::tmpfs();
+    let data = content("tmpfs");
+    let path = tmpfs.file("held", &data);
+    let daemon = fs_daemon(&["--rescan-interval", "100ms"]);
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let rec = daemon.wait_record(&path, "held");
+    assert_eq!(rec["op"], "scan", "no hook saw it; a snapshot did");
+    assert_eq!(restore_to(&daemon, &rec["id"], &tmpfs.path.join("back")), data);
+    drop(holder);
+}
