@@ -28,7 +28,12 @@ pub fn unrm_bin() -> PathBuf {
 /// target/release, the tests one level down in target/release/deps).
 pub fn holder_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.ancestors().skip(1).take(2).map(|dir| dir.join("holder")).find(|p| p.exists()).expect("the holder helper is built")
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("holder"))
+        .find(|p| p.exists())
+        .expect("the holder helper is built")
 }
 
 /// Reads lines from a child's stdout on a thread, so waits can time out.
@@ -91,7 +96,10 @@ impl Daemon {
         if started.as_deref() != Ok("ready") {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("daemon did not become ready ({started:?}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "daemon did not become ready ({started:?}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         Daemon { child, socket, state_dir, log, _dir: dir }
     }
@@ -131,7 +139,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no {status:?} record for {} within {PATIENCE:?}; last: {last}\n{}", path.display(), self.log());
+        panic!(
+            "no {status:?} record for {} within {PATIENCE:?}; last: {last}\n{}",
+            path.display(),
+            self.log()
+        );
     }
 
     /// `unrm show ID`, waiting until `ready` holds for it.
@@ -266,7 +278,8 @@ impl Mount {
     /// bytes, or None when this machine has no `mkfs.<fs>`.
     pub fn image(fs: &str, size: u64) -> Option<Self> {
         let mkfs = format!("mkfs.{fs}");
-        let found = ["/sbin", "/usr/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(&mkfs).exists());
+        let found =
+            ["/sbin", "/usr/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(&mkfs).exists());
         if !found {
             return None;
         }

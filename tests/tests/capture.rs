@@ -2,12 +2,7 @@
 //! filesystems. Every test deletes a file the way a user would and checks
 //! what unrm recorded and what it brings back.
 
-use std::{
-    ffi::CString,
-    fs,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{ffi::CString, fs, os::unix::fs::MetadataExt, path::Path};
 
 use unrm_tests::{Daemon, Holder, Mount, content, rm};
 

@@ -2,7 +2,10 @@
 //! answered with one clear line and a nonzero exit.
 
 use std::{
-    os::unix::{fs::{MetadataExt, OpenOptionsExt}, process::CommandExt},
+    os::unix::{
+        fs::{MetadataExt, OpenOptionsExt},
+        process::CommandExt,
+    },
     process::Command,
 };
 

@@ -3,19 +3,17 @@
 //! else held it. Entry records the arguments by thread id, exit turns them
 //! into one event, so a failed or unrelated call costs a map insert/delete.
 
+use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns, generated,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_log_ebpf::warn;
-use unrm_abi::{
-    DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags,
-};
+use unrm_abi::{DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags};
 
 use crate::{
     holder,
@@ -157,7 +155,9 @@ unsafe fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
         // wake-up, so an `rm -rf` of unheld files does not wake it per file.
         let v = &call.victim;
         let unheld = v.flags & victim_flags::REFS_VALID != 0 && v.refs <= 1;
-        let quiet = ret != 0 || unheld || v.flags & victim_flags::FS_HOOKED != 0 && v.flags & victim_flags::KNOWN == 0;
+        let quiet = ret != 0
+            || unheld
+            || v.flags & victim_flags::FS_HOOKED != 0 && v.flags & victim_flags::KNOWN == 0;
         let flags = if quiet { BPF_RB_NO_WAKEUP } else { BPF_RB_FORCE_WAKEUP };
         if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
             count(stat::LOST_EVENTS);

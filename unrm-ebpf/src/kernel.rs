@@ -91,10 +91,7 @@ pub struct PathRef {
 #[inline(always)]
 pub unsafe fn read_path(path: *const u8) -> Option<PathRef> {
     unsafe {
-        Some(PathRef {
-            mnt: read_ptr(path, off!(path_mnt))?,
-            dentry: read_ptr(path, off!(path_dentry))?,
-        })
+        Some(PathRef { mnt: read_ptr(path, off!(path_mnt))?, dentry: read_ptr(path, off!(path_dentry))? })
     }
 }
 
@@ -140,12 +137,7 @@ pub unsafe fn write_dir(buf: *mut u8, base: usize, start: PathRef, root: PathRef
         done: 0,
     };
     unsafe {
-        generated::bpf_loop(
-            DIR_DEPTH,
-            walk_step as *mut _,
-            &mut state as *mut WalkState as *mut _,
-            0,
-        );
+        generated::bpf_loop(DIR_DEPTH, walk_step as *mut _, &mut state as *mut WalkState as *mut _, 0);
     }
     match state.done {
         DONE_COMPLETE => Walk::Complete(state.len),
@@ -205,11 +197,8 @@ unsafe fn step(s: &mut WalkState) -> u64 {
         // The mask changes nothing (base + len < DATA_LEN) but lets the
         // verifier see that the write stays inside the buffer.
         let at = (s.base + s.len) & (DATA_LEN - 1);
-        let n = generated::bpf_probe_read_kernel_str(
-            s.buf.add(at) as *mut _,
-            NAME_SLOT as u32,
-            name as *const _,
-        );
+        let n =
+            generated::bpf_probe_read_kernel_str(s.buf.add(at) as *mut _, NAME_SLOT as u32, name as *const _);
         if n <= 0 {
             return DONE_TRUNCATED;
         }

@@ -86,11 +86,8 @@ pub fn unrm_enter_dup2(ctx: TracePointContext) -> u32 {
 pub fn unrm_enter_close_range(_ctx: TracePointContext) -> u32 {
     let (tid, tgid) = current();
     if watched(tgid) {
-        let pending = PendingRelease {
-            reason: release_reason::CLOSE_RANGE,
-            _pad: 0,
-            inode: InodeKey::default(),
-        };
+        let pending =
+            PendingRelease { reason: release_reason::CLOSE_RANGE, _pad: 0, inode: InodeKey::default() };
         let _ = RELEASES.insert(&tid, &pending, 0);
     }
     0

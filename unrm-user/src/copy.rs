@@ -130,7 +130,8 @@ mod tests {
         src.write_all_at(b"tail", 8 << 20).unwrap();
         src.set_len(16 << 20).unwrap(); // trailing hole
         let src = File::open(&src_path).unwrap();
-        let dst = File::options().read(true).write(true).create_new(true).open(dir.path().join("dst")).unwrap();
+        let dst =
+            File::options().read(true).write(true).create_new(true).open(dir.path().join("dst")).unwrap();
         copy(src.as_fd(), dst.as_fd(), 16 << 20).unwrap();
         let a = std::fs::read(&src_path).unwrap();
         let b = std::fs::read(dir.path().join("dst")).unwrap();

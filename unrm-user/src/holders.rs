@@ -146,9 +146,10 @@ impl Snapshot {
         });
         // Threads share tables and mappings: one hold per process and kind
         // (and fd); one mapping per process is enough to reach the inode.
-        let duplicate = file.holds.iter().any(|h| {
-            h.pid == hold.pid && h.kind == hold.kind && (kind != HolderKind::Fd || h.fd == hold.fd)
-        });
+        let duplicate = file
+            .holds
+            .iter()
+            .any(|h| h.pid == hold.pid && h.kind == hold.kind && (kind != HolderKind::Fd || h.fd == hold.fd));
         if !duplicate {
             file.holds.push(hold);
         }
@@ -257,10 +258,9 @@ mod tests {
             vm_start: 0x1000,
             vm_end: 0x2000,
         };
-        let mut out = unsafe {
-            std::slice::from_raw_parts(&rec as *const _ as *const u8, size_of::<HeldRecord>())
-        }
-        .to_vec();
+        let mut out =
+            unsafe { std::slice::from_raw_parts(&rec as *const _ as *const u8, size_of::<HeldRecord>()) }
+                .to_vec();
         out.extend_from_slice(path);
         out
     }

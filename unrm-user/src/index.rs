@@ -100,10 +100,8 @@ impl Index {
         let conn = Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
         // The index names other people's deleted files: root only.
         for suffix in ["", "-wal", "-shm"] {
-            let file = path.with_file_name(format!(
-                "{}{suffix}",
-                path.file_name().unwrap().to_string_lossy()
-            ));
+            let file =
+                path.with_file_name(format!("{}{suffix}", path.file_name().unwrap().to_string_lossy()));
             if file.exists() {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             }
@@ -162,7 +160,8 @@ impl Index {
     }
 
     pub fn set_status(&self, id: i64, status: Status, reason: Option<&str>) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached("UPDATE records SET status = ?2, reason = ?3 WHERE id = ?1")?;
+        let mut stmt =
+            self.conn.prepare_cached("UPDATE records SET status = ?2, reason = ?3 WHERE id = ?1")?;
         stmt.execute(params![id, status.as_str(), reason])?;
         Ok(())
     }
@@ -254,7 +253,11 @@ impl Index {
     pub fn held(&self) -> Result<Vec<HeldRecord>> {
         let mut stmt = self.conn.prepare_cached("SELECT id, dev, ino FROM records WHERE status = 'held'")?;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.map(|d| d as u64), row.get::<_, Option<i64>>(2)?.map(|i| i as u64)))
+            Ok((
+                row.get(0)?,
+                row.get::<_, Option<i64>>(1)?.map(|d| d as u64),
+                row.get::<_, Option<i64>>(2)?.map(|i| i as u64),
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -324,7 +327,10 @@ mod tests {
         idx.insert(&new("/a/y.txt", Status::Held, 20)).unwrap();
         idx.insert(&new("/b/z.log", Status::Held, 30)).unwrap();
         let all = idx.list(&ListQuery::default()).unwrap();
-        assert_eq!(all.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/b/z.log", "/a/y.txt", "/a/x.log"]);
+        assert_eq!(
+            all.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            ["/b/z.log", "/a/y.txt", "/a/x.log"]
+        );
         let held = idx.list(&ListQuery { status: Some(Status::Held), ..Default::default() }).unwrap();
         assert_eq!(held.len(), 2);
         let glob = globset::Glob::new("*.log").unwrap().compile_matcher();

@@ -352,10 +352,9 @@ mod tests {
             path_flags: flags,
             _pad: 0,
         };
-        let mut out = unsafe {
-            std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<DeleteEvent>())
-        }
-        .to_vec();
+        let mut out =
+            unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<DeleteEvent>()) }
+                .to_vec();
         out.extend_from_slice(path);
         out.extend_from_slice(dir);
         out

@@ -1,6 +1,10 @@
 //! A deletion record: what the index stores, the API sends and the CLI shows.
 
-use std::{fmt, str::FromStr, time::{Duration, SystemTime, UNIX_EPOCH}};
+use std::{
+    fmt,
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
@@ -26,14 +30,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
-        Status::Held,
-        Status::Captured,
-        Status::Missed,
-        Status::Unheld,
-        Status::Skipped,
-        Status::Failed,
-    ];
+    pub const ALL: [Status; 6] =
+        [Status::Held, Status::Captured, Status::Missed, Status::Unheld, Status::Skipped, Status::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,10 +56,7 @@ impl FromStr for Status {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match Status::ALL.into_iter().find(|st| st.as_str() == s) {
             Some(st) => Ok(st),
-            None => bail!(
-                "unknown status {s:?} (one of: {})",
-                Status::ALL.map(Status::as_str).join(", ")
-            ),
+            None => bail!("unknown status {s:?} (one of: {})", Status::ALL.map(Status::as_str).join(", ")),
         }
     }
 }

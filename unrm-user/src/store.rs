@@ -31,7 +31,10 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Self> {
         let dir = state_dir.join("store");
         for d in [state_dir, &dir] {
-            DirBuilder::new().recursive(true).mode(0o700).create(d)
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
                 .with_context(|| format!("creating {}", d.display()))?;
             fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
         }

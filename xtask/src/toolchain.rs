@@ -67,10 +67,14 @@ fn ensure_debian_rustc() -> Result<()> {
     if debian_rustc_ready() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's rustc-web with prebuilt BPF core (no rustup nightly with rust-src here)");
+    eprintln!(
+        "xtask: installing Debian's rustc-web with prebuilt BPF core (no rustup nightly with rust-src here)"
+    );
     apt_install(&["rustc-web", "libstd-rust-web-dev-bpf"])?;
     if !debian_rustc_ready() {
-        bail!("rustc-web installed but {DEBIAN_BPF_CORE} has no libcore; is libstd-rust-web-dev-bpf available for this release?");
+        bail!(
+            "rustc-web installed but {DEBIAN_BPF_CORE} has no libcore; is libstd-rust-web-dev-bpf available for this release?"
+        );
     }
     Ok(())
 }
@@ -150,11 +154,8 @@ fn ensure_bpf_linker(llvm: u32) -> Result<PathBuf> {
 
 /// Installs the package of every command missing from PATH.
 pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
-    let mut missing: Vec<&str> = commands
-        .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
-        .map(|(_, package)| *package)
-        .collect();
+    let mut missing: Vec<&str> =
+        commands.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, package)| *package).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
@@ -164,7 +165,9 @@ pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
 
 fn on_path(cmd: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(["/sbin".into(), "/usr/sbin".into()]).any(|dir| dir.join(cmd).is_file())
+    std::env::split_paths(&path)
+        .chain(["/sbin".into(), "/usr/sbin".into()])
+        .any(|dir| dir.join(cmd).is_file())
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {

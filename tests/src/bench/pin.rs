@@ -116,10 +116,17 @@ pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
             "share": saved as f64 / per_delay as f64,
         }));
     }
-    let share_at = |us: u64| curve.iter().find(|c| c["delay_us"] == us).and_then(|c| c["share"].as_f64()).unwrap_or(0.0);
+    let share_at =
+        |us: u64| curve.iter().find(|c| c["delay_us"] == us).and_then(|c| c["share"].as_f64()).unwrap_or(0.0);
     let text: Vec<String> = curve
         .iter()
-        .map(|c| format!("{} ms: {:.0}%", c["delay_us"].as_f64().unwrap() / 1000.0, c["share"].as_f64().unwrap() * 100.0))
+        .map(|c| {
+            format!(
+                "{} ms: {:.0}%",
+                c["delay_us"].as_f64().unwrap() / 1000.0,
+                c["share"].as_f64().unwrap() * 100.0
+            )
+        })
         .collect();
     Row {
         measure: "capture rate".into(),

@@ -63,9 +63,11 @@ pub fn measure(processes: usize, fds_each: usize, runs: usize) -> Row {
     let compare = |socket: &std::path::Path| {
         let (mut ours, mut theirs, mut found) = (Vec::new(), Vec::new(), 0);
         for _ in 0..runs {
-            let (ms, out) = time(Command::new(unrm_bin()).args(["scan", "--json"]).env("UNRM_SOCKET", socket));
+            let (ms, out) =
+                time(Command::new(unrm_bin()).args(["scan", "--json"]).env("UNRM_SOCKET", socket));
             ours.push(ms);
-            found = serde_json::from_slice::<serde_json::Value>(&out).map_or(0, |v| v.as_array().map_or(0, |a| a.len()));
+            found = serde_json::from_slice::<serde_json::Value>(&out)
+                .map_or(0, |v| v.as_array().map_or(0, |a| a.len()));
             theirs.push(time(Command::new("lsof").args(["-nP", "+L1"])).0);
         }
         (median(&mut ours), median(&mut theirs), found)

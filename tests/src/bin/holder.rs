@@ -29,7 +29,14 @@ fn main() {
         let len = file.metadata().unwrap().len() as usize;
         // SAFETY: a fresh shared read mapping of a file we opened; never unmapped.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED, "mmap");
         drop(file);

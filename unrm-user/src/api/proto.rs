@@ -2,8 +2,8 @@
 //! many bytes of JSON. Requests are small and capped hard; a frame over its
 //! cap is refused before anything is allocated for it.
 
-use serde::{Deserialize, Serialize};
 use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     holders::HeldView,
@@ -28,9 +28,13 @@ pub enum Request {
         /// 0 for all.
         limit: usize,
     },
-    Show { id: i64 },
+    Show {
+        id: i64,
+    },
     /// Sends a readable descriptor of the content along with the record.
-    Open { id: i64 },
+    Open {
+        id: i64,
+    },
     Status,
     /// Deleted files held right now, from a fresh snapshot.
     Scan,
@@ -126,7 +130,12 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         let reqs = [
-            Request::List { since_ns: Some(5), status: Some(Status::Held), path: Some("*.log".into()), limit: 3 },
+            Request::List {
+                since_ns: Some(5),
+                status: Some(Status::Held),
+                path: Some("*.log".into()),
+                limit: 3,
+            },
             Request::Show { id: 1 },
             Request::Open { id: 2 },
             Request::Status,

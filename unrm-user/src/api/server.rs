@@ -88,7 +88,9 @@ async fn connection(mut stream: UnixStream, handler: Handler) -> Result<()> {
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
         let reply = match serde_json::from_slice::<Request>(&body) {
-            Ok(request) => handler(request).await.unwrap_or_else(|_| Reply::error("the daemon is shutting down")),
+            Ok(request) => {
+                handler(request).await.unwrap_or_else(|_| Reply::error("the daemon is shutting down"))
+            }
             Err(err) => Reply::error(format!("malformed request: {err}")),
         };
         send(&mut stream, reply).await?;

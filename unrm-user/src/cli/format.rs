@@ -21,11 +21,8 @@ pub fn time(t: SystemTime) -> String {
 pub fn mode(mode: u32) -> String {
     let kind = if mode & libc::S_IFMT == libc::S_IFREG { '-' } else { '?' };
     let bits = "rwxrwxrwx";
-    let perms: String = bits
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if mode & (1 << (8 - i)) != 0 { c } else { '-' })
-        .collect();
+    let perms: String =
+        bits.chars().enumerate().map(|(i, c)| if mode & (1 << (8 - i)) != 0 { c } else { '-' }).collect();
     format!("{kind}{perms}")
 }
 

@@ -5,13 +5,20 @@ mod restore;
 mod scan;
 mod show;
 
-use std::{path::PathBuf, process::ExitCode, time::{Duration, SystemTime}};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    api::{client::Client, proto::{Request, Response}},
+    api::{
+        client::Client,
+        proto::{Request, Response},
+    },
     daemon,
     record::{Status, nanos},
 };
@@ -111,7 +118,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::List { json, since, path, status, limit } => {
             let since_ns = since.map(|ago| nanos(SystemTime::now() - ago));
             let request = Request::List { since_ns, status, path, limit };
-            let Response::Records { records } = call(&cli.socket, &request)? else { bail!("unexpected answer") };
+            let Response::Records { records } = call(&cli.socket, &request)? else {
+                bail!("unexpected answer")
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {

@@ -23,7 +23,10 @@ use rustix::{
 };
 
 use crate::{
-    api::{client::Client, proto::{Request, Response}},
+    api::{
+        client::Client,
+        proto::{Request, Response},
+    },
     copy,
     index::RestoreMeta,
     record::{Record, Status},
@@ -94,7 +97,10 @@ fn fill(content: &File, file: &File, record: &Record, meta: &RestoreMeta) -> Res
     if let (Status::Captured, Some(want)) = (record.status, &record.checksum) {
         let sum = copy::checksum(file)?;
         if *want != sum {
-            bail!("the stored copy of record {} does not match its checksum; nothing was restored", record.id);
+            bail!(
+                "the stored copy of record {} does not match its checksum; nothing was restored",
+                record.id
+            );
         }
     }
     if let (Some(uid), Some(gid)) = (record.uid, record.gid) {

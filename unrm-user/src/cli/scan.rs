@@ -8,7 +8,10 @@ use anyhow::{Result, bail};
 
 use super::format;
 use crate::{
-    api::{client::Client, proto::{Request, Response}},
+    api::{
+        client::Client,
+        proto::{Request, Response},
+    },
     holders::{HeldView, HolderKind, Snapshot},
     probe::{LoadOptions, Probes},
 };
@@ -29,7 +32,10 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
         println!("no deleted files are held");
         return Ok(());
     }
-    println!("{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  PATH", "PID", "COMM", "KIND", "FD/MAPPING", "SIZE", "INODE");
+    println!(
+        "{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  PATH",
+        "PID", "COMM", "KIND", "FD/MAPPING", "SIZE", "INODE"
+    );
     for f in &files {
         for h in &f.holders {
             let at = h.fd.map(|fd| fd.to_string()).or_else(|| h.map.clone()).unwrap_or_default();
@@ -50,7 +56,8 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
 
 fn standalone() -> Result<Vec<HeldView>> {
     crate::require_root("unrm scan, when it cannot reach the daemon,")?;
-    let mut probes = Probes::load(&LoadOptions { tier: crate::probe::Tier::Fs, ring_bytes: 4096, hooks: false })?;
+    let mut probes =
+        Probes::load(&LoadOptions { tier: crate::probe::Tier::Fs, ring_bytes: 4096, hooks: false })?;
     let mut snapshot = Snapshot::take(&mut probes)?;
     hide_daemon_pins(&mut snapshot);
     Ok(snapshot.views())
@@ -59,7 +66,8 @@ fn standalone() -> Result<Vec<HeldView>> {
 /// A daemon we could not talk to may still be running: its references are
 /// its pins, not holders a user cares about. Its pid is in its lock file.
 fn hide_daemon_pins(snapshot: &mut Snapshot) {
-    let Some(daemon) = std::fs::read_to_string(crate::daemon::LOCK).ok().and_then(|s| s.trim().parse::<u32>().ok())
+    let Some(daemon) =
+        std::fs::read_to_string(crate::daemon::LOCK).ok().and_then(|s| s.trim().parse::<u32>().ok())
     else {
         return;
     };

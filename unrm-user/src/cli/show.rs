@@ -11,7 +11,8 @@ pub fn table(records: &[Record]) {
     println!("{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  PATH", "ID", "DELETED", "STATUS", "SIZE", "BY");
     for r in records {
         let size = r.size.map(format::size).unwrap_or_else(|| "-".into());
-        let by = r.deleted_by.as_ref().map(|d| format!("{}[{}]", d.comm, d.pid)).unwrap_or_else(|| "-".into());
+        let by =
+            r.deleted_by.as_ref().map(|d| format!("{}[{}]", d.comm, d.pid)).unwrap_or_else(|| "-".into());
         println!(
             "{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  {}",
             r.id,
@@ -28,10 +29,13 @@ pub fn detail(r: &Record) {
     let field = |name: &str, value: String| println!("{:<10} {value}", format!("{name}:"));
     field("id", r.id.to_string());
     field("path", r.path.clone());
-    field("status", match &r.reason {
-        Some(reason) => format!("{} ({reason})", r.status),
-        None => r.status.to_string(),
-    });
+    field(
+        "status",
+        match &r.reason {
+            Some(reason) => format!("{} ({reason})", r.status),
+            None => r.status.to_string(),
+        },
+    );
     if let Some(size) = r.size {
         field("size", format!("{size} bytes"));
     }
@@ -51,8 +55,18 @@ pub fn detail(r: &Record) {
     };
     field("deleted", format!("{}{by}", format::time(r.deleted_at)));
     if !r.holders.is_empty() {
-        let holders: Vec<String> =
-            r.holders.iter().map(|h| format!("{}[{}] {}", h.comm, h.pid, serde_json::to_value(h.kind).unwrap().as_str().unwrap_or(""))).collect();
+        let holders: Vec<String> = r
+            .holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}[{}] {}",
+                    h.comm,
+                    h.pid,
+                    serde_json::to_value(h.kind).unwrap().as_str().unwrap_or("")
+                )
+            })
+            .collect();
         field("holders", holders.join(", "));
     }
     if let Some(at) = r.captured_at {

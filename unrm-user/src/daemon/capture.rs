@@ -4,11 +4,17 @@
 use std::{
     fs::File,
     os::fd::AsFd,
-    sync::{Arc, mpsc::{Receiver, Sender}},
+    sync::{
+        Arc,
+        mpsc::{Receiver, Sender},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{holders::InodeId, store::{Store, Stored}};
+use crate::{
+    holders::InodeId,
+    store::{Store, Stored},
+};
 
 pub struct Job {
     pub record: i64,
@@ -31,11 +37,17 @@ pub fn spawn<M: From<Done> + Send + 'static>(store: Arc<Store>, jobs: Receiver<J
         .spawn(move || {
             for job in jobs {
                 let started = Instant::now();
-                let result = store.capture(job.record, job.file.as_fd(), job.size).map_err(|e| format!("{e:#}"));
+                let result =
+                    store.capture(job.record, job.file.as_fd(), job.size).map_err(|e| format!("{e:#}"));
                 let ok = result.is_ok();
                 let took = started.elapsed();
-                let captured =
-                    Done::Captured { record: job.record, inode: job.inode, result, took, at: SystemTime::now() };
+                let captured = Done::Captured {
+                    record: job.record,
+                    inode: job.inode,
+                    result,
+                    took,
+                    at: SystemTime::now(),
+                };
                 if done.send(captured.into()).is_err() {
                     return;
                 }

@@ -22,10 +22,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}, sync::oneshot};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+};
 
-use engine::{Config, Engine, Msg};
 pub use engine::monotonic_ns;
+use engine::{Config, Engine, Msg};
 
 use crate::{
     api::server::{self, Handler},
@@ -55,7 +59,8 @@ pub fn run(opts: Options) -> Result<()> {
     let _lock = lock()?;
     let store = Arc::new(Store::open(&opts.state_dir)?);
     let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
-    let mut probes = Probes::load(&LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true })?;
+    let mut probes =
+        Probes::load(&LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true })?;
     log::info!("probes attached ({} tier; filesystem hooks: {:?})", opts.tier.name(), probes.fs_hooks());
     let ring = probes.take_events()?;
     let logger = probes.logger();
@@ -76,7 +81,11 @@ pub fn run(opts: Options) -> Result<()> {
         runtime.spawn(forward_probe_logs(logger));
     }
 
-    let cfg = Config { state_dir: opts.state_dir.clone(), max_file_size: opts.max_file_size, rescan_every: opts.rescan_every };
+    let cfg = Config {
+        state_dir: opts.state_dir.clone(),
+        max_file_size: opts.max_file_size,
+        rescan_every: opts.rescan_every,
+    };
     let mut engine = Engine::new(cfg, probes, index, store, exit_tx, capture_tx)?;
     engine.start().context("the start-up scan")?;
     let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || engine.run(rx))?;
@@ -107,7 +116,11 @@ pub fn run(opts: Options) -> Result<()> {
 }
 
 fn lock() -> Result<File> {
-    let file = File::options().create(true).truncate(false).write(true).open(LOCK)
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
         .with_context(|| format!("opening {LOCK}"))?;
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let pid = std::fs::read_to_string(LOCK).unwrap_or_default();
@@ -138,4 +151,3 @@ async fn forward_probe_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) 
         guard.clear_ready();
     }
 }
-

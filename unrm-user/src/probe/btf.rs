@@ -144,7 +144,9 @@ impl KernelBtf {
         (1..self.starts.len() as u32)
             .find(|&id| {
                 self.header(id).is_ok_and(|t| {
-                    matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.vlen > 0 && self.name(t.name_off) == name.as_bytes()
+                    matches!(t.kind, KIND_STRUCT | KIND_UNION)
+                        && t.vlen > 0
+                        && self.name(t.name_off) == name.as_bytes()
                 })
             })
             .ok_or_else(|| anyhow!("struct {name} is not in the kernel's BTF"))
@@ -195,7 +197,9 @@ impl KernelBtf {
         for _ in 0..64 {
             let t = self.header(id)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
                 _ => return Ok(id),
             }
         }

@@ -86,10 +86,8 @@ const RELEASE: Attachments = &[
 
 /// Filesystem hooks that name the inode a syscall-tier deletion removes
 /// (optional: the filesystem may not be built into this kernel).
-const FS_HOOKS: &[(&str, &str)] = &[
-    ("unrm_ext4_unlink", "ext4_unlink_enter"),
-    ("unrm_ext4_dirty", "ext4_mark_inode_dirty"),
-];
+const FS_HOOKS: &[(&str, &str)] =
+    &[("unrm_ext4_unlink", "ext4_unlink_enter"), ("unrm_ext4_dirty", "ext4_mark_inode_dirty")];
 
 /// The fs tier's hooks: whole deletions, seen by the filesystem alone.
 const FS_TIER_HOOKS: &[(&str, &str)] = &[
@@ -168,7 +166,9 @@ impl Probes {
             }
         }
         if opts.tier == Tier::Fs && probes.fs_hooks.is_empty() {
-            bail!("the fs tier needs ext4's tracepoints, which this kernel does not offer; use --tier tracepoint");
+            bail!(
+                "the fs tier needs ext4's tracepoints, which this kernel does not offer; use --tier tracepoint"
+            );
         }
         Ok(probes)
     }
@@ -193,9 +193,8 @@ impl Probes {
                     log::debug!("tracepoint {point} does not exist here; skipped");
                     continue;
                 }
-                let id = prog
-                    .attach(category, event)
-                    .with_context(|| format!("attaching {name} to {point}"))?;
+                let id =
+                    prog.attach(category, event).with_context(|| format!("attaching {name} to {point}"))?;
                 links.push((*name, id));
             }
         }
@@ -365,4 +364,3 @@ fn raise_memlock() {
         log::debug!("could not raise RLIMIT_MEMLOCK: {err}");
     }
 }
-
