@@ -263,7 +263,13 @@ pub struct Mount {
 impl Mount {
     /// A fresh ext4 filesystem on a loop device (the probes' hooked path).
     pub fn ext4() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::ext4_image_in(&std::env::temp_dir())
+    }
+
+    /// The same, with its image in `dir` (/dev/shm for an ext4 without a
+    /// disk's noise underneath).
+    pub fn ext4_image_in(dir: &Path) -> Self {
+        let dir = tempfile::tempdir_in(dir).unwrap();
         let image = dir.path().join("ext4.img");
         let file = std::fs::File::create(&image).unwrap();
         file.set_len(64 << 20).unwrap();

@@ -210,43 +210,6 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The reader races holders that are about to let go: when it wakes, it
-/// must run at once rather than wait for a busy task to reach the end of
-/// its time slice (EEVDF lets the running task run to parity). So: the
-/// highest nice value, and the shortest slice the scheduler allows, which
-/// (since Linux 6.12) lets a waking task preempt one with a longer slice.
-/// Its work per wake-up is small and bounded, so this costs others little.
-fn raise_priority() {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    let attr = SchedAttr {
-        size: size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        nice: -20,
-        priority: 0,
-        runtime: 100_000,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: sched_setattr(2) on the calling thread with a valid attr.
-    let ret = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if ret != 0 {
-        log::debug!("could not shorten the reader's slice: {}", std::io::Error::last_os_error());
-        // SAFETY: setpriority on our own thread id.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20) };
-    }
-}
-
 /// Pin first (principle 1): when the probe named a descriptor holding the
 /// deleted inode, take an `O_PATH` handle on it right here, before the event
 /// queues behind anything. It costs two system calls on procfs and never
@@ -291,7 +254,6 @@ fn place(d: &mut Deletion, mounts: &mut Mounts) {
 /// runtime: one wake-up between the kernel's notification and the first
 /// pin, instead of the reactor's and then a worker's.
 pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
-    raise_priority();
     let mut mounts = Mounts::read();
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.

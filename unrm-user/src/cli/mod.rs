@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "tracepoint")]
         tier: crate::probe::Tier,
         /// How often to reconcile with the kernel's state without events.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         rescan_interval: Duration,
     },
     /// Recent deletions, newest first.

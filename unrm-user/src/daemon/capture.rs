@@ -35,6 +35,7 @@ pub fn spawn<M: From<Done> + Send + 'static>(store: Arc<Store>, jobs: Receiver<J
     std::thread::Builder::new()
         .name("unrm-capture".into())
         .spawn(move || {
+            super::sched::background();
             for job in jobs {
                 let started = Instant::now();
                 let result =

@@ -11,6 +11,7 @@
 mod capture;
 mod engine;
 mod exits;
+mod sched;
 
 use std::{
     fs::File,
@@ -72,6 +73,7 @@ pub fn run(opts: Options) -> Result<()> {
     capture::spawn(store.clone(), capture_rx, tx.clone());
     let ring_tx = tx.clone();
     std::thread::Builder::new().name("unrm-ingest".into()).spawn(move || {
+        sched::urgent();
         if let Err(err) = ingest::forward(ring, ring_tx) {
             log::error!("the ring buffer reader stopped: {err:#}");
         }
@@ -88,7 +90,10 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let mut engine = Engine::new(cfg, probes, index, store, exit_tx, capture_tx)?;
     engine.start().context("the start-up scan")?;
-    let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || engine.run(rx))?;
+    let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || {
+        sched::background();
+        engine.run(rx)
+    })?;
 
     let served = runtime.block_on(async {
         let listener = server::bind(&opts.socket)?;

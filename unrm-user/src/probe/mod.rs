@@ -126,7 +126,8 @@ impl Probes {
         let btf = kernel_btf.for_aya()?;
         drop(kernel_btf);
         let self_tgid = std::process::id();
-        let ext4_rename = ext4_rename_range();
+        // Only the fs tier's rename hook uses it, and kallsyms is ~10 MB.
+        let ext4_rename = if opts.hooks && opts.tier == Tier::Fs { ext4_rename_range() } else { [0, 0] };
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{Engine, LATENCY_SAMPLES, Pending, Pin, RECHECK_DELAY, capture, monotonic_ns};
+use super::{Engine, HOLDERS_DELAY, LATENCY_SAMPLES, Pending, Pin, capture, monotonic_ns};
 use crate::{
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::NewRecord,
@@ -93,7 +93,7 @@ impl Engine {
         self.counters.fast_pins += 1;
         // Watch the holder we know now; the snapshot adds the others.
         self.watches_stale = true;
-        self.schedule_recheck(RECHECK_DELAY);
+        self.schedule_recheck(HOLDERS_DELAY);
         Ok(true)
     }
 

@@ -106,6 +106,10 @@ const RELEASE_LINGER: Duration = Duration::from_secs(5);
 /// How long a re-check may wait so that hints close together share one
 /// snapshot. The pin already protects the content meanwhile.
 const RECHECK_DELAY: Duration = Duration::from_millis(10);
+/// How long learning a fast pin's other holders may wait: the pin is taken
+/// and its known holder watched; a snapshot per pin under a burst of
+/// deletions would only compete with the pins themselves.
+const HOLDERS_DELAY: Duration = Duration::from_millis(250);
 /// Pin latencies kept for `unrm status`.
 const LATENCY_SAMPLES: usize = 8192;
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 use unrm_abi::InodeKey;
 
 use super::{Engine, RECHECK_DELAY, RELEASE_LINGER};
-use crate::holders::InodeId;
+use crate::{holders::InodeId, probe::Tier};
 
 impl Engine {
     /// Points the kernel-side filters at what is pinned now, watches every
@@ -39,7 +39,12 @@ impl Engine {
         } else if self.release_idle_since.get_or_insert_with(Instant::now).elapsed() >= RELEASE_LINGER {
             self.probes.detach_release()?;
         }
-        if !tgids.is_empty() && !self.probes.release_attached() {
+        // The release probes are syscall tracepoints: in the fs tier they
+        // would put every task back on the slow path whenever anything is
+        // pinned. There, exits (pidfds) and snapshots decide alone; a close
+        // is noticed by the next snapshot, and the pin keeps the content
+        // safe until then.
+        if !tgids.is_empty() && self.probes.tier() == Tier::Tracepoint && !self.probes.release_attached() {
             self.probes.attach_release()?;
             // A release between the snapshot and now went unseen: look again.
             self.schedule_recheck(RECHECK_DELAY);
