@@ -5,16 +5,17 @@
 //!
 //! Skipped here, so userspace never sees them: files that still have a name,
 //! anything not a regular file, files on kernel-internal mounts (memfd, SysV
-//! shm, anonymous inodes), and the daemon's own pins.
+//! shm, anonymous inodes), and the daemon's own pins. Files the daemon has
+//! pinned come without their path, which it already knows.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated;
-use unrm_abi::{HeldRecord, MNT_INTERNAL, PATH_MAX, holder_kind};
+use unrm_abi::{HeldRecord, InodeKey, MNT_INTERNAL, PATH_MAX, holder_kind};
 
 use crate::{
     kernel::{InodeFacts, file_inode, inode_facts, off, read, read_ptr},
-    maps::{PATH_BUF, SELF_TGID},
+    maps::{PATH_BUF, SELF_TGID, WATCHED_INODES},
 };
 
 /// Context layouts of `bpf_iter__task_file` and `bpf_iter__task_vma`: one
@@ -126,9 +127,16 @@ unsafe fn report(
             return;
         }
         let Some(buf) = PATH_BUF.get_ptr_mut(0) else { return };
-        let path = file.add(off!(file_path)) as *mut _;
-        let n = generated::bpf_d_path(path, buf as *mut _, PATH_MAX as u32);
-        let path_len = if n > 0 { (n - 1) as u32 & (PATH_MAX as u32 - 1) } else { 0 };
+        // The daemon knows where the files it pinned were; d_path is most
+        // of this program's cost, and a snapshot revisits every pin.
+        let key = InodeKey { dev: facts.dev, _pad: 0, ino: facts.ino };
+        let path_len = if WATCHED_INODES.get_ptr(&key).is_some() {
+            0
+        } else {
+            let path = file.add(off!(file_path)) as *mut _;
+            let n = generated::bpf_d_path(path, buf as *mut _, PATH_MAX as u32);
+            if n > 0 { (n - 1) as u32 & (PATH_MAX as u32 - 1) } else { 0 }
+        };
         let record = HeldRecord {
             holder,
             tgid,

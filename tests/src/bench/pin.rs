@@ -48,22 +48,31 @@ pub fn latency(files: usize, extra: &[&str]) -> Row {
             cpath(&p)
         })
         .collect();
+    // One held file first: the daemon attaches its release probes on its
+    // first pin, and patching the kernel's tracepoint sites stalls every
+    // CPU for a moment once. The figures are for the steady state after.
+    let warm = dir.path().join("warm-up");
+    std::fs::write(&warm, b"warm").unwrap();
+    let warm_holder = crate::Holder::fd(&warm);
+    crate::rm(&warm, None);
+    daemon.wait_record(&warm, "held");
     // SAFETY: opening and unlinking files this benchmark created.
     let fds: Vec<i32> = paths.iter().map(|p| unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) }).collect();
     for p in &paths {
         unsafe { libc::unlink(p.as_ptr()) };
         std::thread::sleep(Duration::from_millis(1));
     }
-    let want = files as u64;
+    let want = files as u64 + 1;
     let status = settle(&daemon, Duration::from_secs(30), |s| s["counters"]["pins"].as_u64() >= Some(want));
     for fd in fds {
         unsafe { libc::close(fd) };
     }
+    drop(warm_holder);
     let l = &status["pin_latency_us"];
     let (p50, p99) = (l["p50"].as_u64().unwrap_or(u64::MAX), l["p99"].as_u64().unwrap_or(u64::MAX));
     Row {
         measure: "pin latency".into(),
-        how: format!("{files} held files deleted 1 ms apart"),
+        how: format!("{files} held files deleted 1 ms apart, after one warm-up"),
         result: format!("p50 {p50} µs, p99 {p99} µs ({} fast pins)", status["counters"]["fast_pins"]),
         target: "p50 ≤ 100 µs, p99 ≤ 1 ms".into(),
         met: Some(p50 <= 100 && p99 <= 1000),

@@ -58,6 +58,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Everything the daemon creates is root's alone.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock()?;
+    sched::room_for_pins();
     let store = Arc::new(Store::open(&opts.state_dir)?);
     let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
     let mut probes =

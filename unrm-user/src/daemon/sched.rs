@@ -36,6 +36,29 @@ pub fn urgent() {
     }
 }
 
+/// Every pin is a descriptor: allow as many as the hard limit permits, and
+/// grow the descriptor table once, now. Growing it later, in a process
+/// with threads, waits for an RCU grace period (milliseconds in a VM) while
+/// the reader is racing a holder: seen as pin latency spikes at fds 256,
+/// 512 and 768.
+pub fn room_for_pins() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(1 << 20);
+    if let Err(err) =
+        setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(hard), maximum: limit.maximum })
+    {
+        log::warn!("could not raise the descriptor limit to {hard}: {err}; pins are limited");
+    }
+    let top = hard.min(1 << 16).saturating_sub(1) as i32;
+    // SAFETY: duplicating stdin onto a free high number, then closing it.
+    unsafe {
+        if libc::fcntl(0, libc::F_DUPFD_CLOEXEC, top) >= 0 {
+            libc::close(top);
+        }
+    }
+}
+
 /// For bookkeeping and copying: behind whatever else wants the CPU.
 pub fn background() {
     nice(10);

@@ -35,7 +35,15 @@ impl Engine {
             Request::Show { id } => Response::Record { record: self.record(id)? },
             Request::Open { id } => return self.open(id),
             Request::Status => Response::Status { status: self.status()? },
-            Request::Scan => Response::Scan { files: Snapshot::take(&mut self.probes)?.views() },
+            Request::Scan => {
+                let mut snapshot = Snapshot::take(&mut self.probes)?;
+                for file in snapshot.files.values_mut() {
+                    if let Some(pin) = self.pins.get(&file.inode) {
+                        file.path.clone_from(&pin.path);
+                    }
+                }
+                Response::Scan { files: snapshot.views() }
+            }
         };
         Ok(Reply { response, fd: None })
     }

@@ -5,12 +5,13 @@
 use std::{
     fs::File,
     os::unix::ffi::OsStrExt,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 
-use super::{Engine, HOLDERS_DELAY, LATENCY_SAMPLES, Pending, Pin, capture, monotonic_ns};
+use super::{Engine, LATENCY_SAMPLES, Pending, Pin, capture, monotonic_ns};
 use crate::{
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::NewRecord,
@@ -93,7 +94,7 @@ impl Engine {
         self.counters.fast_pins += 1;
         // Watch the holder we know now; the snapshot adds the others.
         self.watches_stale = true;
-        self.schedule_recheck(HOLDERS_DELAY);
+        self.want_holders();
         Ok(true)
     }
 
@@ -221,7 +222,8 @@ impl Engine {
         let id = self.index.insert(&record)?;
         self.counters.pins += 1;
         log::info!("pinned {} ({} bytes) as record {id}", String::from_utf8_lossy(&record.path), meta.size);
-        let pin = Pin { file, record: id, holds, from_scan: pending.is_none(), capturing: false };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
+        let pin = Pin { file, record: id, path, holds, from_scan: pending.is_none(), capturing: false };
         self.pins.insert(inode, pin);
         Ok(())
     }

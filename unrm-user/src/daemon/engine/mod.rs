@@ -82,6 +82,8 @@ pub struct Config {
 struct Pin {
     file: File,
     record: i64,
+    /// Where it was; snapshots leave pinned files' paths out.
+    path: PathBuf,
     holds: Vec<Hold>,
     /// Found by a scan before (or without) its deletion event.
     from_scan: bool,
@@ -106,10 +108,13 @@ const RELEASE_LINGER: Duration = Duration::from_secs(5);
 /// How long a re-check may wait so that hints close together share one
 /// snapshot. The pin already protects the content meanwhile.
 const RECHECK_DELAY: Duration = Duration::from_millis(10);
-/// How long learning a fast pin's other holders may wait: the pin is taken
-/// and its known holder watched; a snapshot per pin under a burst of
-/// deletions would only compete with the pins themselves.
-const HOLDERS_DELAY: Duration = Duration::from_millis(250);
+/// Learning a fast pin's other holders waits for a lull in fast pins of this
+/// long, or at most `HOLDERS_MAX_WAIT`. The pin is taken and its known
+/// holder watched; a snapshot walks every process's descriptors, and during
+/// a burst of deletions it would only slow the pins themselves (a reader's
+/// open of /proc/PID/fd/N was seen waiting milliseconds behind one).
+const HOLDERS_QUIET: Duration = Duration::from_millis(250);
+const HOLDERS_MAX_WAIT: Duration = Duration::from_secs(2);
 /// Pin latencies kept for `unrm status`.
 const LATENCY_SAMPLES: usize = 8192;
 
@@ -124,6 +129,8 @@ pub struct Engine {
     pending: Vec<Pending>,
     /// When the next snapshot is due, beyond the periodic one.
     recheck_at: Option<Instant>,
+    /// First and latest fast pin whose other holders are not known yet.
+    holders_wanted: Option<(Instant, Instant)>,
     /// When the open index transaction began.
     txn_since: Option<Instant>,
     /// Pins changed since the kernel-side filters were last updated.
@@ -162,6 +169,7 @@ impl Engine {
             pins: HashMap::new(),
             pending: Vec::new(),
             recheck_at: None,
+            holders_wanted: None,
             txn_since: None,
             watches_stale: false,
             release_idle_since: None,
@@ -201,8 +209,14 @@ impl Engine {
         match held.and_then(|held| pins::take(held).map(|(file, _)| (held, file))) {
             Some((held, file)) if !self.pins.contains_key(&held.inode) => {
                 self.index.set_holders(id, &holders_of(&held.holds))?;
-                let pin =
-                    Pin { file, record: id, holds: held.holds.clone(), from_scan: false, capturing: false };
+                let pin = Pin {
+                    file,
+                    record: id,
+                    path: held.path.clone(),
+                    holds: held.holds.clone(),
+                    from_scan: false,
+                    capturing: false,
+                };
                 self.pins.insert(held.inode, pin);
                 Ok(())
             }
@@ -218,6 +232,9 @@ impl Engine {
         loop {
             let mut deadline = next_rescan;
             if let Some(at) = self.recheck_at {
+                deadline = deadline.min(at);
+            }
+            if let Some(at) = self.holders_due() {
                 deadline = deadline.min(at);
             }
             if let Some(since) = self.txn_since {
@@ -251,8 +268,10 @@ impl Engine {
             }
             let now = Instant::now();
             let rescan = now >= next_rescan;
-            if rescan || self.recheck_at.is_some_and(|at| now >= at) || !self.pending.is_empty() {
+            let holders = self.holders_due().is_some_and(|at| now >= at);
+            if rescan || holders || self.recheck_at.is_some_and(|at| now >= at) || !self.pending.is_empty() {
                 self.recheck_at = None;
+                self.holders_wanted = None;
                 self.begin()?;
                 if let Err(err) = self.reconcile() {
                     log::error!("reconciling with the kernel: {err:#}");
@@ -294,6 +313,16 @@ impl Engine {
             self.index.commit()?;
         }
         Ok(())
+    }
+
+    /// A fast pin's other holders are wanted (see `HOLDERS_QUIET`).
+    fn want_holders(&mut self) {
+        let now = Instant::now();
+        self.holders_wanted = Some(self.holders_wanted.map_or((now, now), |(first, _)| (first, now)));
+    }
+
+    fn holders_due(&self) -> Option<Instant> {
+        self.holders_wanted.map(|(first, last)| (last + HOLDERS_QUIET).min(first + HOLDERS_MAX_WAIT))
     }
 
     /// Asks for a snapshot within `delay`; requests close together share one.
