@@ -11,7 +11,7 @@ use crate::{Daemon, Mount};
 
 const GETPID: u64 = 2_000_000;
 const OPEN_CLOSE: u64 = 200_000;
-const CREATE_UNLINK: u64 = 20_000;
+const CREATE_UNLINK: u64 = 40_000;
 
 struct Loops {
     getpid: f64,

@@ -51,7 +51,7 @@ fn main() {
     println!("| measure | how | result | target | |");
     println!("|---|---|---|---|---|");
     section("hot", &|| {
-        let rounds = if q { 3 } else { 7 };
+        let rounds = if q { 3 } else { 11 };
         let mut rows = bench::hot::measure(rounds, "tracepoint", &[]);
         rows.extend(bench::hot::measure(rounds, "fs", &["--tier", "fs"]));
         rows
