@@ -105,7 +105,8 @@ pub fn measure(files: usize, extra: &[&str]) -> Vec<Row> {
         how: format!("unrm list --json with {records} records"),
         result: format!("{list:.1} ms (--status held {held:.1} ms, --since 10s {recent:.1} ms)"),
         target: "< 100 ms".into(),
-        met: Some(list < 100.0 && records >= 1_000_000),
+        // The target is for a million records; a --quick run has fewer.
+        met: (records >= 1_000_000).then_some(list < 100.0),
         data: json!({ "records": records, "list_ms": list, "status_held_ms": held, "since_ms": recent }),
     };
     vec![storm, query]
