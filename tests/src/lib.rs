@@ -113,6 +113,13 @@ impl Daemon {
         Command::new(unrm_bin()).arg("--socket").arg(&self.socket).args(args).output().unwrap()
     }
 
+    /// Runs the CLI against this daemon as `user`.
+    pub fn cli_as(&self, user: &User, args: &[&str]) -> Output {
+        let mut cmd = Command::new(unrm_bin());
+        user.apply(&mut cmd);
+        cmd.arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
     /// Runs the CLI expecting success and JSON on stdout.
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
@@ -209,15 +216,24 @@ pub struct Holder {
 
 impl Holder {
     pub fn fd(path: &Path) -> Self {
-        Self::spawn("fd", path)
+        Self::spawn("fd", path, None)
     }
 
     pub fn mmap(path: &Path) -> Self {
-        Self::spawn("mmap", path)
+        Self::spawn("mmap", path, None)
     }
 
-    fn spawn(mode: &str, path: &Path) -> Self {
-        let mut child = Command::new(holder_bin())
+    /// Holds `path` through a descriptor, running as `user`.
+    pub fn fd_as(path: &Path, user: &User) -> Self {
+        Self::spawn("fd", path, Some(user))
+    }
+
+    fn spawn(mode: &str, path: &Path, user: Option<&User>) -> Self {
+        let mut cmd = Command::new(holder_bin());
+        if let Some(user) = user {
+            user.apply(&mut cmd);
+        }
+        let mut child = cmd
             .arg(mode)
             .arg(path)
             .stdin(Stdio::piped())
@@ -251,6 +267,37 @@ impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A local account for tests of per-user access, created once (`useradd`)
+/// and left in place: a system account with no home and no login shell.
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl User {
+    pub fn ensure(name: &str) -> Self {
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).arg(name).output().unwrap();
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap())
+        };
+        if id("-u").is_none() {
+            run(Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]));
+        }
+        User { uid: id("-u").unwrap(), gid: id("-g").unwrap() }
+    }
+
+    pub fn apply(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(self.uid).gid(self.gid).env("HOME", "/");
     }
 }
 

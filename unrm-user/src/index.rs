@@ -215,8 +215,8 @@ impl Index {
             .optional()?)
     }
 
-    /// Newest first.
-    pub fn list(&self, q: &ListQuery) -> Result<Vec<Record>> {
+    /// Newest first, among the records `visible` admits.
+    pub fn list(&self, q: &ListQuery, visible: impl Fn(&Record) -> bool) -> Result<Vec<Record>> {
         // Two statements, so that each can walk its own index in order.
         let since = q.since.map(nanos).unwrap_or(i64::MIN);
         let (mut stmt, status) = match q.status {
@@ -244,7 +244,11 @@ impl Index {
                     continue;
                 }
             }
-            out.push(record_from_row(row)?);
+            let record = record_from_row(row)?;
+            if !visible(&record) {
+                continue;
+            }
+            out.push(record);
             if q.limit != 0 && out.len() >= q.limit {
                 break;
             }
@@ -329,19 +333,24 @@ mod tests {
         idx.insert(&new("/a/x.log", Status::Unheld, 10)).unwrap();
         idx.insert(&new("/a/y.txt", Status::Held, 20)).unwrap();
         idx.insert(&new("/b/z.log", Status::Held, 30)).unwrap();
-        let all = idx.list(&ListQuery::default()).unwrap();
+        let all = idx.list(&ListQuery::default(), |_| true).unwrap();
         assert_eq!(
             all.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
             ["/b/z.log", "/a/y.txt", "/a/x.log"]
         );
-        let held = idx.list(&ListQuery { status: Some(Status::Held), ..Default::default() }).unwrap();
+        let held =
+            idx.list(&ListQuery { status: Some(Status::Held), ..Default::default() }, |_| true).unwrap();
         assert_eq!(held.len(), 2);
         let glob = globset::Glob::new("*.log").unwrap().compile_matcher();
-        let logs = idx.list(&ListQuery { path: Some(glob), limit: 1, ..Default::default() }).unwrap();
+        let logs =
+            idx.list(&ListQuery { path: Some(glob), limit: 1, ..Default::default() }, |_| true).unwrap();
         assert_eq!(logs.len(), 1);
         assert_eq!(logs[0].path, "/b/z.log");
         let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(15);
-        assert_eq!(idx.list(&ListQuery { since: Some(since), ..Default::default() }).unwrap().len(), 2);
+        assert_eq!(
+            idx.list(&ListQuery { since: Some(since), ..Default::default() }, |_| true).unwrap().len(),
+            2
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! reference) → `daemon` (decisions) → `copy`/`store` (captured content) →
 //! `index` (SQLite) → `api` (the socket) → `cli` (what the user types).
 
+mod access;
 mod api;
 mod cli;
 mod copy;

@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use super::proto::{MAX_REQUEST, Request, Response, body_len, frame};
+use crate::access::Caller;
 
 /// An answer, and for `Open` the descriptor that goes with it.
 pub struct Reply {
@@ -36,10 +37,11 @@ impl Reply {
     }
 }
 
-/// Hands a request to whoever answers it.
-pub type Handler = Arc<dyn Fn(Request) -> oneshot::Receiver<Reply> + Send + Sync>;
+/// Hands a request, and who sent it, to whoever answers it.
+pub type Handler = Arc<dyn Fn(Request, Caller) -> oneshot::Receiver<Reply> + Send + Sync>;
 
-/// Binds `path` root-only, replacing a stale socket but nothing else.
+/// Binds `path` for every local user (each is told apart by its kernel
+/// credentials), replacing a stale socket but nothing else.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -54,7 +56,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::create_dir_all(dir)?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
 }
 
@@ -71,6 +73,8 @@ pub async fn serve(listener: UnixListener, handler: Handler) -> Result<()> {
 }
 
 async fn connection(mut stream: UnixStream, handler: Handler) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
     loop {
         let mut header = [0u8; 4];
         match stream.read_exact(&mut header).await {
@@ -88,9 +92,9 @@ async fn connection(mut stream: UnixStream, handler: Handler) -> Result<()> {
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
         let reply = match serde_json::from_slice::<Request>(&body) {
-            Ok(request) => {
-                handler(request).await.unwrap_or_else(|_| Reply::error("the daemon is shutting down"))
-            }
+            Ok(request) => handler(request, caller.clone())
+                .await
+                .unwrap_or_else(|_| Reply::error("the daemon is shutting down")),
             Err(err) => Reply::error(format!("malformed request: {err}")),
         };
         send(&mut stream, reply).await?;

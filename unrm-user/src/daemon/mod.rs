@@ -102,9 +102,9 @@ pub fn run(opts: Options) -> Result<()> {
         println!("ready");
         std::io::stdout().flush()?;
         let api_tx = tx.clone();
-        let handler: Handler = Arc::new(move |request| {
+        let handler: Handler = Arc::new(move |request, caller| {
             let (reply_tx, reply_rx) = oneshot::channel();
-            let _ = api_tx.send(Msg::Api(request, reply_tx));
+            let _ = api_tx.send(Msg::Api(request, caller, reply_tx));
             reply_rx
         });
         let mut term = signal(SignalKind::terminate())?;

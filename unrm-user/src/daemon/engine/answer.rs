@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use super::Engine;
 use crate::{
+    access::Caller,
     api::{
         proto::{DaemonStatus, Latency, ProbeStatus, Request, Response},
         server::Reply,
@@ -18,7 +19,7 @@ use crate::{
 };
 
 impl Engine {
-    pub(super) fn answer(&mut self, request: Request) -> Result<Reply> {
+    pub(super) fn answer(&mut self, request: Request, caller: &Caller) -> Result<Reply> {
         let response = match request {
             Request::List { since_ns, status, path, limit } => {
                 let path = match path {
@@ -30,10 +31,11 @@ impl Engine {
                     None => None,
                 };
                 let query = ListQuery { since: since_ns.map(from_nanos), status, path, limit };
-                Response::Records { records: self.index.list(&query)? }
+                let visible = |r: &Record| caller.may_read(r.uid, r.gid, r.mode);
+                Response::Records { records: self.index.list(&query, visible)? }
             }
-            Request::Show { id } => Response::Record { record: self.record(id)? },
-            Request::Open { id } => return self.open(id),
+            Request::Show { id } => Response::Record { record: self.record(id, caller)? },
+            Request::Open { id } => return self.open(id, caller),
             Request::Status => Response::Status { status: self.status()? },
             Request::Scan => {
                 let mut snapshot = Snapshot::take(&mut self.probes)?;
@@ -42,18 +44,23 @@ impl Engine {
                         file.path.clone_from(&pin.path);
                     }
                 }
+                snapshot.files.retain(|_, f| caller.may_read(Some(f.uid), Some(f.gid), Some(f.mode)));
                 Response::Scan { files: snapshot.views() }
             }
         };
         Ok(Reply { response, fd: None })
     }
 
-    pub(super) fn record(&self, id: i64) -> Result<Record> {
-        self.index.get(id)?.with_context(|| format!("no record with id {id}"))
+    /// A record the caller may see; others do not exist, as far as it can tell.
+    pub(super) fn record(&self, id: i64, caller: &Caller) -> Result<Record> {
+        self.index
+            .get(id)?
+            .filter(|r| caller.may_read(r.uid, r.gid, r.mode))
+            .with_context(|| format!("no record with id {id}"))
     }
 
-    pub(super) fn open(&mut self, id: i64) -> Result<Reply> {
-        let record = self.record(id)?;
+    pub(super) fn open(&mut self, id: i64, caller: &Caller) -> Result<Reply> {
+        let record = self.record(id, caller)?;
         let file = match record.status {
             Status::Held => {
                 let pin = self

@@ -31,6 +31,7 @@ mod watch;
 
 use super::{capture, exits::Exited};
 use crate::{
+    access::Caller,
     api::{
         proto::{Counters, Request},
         server::Reply,
@@ -48,7 +49,7 @@ pub enum Msg {
     Event(Event),
     HolderExited(u32),
     Captured(capture::Done),
-    Api(Request, oneshot::Sender<Reply>),
+    Api(Request, Caller, oneshot::Sender<Reply>),
     Shutdown,
 }
 
@@ -249,7 +250,7 @@ impl Engine {
             let mut shutdown = false;
             for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH)) {
                 match msg {
-                    Msg::Api(request, reply) => requests.push((request, reply)),
+                    Msg::Api(request, caller, reply) => requests.push((request, caller, reply)),
                     Msg::Shutdown => shutdown = true,
                     other => {
                         self.begin()?;
@@ -289,8 +290,9 @@ impl Engine {
             if stale || !requests.is_empty() || shutdown {
                 self.commit()?;
             }
-            for (request, reply) in requests {
-                let answer = self.answer(request).unwrap_or_else(|err| Reply::error(format!("{err:#}")));
+            for (request, caller, reply) in requests {
+                let answer =
+                    self.answer(request, &caller).unwrap_or_else(|err| Reply::error(format!("{err:#}")));
                 let _ = reply.send(answer);
             }
             if shutdown {
