@@ -316,10 +316,15 @@ impl Mount {
     /// The same, with its image in `dir` (/dev/shm for an ext4 without a
     /// disk's noise underneath).
     pub fn ext4_image_in(dir: &Path) -> Self {
+        Self::ext4_sized(dir, 64 << 20)
+    }
+
+    /// An ext4 of `size` bytes, its image in `dir`.
+    pub fn ext4_sized(dir: &Path, size: u64) -> Self {
         let dir = tempfile::tempdir_in(dir).unwrap();
         let image = dir.path().join("ext4.img");
         let file = std::fs::File::create(&image).unwrap();
-        file.set_len(64 << 20).unwrap();
+        file.set_len(size).unwrap();
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();

@@ -114,6 +114,11 @@ pub fn frame(message: &impl Serialize) -> Vec<u8> {
     out
 }
 
+/// A request from a frame's body, or why not.
+pub fn parse_request(body: &[u8]) -> Result<Request> {
+    serde_json::from_slice(body).map_err(|err| anyhow::anyhow!("malformed request: {err}"))
+}
+
 /// The body length a frame header announces, refused when over `max`.
 pub fn body_len(header: [u8; 4], max: usize) -> Result<usize> {
     let len = u32::from_le_bytes(header) as usize;
@@ -147,6 +152,41 @@ mod tests {
             assert_eq!(len, bytes.len() - 4);
             let back: Request = serde_json::from_slice(&bytes[4..]).unwrap();
             assert_eq!(back, req);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, decoding answers with a request or an
+        /// error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if bytes.len() >= 4 {
+                let _ = body_len(bytes[..4].try_into().unwrap(), MAX_REQUEST);
+            }
+            let _ = parse_request(&bytes);
+        }
+
+        /// Near-valid JSON: requests with random field values and shapes.
+        #[test]
+        fn mangled_requests_never_panic(op in "[a-z_]{0,12}", id in proptest::num::i64::ANY, junk in ".{0,40}") {
+            for text in [
+                format!(r#"{{"op":"{op}","id":{id}}}"#),
+                format!(r#"{{"op":"list","since_ns":{id},"status":"{op}","path":"{junk}","limit":{id}}}"#),
+                format!(r#"{{"op":"{op}"{junk}"#),
+            ] {
+                let _ = parse_request(text.as_bytes());
+            }
+        }
+
+        /// Every valid request survives framing and parsing unchanged.
+        #[test]
+        fn valid_requests_round_trip(id in proptest::num::i64::ANY, limit in 0usize..1_000_000, glob in "[a-z*/]{0,20}") {
+            for req in [Request::Show { id }, Request::Open { id }, Request::List { since_ns: Some(id), status: None, path: Some(glob.clone()), limit }] {
+                let bytes = frame(&req);
+                let len = body_len(bytes[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
+                proptest::prop_assert_eq!(len, bytes.len() - 4);
+                proptest::prop_assert_eq!(parse_request(&bytes[4..]).unwrap(), req);
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::{
     sync::oneshot,
 };
 
-use super::proto::{MAX_REQUEST, Request, Response, body_len, frame};
+use super::proto::{MAX_REQUEST, Request, Response, body_len, frame, parse_request};
 use crate::access::Caller;
 
 /// An answer, and for `Open` the descriptor that goes with it.
@@ -91,11 +91,11 @@ async fn connection(mut stream: UnixStream, handler: Handler) -> Result<()> {
         };
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
-        let reply = match serde_json::from_slice::<Request>(&body) {
+        let reply = match parse_request(&body) {
             Ok(request) => handler(request, caller.clone())
                 .await
                 .unwrap_or_else(|_| Reply::error("the daemon is shutting down")),
-            Err(err) => Reply::error(format!("malformed request: {err}")),
+            Err(err) => Reply::error(format!("{err:#}")),
         };
         send(&mut stream, reply).await?;
     }
