@@ -223,6 +223,11 @@ impl Holder {
         Self::spawn("mmap", path, None)
     }
 
+    /// Opens `path` and deletes it itself: the scratch-file idiom.
+    pub fn scratch(path: &Path) -> Self {
+        Self::spawn("scratch", path, None)
+    }
+
     /// Holds `path` through a descriptor, running as `user`.
     pub fn fd_as(path: &Path, user: &User) -> Self {
         Self::spawn("fd", path, Some(user))

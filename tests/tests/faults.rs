@@ -112,11 +112,25 @@ fn killed_during_capture_many_times_the_index_stays_consistent() {
     }
 }
 
+/// Size and free bytes (root may use the reserved ones) of the filesystem.
+fn space(path: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and a zeroed out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize)
+}
+
 #[test]
 fn a_full_store_fails_the_capture_and_keeps_what_it_had() {
     let files = Mount::ext4();
     let tiny = Mount::ext4_sized(&std::env::temp_dir(), 8 << 20);
-    let daemon = Daemon::start_in(tempfile::tempdir_in(&tiny.path).unwrap(), &[]);
+    // No floor, so that the copy is attempted and the filesystem itself
+    // runs out (the policy's own bounds are tested in policy.rs).
+    let config = tiny.path.join("unrm.toml");
+    fs::write(&config, "min_free = \"0%\"\n").unwrap();
+    let daemon =
+        Daemon::start_in(tempfile::tempdir_in(&tiny.path).unwrap(), &["--config", config.to_str().unwrap()]);
 
     let small = files.file("small", b"kept safe");
     let holder = Holder::fd(&small);
@@ -125,7 +139,9 @@ fn a_full_store_fails_the_capture_and_keeps_what_it_had() {
     holder.exit();
     let kept = daemon.wait_record(&small, "captured");
 
-    let big = files.file("big", &content("too big").repeat(200)); // ~14 MiB > 8 MiB store
+    // Larger than what is free, smaller than the filesystem: the copy starts.
+    let (total, free) = space(&tiny.path);
+    let big = files.file("big", &vec![7u8; (free + (total - free) / 2) as usize]);
     let holder = Holder::fd(&big);
     rm(&big, None);
     daemon.wait_record(&big, "held");

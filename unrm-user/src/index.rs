@@ -269,6 +269,30 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The capture that has been in the store longest.
+    pub fn oldest_capture(&self) -> Result<Option<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM records WHERE status = 'captured' ORDER BY captured_at_ns, id LIMIT 1",
+        )?;
+        Ok(stmt.query_row([], |row| row.get(0)).optional()?)
+    }
+
+    /// Forgets records of deletions before `cutoff` (but never one still
+    /// held); returns the ids whose captures are to be removed too.
+    pub fn expire(&mut self, cutoff: SystemTime) -> Result<Vec<i64>> {
+        let cutoff = nanos(cutoff);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM records WHERE deleted_at_ns < ?1 AND status = 'captured'")?;
+        let captured = stmt.query_map([cutoff], |row| row.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        let gone = self
+            .conn
+            .prepare_cached("DELETE FROM records WHERE deleted_at_ns < ?1 AND status != 'held'")?
+            .execute([cutoff])?;
+        self.rows = self.rows.saturating_sub(gone as u64);
+        Ok(captured)
+    }
+
     pub fn rows(&self) -> u64 {
         self.rows
     }

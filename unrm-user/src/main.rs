@@ -16,6 +16,7 @@ mod index;
 mod ingest;
 mod mounts;
 mod pins;
+mod policy;
 mod probe;
 mod record;
 mod store;

@@ -27,11 +27,20 @@ pub enum Status {
     Skipped,
     /// Capture was attempted and failed; see `reason`.
     Failed,
+    /// Captured, then let go to keep the store within its bounds; see `reason`.
+    Evicted,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] =
-        [Status::Held, Status::Captured, Status::Missed, Status::Unheld, Status::Skipped, Status::Failed];
+    pub const ALL: [Status; 7] = [
+        Status::Held,
+        Status::Captured,
+        Status::Missed,
+        Status::Unheld,
+        Status::Skipped,
+        Status::Failed,
+        Status::Evicted,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +50,7 @@ impl Status {
             Status::Unheld => "unheld",
             Status::Skipped => "skipped",
             Status::Failed => "failed",
+            Status::Evicted => "evicted",
         }
     }
 }

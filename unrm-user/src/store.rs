@@ -102,6 +102,20 @@ impl Store {
         File::open(&path).with_context(|| format!("opening {}", path.display()))
     }
 
+    /// Removes a capture (evicted or expired); a missing one is fine.
+    pub fn remove(&self, id: i64) -> Result<()> {
+        match fs::remove_file(self.final_path(id)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Size and available bytes of the store's filesystem.
+    pub fn space(&self) -> Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.dir)?;
+        Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+    }
+
     /// Bytes on disk held by captures.
     pub fn bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;

@@ -85,7 +85,13 @@ pub fn latency(files: usize, extra: &[&str]) -> Row {
 pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
     let delays_us = [0u64, 100, 1000, 2000, 10000];
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), extra);
+    // This process both deletes and holds each file, which the default
+    // policy takes for a scratch file and does not copy: ask for copies.
+    let config = dir.path().join("unrm.toml");
+    std::fs::write(&config, "scratch_files = \"capture\"\n").unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &args);
     let mut curve = Vec::new();
     for &delay in &delays_us {
         let sub = dir.path().join(format!("d{delay}"));

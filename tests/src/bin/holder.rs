@@ -3,6 +3,7 @@
 //!
 //!   holder fd PATH      open read-write and keep the descriptor
 //!   holder mmap PATH    map the file shared, then close the descriptor
+//!   holder scratch PATH open it, then delete it itself (a scratch file)
 //!
 //! It prints `ready` once it holds the file. Commands: `append TEXT` (fd
 //! mode: write at the end), `exit`. End of input also exits.
@@ -18,12 +19,15 @@ fn main() {
     let (mode, path) = match args.as_slice() {
         [_, mode, path] => (mode.as_str(), path.as_str()),
         _ => {
-            eprintln!("usage: holder fd|mmap PATH");
+            eprintln!("usage: holder fd|mmap|scratch PATH");
             std::process::exit(2);
         }
     };
     let file = OpenOptions::new().read(true).write(true).open(path).expect("open");
     let mut held = Some(file);
+    if mode == "scratch" {
+        std::fs::remove_file(path).expect("unlink");
+    }
     if mode == "mmap" {
         let file = held.take().unwrap();
         let len = file.metadata().unwrap().len() as usize;

@@ -96,6 +96,10 @@ pub struct Counters {
     pub unheld: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Deletions the policy's globs or owner filter left out.
+    pub ignored: u64,
+    /// Captures let go to keep the store within its bounds.
+    pub evicted: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ use crate::{
         proto::{Request, Response},
     },
     daemon,
+    policy::parse_size,
     record::{Status, nanos},
 };
 
@@ -40,10 +41,15 @@ enum Command {
         /// Where the index and the captured files live.
         #[arg(long, default_value = "/var/lib/unrm")]
         state_dir: PathBuf,
+        /// The policy file (TOML; see README). Default /etc/unrm.toml, if it
+        /// exists. Reloaded on SIGHUP.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Largest file to copy into the store when its last holder lets go
-        /// (larger ones stay restorable only while held).
-        #[arg(long, default_value = "1G", value_parser = parse_size)]
-        max_file_size: u64,
+        /// (larger ones stay restorable only while held). Overrides the
+        /// config file's max_file_size.
+        #[arg(long, value_parser = parse_size)]
+        max_file_size: Option<u64>,
         /// Ring buffer between the probes and the daemon (a power of two).
         #[arg(long, default_value = "4M", value_parser = parse_ring_size)]
         ring_size: u32,
@@ -105,8 +111,9 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon { state_dir, max_file_size, ring_size, tier, rescan_interval } => {
+        Command::Daemon { state_dir, config, max_file_size, ring_size, tier, rescan_interval } => {
             daemon::run(daemon::Options {
+                config,
                 tier,
                 state_dir,
                 socket: cli.socket,
@@ -160,23 +167,6 @@ fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
     Ok(Client::connect(socket)?.call(request)?.0)
 }
 
-/// `123`, `4K`, `1.5G`, `2GiB`: binary multiples.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 512M, 2G)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("{text:?} has an unknown unit (use K, M, G or T)")),
-    };
-    Ok((number * (1u64 << shift) as f64) as u64)
-}
-
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size = parse_size(text)?;
     if !size.is_power_of_two() || !(4096..=(1 << 30)).contains(&size) {
@@ -194,14 +184,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("123").unwrap(), 123);
-        assert_eq!(parse_size("4K").unwrap(), 4096);
-        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("8mb").unwrap(), 8 << 20);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5Q").is_err());
+    fn ring_sizes() {
         assert!(parse_ring_size("3M").is_err());
         assert!(parse_ring_size("1K").is_err());
         assert_eq!(parse_ring_size("64K").unwrap(), 65536);

@@ -36,15 +36,17 @@ use crate::{
     api::server::{self, Handler},
     index::Index,
     ingest,
+    policy::{self, Policy},
     probe::{LoadOptions, Probes},
     store::Store,
 };
 
 pub struct Options {
+    pub config: Option<PathBuf>,
     pub tier: crate::probe::Tier,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    pub max_file_size: u64,
+    pub max_file_size: Option<u64>,
     pub ring_bytes: u32,
     pub rescan_every: Duration,
 }
@@ -55,6 +57,21 @@ pub const LOCK: &str = "/run/unrm.lock";
 
 pub fn run(opts: Options) -> Result<()> {
     crate::require_root("the daemon")?;
+    let load_policy = {
+        let (path, explicit) = match &opts.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
+        };
+        let max_file_size = opts.max_file_size;
+        move || -> Result<Policy> {
+            let mut policy = Policy::load(&path, explicit)?;
+            if let Some(size) = max_file_size {
+                policy.max_file_size = size;
+            }
+            Ok(policy)
+        }
+    };
+    let policy = load_policy()?;
     // Everything the daemon creates is root's alone.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock()?;
@@ -84,11 +101,7 @@ pub fn run(opts: Options) -> Result<()> {
         runtime.spawn(forward_probe_logs(logger));
     }
 
-    let cfg = Config {
-        state_dir: opts.state_dir.clone(),
-        max_file_size: opts.max_file_size,
-        rescan_every: opts.rescan_every,
-    };
+    let cfg = Config { state_dir: opts.state_dir.clone(), policy, rescan_every: opts.rescan_every };
     let mut engine = Engine::new(cfg, probes, index, store, exit_tx, capture_tx)?;
     engine.start().context("the start-up scan")?;
     let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || {
@@ -109,10 +122,23 @@ pub fn run(opts: Options) -> Result<()> {
         });
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            result = server::serve(listener, handler) => result,
-            _ = term.recv() => Ok(()),
-            _ = int.recv() => Ok(()),
+        let mut hup = signal(SignalKind::hangup())?;
+        let serving = server::serve(listener, handler);
+        tokio::pin!(serving);
+        loop {
+            tokio::select! {
+                result = &mut serving => return result,
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                // A bad file is reported and the running policy kept.
+                _ = hup.recv() => match load_policy() {
+                    Ok(policy) => {
+                        log::info!("policy reloaded");
+                        let _ = tx.send(Msg::Reload(Box::new(policy)));
+                    }
+                    Err(err) => log::error!("policy not reloaded: {err:#}"),
+                },
+            }
         }
     });
     let _ = tx.send(Msg::Shutdown);

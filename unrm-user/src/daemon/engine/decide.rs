@@ -17,6 +17,7 @@ use crate::{
     index::NewRecord,
     ingest::{DeleteOp, Deletion},
     pins::{self, Meta},
+    policy::Scratch,
     record::{Deleter, Status, holders_of},
 };
 
@@ -37,6 +38,10 @@ impl Engine {
             None => None,
         };
         self.counters.deletions += 1;
+        if !self.cfg.policy.wants(&d.path, d.victim.map(|v| v.uid)) {
+            self.counters.ignored += 1;
+            return Ok(());
+        }
         if !d.path_complete {
             log::warn!(
                 "{} by {}: the directory walk stopped early; the path may be partial",
@@ -111,7 +116,7 @@ impl Engine {
         // Held files no event told us about: deleted before the daemon
         // started, on paths no probe covers, or lost events.
         for held in snapshot.files.values() {
-            if !self.pins.contains_key(&held.inode) {
+            if !self.pins.contains_key(&held.inode) && self.cfg.policy.wants(&held.path, Some(held.uid)) {
                 self.pin(held, None)?;
             }
         }
@@ -120,6 +125,7 @@ impl Engine {
             match snapshot.files.get(inode) {
                 Some(held) if held.holds != pin.holds => {
                     pin.holds = held.holds.clone();
+                    pin.others_held |= pin.holds.iter().any(|h| Some(h.pid) != pin.deleter);
                     self.index.set_holders(pin.record, &holders_of(&pin.holds))?;
                 }
                 Some(_) => {}
@@ -223,26 +229,45 @@ impl Engine {
         self.counters.pins += 1;
         log::info!("pinned {} ({} bytes) as record {id}", String::from_utf8_lossy(&record.path), meta.size);
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let pin = Pin { file, record: id, path, holds, from_scan: pending.is_none(), capturing: false };
+        let deleter = pending.map(|p| p.deletion.pid);
+        let others_held = holds.iter().any(|h| Some(h.pid) != deleter);
+        let pin = Pin {
+            file,
+            record: id,
+            path,
+            deleter,
+            others_held,
+            holds,
+            from_scan: pending.is_none(),
+            capturing: false,
+        };
         self.pins.insert(inode, pin);
         Ok(())
     }
 
     /// Only our pin is left: the content is final. Copy it, then let go.
     pub(super) fn capture(&mut self, inode: InodeId) -> Result<()> {
-        let pin = self.pins.get_mut(&inode).expect("capturing a pinned inode");
-        let size = pin.file.metadata()?.len();
-        if size > self.cfg.max_file_size {
-            let reason = format!(
-                "{size} bytes is over the per-file cap of {} (--max-file-size)",
-                self.cfg.max_file_size
-            );
+        let pin = self.pins.get(&inode).expect("capturing a pinned inode");
+        let (record, size) = (pin.record, pin.file.metadata()?.len());
+        let policy = &self.cfg.policy;
+        let refused = if policy.scratch == Scratch::Ignore && !pin.others_held && pin.deleter.is_some() {
+            Some(
+                "a scratch file: only the process that deleted it ever held it (scratch_files = \"ignore\")"
+                    .into(),
+            )
+        } else if size > policy.max_file_size {
+            Some(format!("{size} bytes is over the per-file cap of {} (max_file_size)", policy.max_file_size))
+        } else {
+            self.make_room(size)?
+        };
+        if let Some(reason) = refused {
             self.counters.skipped += 1;
-            self.index.set_status(pin.record, Status::Skipped, Some(&reason))?;
+            self.index.set_status(record, Status::Skipped, Some(&reason))?;
             self.pins.remove(&inode);
             return Ok(());
         }
-        let job = capture::Job { record: pin.record, inode, file: pin.file.try_clone()?, size };
+        let pin = self.pins.get_mut(&inode).expect("still pinned");
+        let job = capture::Job { record, inode, file: pin.file.try_clone()?, size };
         pin.capturing = true;
         self.captures.send(job).context("the capture worker stopped")?;
         Ok(())

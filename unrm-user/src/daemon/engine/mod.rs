@@ -27,6 +27,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 mod answer;
 mod decide;
+mod keep;
 mod watch;
 
 use super::{capture, exits::Exited};
@@ -40,6 +41,7 @@ use crate::{
     index::Index,
     ingest::{Deletion, Event},
     pins,
+    policy::Policy,
     probe::{ProbeStats, Probes, WatchMaps},
     record::{Status, holders_of},
     store::Store,
@@ -50,6 +52,8 @@ pub enum Msg {
     HolderExited(u32),
     Captured(capture::Done),
     Api(Request, Caller, oneshot::Sender<Reply>),
+    /// A new policy, validated, from SIGHUP.
+    Reload(Box<Policy>),
     Shutdown,
 }
 
@@ -73,8 +77,8 @@ impl From<capture::Done> for Msg {
 
 pub struct Config {
     pub state_dir: PathBuf,
-    /// Files larger than this are pinned while held but not copied.
-    pub max_file_size: u64,
+    /// What to keep and how much (reloaded on SIGHUP).
+    pub policy: Policy,
     /// How often to reconcile with the kernel even without events.
     pub rescan_every: Duration,
 }
@@ -85,6 +89,11 @@ struct Pin {
     record: i64,
     /// Where it was; snapshots leave pinned files' paths out.
     path: PathBuf,
+    /// The process that deleted it, when an event said so.
+    deleter: Option<u32>,
+    /// Some process other than the deleter held it at some point: not a
+    /// scratch file.
+    others_held: bool,
     holds: Vec<Hold>,
     /// Found by a scan before (or without) its deletion event.
     from_scan: bool,
@@ -210,10 +219,13 @@ impl Engine {
         match held.and_then(|held| pins::take(held).map(|(file, _)| (held, file))) {
             Some((held, file)) if !self.pins.contains_key(&held.inode) => {
                 self.index.set_holders(id, &holders_of(&held.holds))?;
+                // Who deleted it is no longer known: not judged a scratch file.
                 let pin = Pin {
                     file,
                     record: id,
                     path: held.path.clone(),
+                    deleter: None,
+                    others_held: true,
                     holds: held.holds.clone(),
                     from_scan: false,
                     capturing: false,
@@ -278,6 +290,9 @@ impl Engine {
                     log::error!("reconciling with the kernel: {err:#}");
                 }
                 if rescan {
+                    if let Err(err) = self.keep_within_bounds() {
+                        log::error!("enforcing the store's bounds: {err:#}");
+                    }
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }
@@ -358,6 +373,10 @@ impl Engine {
                 Ok(())
             }
             Msg::Captured(done) => self.on_captured(done),
+            Msg::Reload(policy) => {
+                self.cfg.policy = *policy;
+                Ok(())
+            }
             Msg::Api(..) | Msg::Shutdown => unreachable!("handled by run"),
         }
     }

@@ -1,0 +1,284 @@
+//! What unrm keeps, and how much: the policy from the config file (TOML),
+//! validated as a whole before it replaces the running one.
+//!
+//! unrm must never fill a disk someone is trying to free (principle 8), so
+//! every capture is bounded three ways: per file, for the whole store, and
+//! by a floor of free space the store's filesystem never drops below.
+//! Retention, path globs, owner filters and the scratch-file setting decide
+//! what is worth keeping at all.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/unrm.toml";
+
+/// The config file as written. Every key is optional; an unknown key is an
+/// error that names it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    max_file_size: Option<SizeValue>,
+    max_store_size: Option<SizeValue>,
+    min_free: Option<String>,
+    keep_for: Option<String>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    uids: Option<Vec<u32>>,
+    scratch_files: Option<Scratch>,
+}
+
+/// `1G`, `512M` or a plain number of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// What to do with the open-then-unlink idiom: a file whose only holder
+/// ever was the process that deleted it (a scratch file, by intent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scratch {
+    /// Record it; keep it restorable while held; do not copy it after.
+    #[default]
+    Ignore,
+    /// Treat it like any other deleted file.
+    Capture,
+}
+
+/// Free space the store's filesystem keeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Floor {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl Floor {
+    /// The floor in bytes on a filesystem of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            Floor::Percent(p) => (total as f64 * p / 100.0) as u64,
+            Floor::Bytes(b) => b,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub max_file_size: u64,
+    pub max_store_size: u64,
+    pub min_free: Floor,
+    pub keep_for: Duration,
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    uids: Option<HashSet<u32>>,
+    pub scratch: Scratch,
+    /// Where it came from, for messages; None for the defaults.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_file_size: 1 << 30,
+            max_store_size: 10 << 30,
+            min_free: Floor::Percent(10.0),
+            keep_for: Duration::from_secs(30 * 24 * 3600),
+            include: None,
+            exclude: GlobSet::empty(),
+            uids: None,
+            scratch: Scratch::Ignore,
+            source: None,
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and validates `path`. The default path may be missing (then
+    /// the defaults apply); a path given explicitly must exist.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Policy::default());
+            }
+            Err(err) => return Err(err).with_context(|| format!("config {}", path.display())),
+        };
+        Self::parse(&text)
+            .map(|mut policy| {
+                policy.source = Some(path.to_path_buf());
+                policy
+            })
+            .map_err(|err| anyhow::anyhow!("config {}: {}", path.display(), one_line(&format!("{err:#}"))))
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        let file: ConfigFile = toml::from_str(text)?;
+        let mut policy = Policy::default();
+        if let Some(size) = file.max_file_size {
+            policy.max_file_size = size_of_value(size).context("max_file_size")?;
+        }
+        if let Some(size) = file.max_store_size {
+            policy.max_store_size = size_of_value(size).context("max_store_size")?;
+        }
+        if let Some(floor) = file.min_free {
+            policy.min_free = parse_floor(&floor).context("min_free")?;
+        }
+        if let Some(age) = file.keep_for {
+            policy.keep_for = humantime::parse_duration(&age)
+                .map_err(|e| anyhow::anyhow!("{age:?}: {e}"))
+                .context("keep_for")?;
+        }
+        if let Some(globs) = file.include {
+            policy.include = Some(glob_set(&globs).context("include")?);
+        }
+        if let Some(globs) = file.exclude {
+            policy.exclude = glob_set(&globs).context("exclude")?;
+        }
+        policy.uids = file.uids.map(|uids| uids.into_iter().collect());
+        policy.scratch = file.scratch_files.unwrap_or_default();
+        Ok(policy)
+    }
+
+    /// Whether a deleted file at `path` owned by `uid` is worth keeping at
+    /// all. An unknown owner passes the owner filter.
+    pub fn wants(&self, path: &Path, uid: Option<u32>) -> bool {
+        if self.include.as_ref().is_some_and(|set| !set.is_match(path)) {
+            return false;
+        }
+        if self.exclude.is_match(path) {
+            return false;
+        }
+        match (&self.uids, uid) {
+            (Some(uids), Some(uid)) => uids.contains(&uid),
+            _ => true,
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+fn size_of_value(value: SizeValue) -> Result<u64> {
+    match value {
+        SizeValue::Bytes(b) => Ok(b),
+        SizeValue::Text(text) => parse_size(&text).map_err(anyhow::Error::msg),
+    }
+}
+
+fn glob_set(globs: &[String]) -> Result<GlobSet> {
+    let mut set = GlobSetBuilder::new();
+    for glob in globs {
+        set.add(Glob::new(glob).with_context(|| format!("bad glob {glob:?}"))?);
+    }
+    Ok(set.build()?)
+}
+
+/// `10%` or a size.
+fn parse_floor(text: &str) -> Result<Floor> {
+    if let Some(percent) = text.trim().strip_suffix('%') {
+        let p: f64 = percent.trim().parse().with_context(|| format!("{text:?} is not a percentage"))?;
+        if !(0.0..100.0).contains(&p) {
+            bail!("{text:?}: a percentage from 0 to 100");
+        }
+        return Ok(Floor::Percent(p));
+    }
+    parse_size(text).map(Floor::Bytes).map_err(anyhow::Error::msg)
+}
+
+/// `123`, `4K`, `1.5G`, `2GiB`: binary multiples.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 512M, 2G)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit (use K, M, G or T)")),
+    };
+    Ok((number * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("8mb").unwrap(), 8 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5Q").is_err());
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let p = Policy::parse(
+            r#"
+            max_file_size = "64M"
+            max_store_size = 1073741824
+            min_free = "5%"
+            keep_for = "7days"
+            include = ["/home/**"]
+            exclude = ["**/*.o", "/home/*/.cache/**"]
+            uids = [1000, 1001]
+            scratch_files = "capture"
+            "#,
+        )
+        .unwrap();
+        assert_eq!((p.max_file_size, p.max_store_size), (64 << 20, 1 << 30));
+        assert_eq!(p.min_free, Floor::Percent(5.0));
+        assert_eq!(p.keep_for, Duration::from_secs(7 * 86400));
+        assert_eq!(p.scratch, Scratch::Capture);
+        assert!(p.wants(Path::new("/home/a/notes.txt"), Some(1000)));
+        assert!(!p.wants(Path::new("/home/a/main.o"), Some(1000)), "excluded");
+        assert!(!p.wants(Path::new("/home/a/.cache/x"), Some(1000)), "excluded");
+        assert!(!p.wants(Path::new("/srv/data"), Some(1000)), "not included");
+        assert!(!p.wants(Path::new("/home/a/notes.txt"), Some(0)), "not an included owner");
+        assert!(p.wants(Path::new("/home/a/notes.txt"), None), "unknown owner passes");
+        assert_eq!(Floor::Percent(10.0).bytes(1000), 100);
+        assert_eq!(Floor::Bytes(7).bytes(1000), 7);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let err = |text: &str| format!("{:#}", Policy::parse(text).unwrap_err());
+        assert!(err("max_file_sise = \"1G\"").contains("max_file_sise"));
+        assert!(err("max_file_size = \"huge\"").contains("max_file_size"));
+        assert!(err("min_free = \"150%\"").contains("min_free"));
+        assert!(err("keep_for = \"soon\"").contains("keep_for"));
+        assert!(err("exclude = [\"[oops\"]").contains("exclude"));
+        assert!(
+            err("scratch_files = \"maybe\"").contains("scratch_files")
+                || err("scratch_files = \"maybe\"").contains("maybe")
+        );
+        assert!(err("uids = \"me\"").contains("uids") || err("uids = \"me\"").contains("sequence"));
+    }
+
+    #[test]
+    fn defaults_when_the_default_file_is_missing_but_not_when_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("unrm.toml");
+        assert!(Policy::load(&missing, false).unwrap().source.is_none());
+        assert!(Policy::load(&missing, true).is_err());
+        std::fs::write(&missing, "bogus = 1\n").unwrap();
+        let err = format!("{:#}", Policy::load(&missing, false).unwrap_err());
+        assert!(err.contains("bogus") && !err.contains('\n'), "{err}");
+    }
+}
