@@ -377,3 +377,64 @@ fn a_running_executable_that_was_deleted_is_held() {
     let rec = daemon.wait_record(&exe, "captured");
     assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back2")), original);
 }
+
+/// Reads one extended attribute of `path`.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the stated length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value of the stated length.
+    let ret = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(ret, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn restore_keeps_times_extended_attributes_and_acls() {
+    let fs = Mount::ext4();
+    let path = fs.file("annotated", b"with attributes");
+    set_xattr(&path, "user.comment", b"keep me");
+    // An access ACL: owner rw, user 1234 r, group r, mask r, other none.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1234),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    set_xattr(&path, "system.posix_acl_access", &acl);
+    let times = [
+        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123 },
+        libc::timespec { tv_sec: 1_100_000_000, tv_nsec: 456_000 },
+    ];
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and two timespecs.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) }, 0);
+    let before = fs::metadata(&path).unwrap();
+
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let rec = daemon.wait_record(&path, "held");
+    holder.exit();
+    let rec = daemon.wait_show(&rec["id"], |r| r["status"] == "captured");
+    let back = fs.path.join("annotated.back");
+    restore_to(&daemon, &rec["id"], &back);
+    assert_eq!(xattr(&back, "user.comment").as_deref(), Some(&b"keep me"[..]));
+    assert_eq!(xattr(&back, "system.posix_acl_access"), Some(acl));
+    let after = fs::metadata(&back).unwrap();
+    assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()));
+    assert_eq!(after.mode(), before.mode());
+}

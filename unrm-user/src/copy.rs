@@ -24,13 +24,25 @@ pub enum Method {
 
 /// Copies `size` bytes of `src` into the empty file `dst`.
 pub fn copy(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<Method> {
+    copy_with_progress(src, dst, size, &mut |_| {})
+}
+
+/// The same, telling `progress` how far it has got (an offset in `src`).
+pub fn copy_with_progress(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    size: u64,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Method> {
     if size > 0 && ioctl_ficlone(dst, src).is_ok() {
+        progress(size);
         return Ok(Method::Reflink);
     }
     let mut method = Method::CopyFileRange;
     for (start, end) in data_ranges(src, size)? {
-        copy_range(src, dst, start, end, &mut method)?;
+        copy_range(src, dst, start, end, &mut method, progress)?;
     }
+    progress(size);
     // A trailing hole, or a file that changed size: the length is `size`.
     ftruncate(dst, size)?;
     Ok(method)
@@ -61,10 +73,22 @@ fn data_ranges(fd: BorrowedFd, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
-fn copy_range(src: BorrowedFd, dst: BorrowedFd, start: u64, end: u64, method: &mut Method) -> io::Result<()> {
+/// Bytes per system call: small enough to report progress, large enough
+/// that the calls cost nothing next to the copying.
+const CHUNK: u64 = 64 << 20;
+
+fn copy_range(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    start: u64,
+    end: u64,
+    method: &mut Method,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
     let mut pos = start;
     while pos < end {
-        let want = (end - pos).min(1 << 30) as usize;
+        progress(pos);
+        let want = (end - pos).min(CHUNK) as usize;
         if *method == Method::CopyFileRange {
             let (mut off_in, mut off_out) = (pos, pos);
             match copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {

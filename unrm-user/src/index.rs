@@ -15,7 +15,10 @@ use anyhow::{Context, Result};
 use globset::GlobMatcher;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::record::{Deleter, Holder, Record, Status, from_nanos, nanos};
+use crate::{
+    record::{Deleter, Holder, Record, Status, from_nanos, nanos},
+    xattrs::Xattr,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -38,7 +41,8 @@ CREATE TABLE IF NOT EXISTS records (
     reason         TEXT,
     holders        TEXT NOT NULL DEFAULT '[]',
     captured_at_ns INTEGER,
-    checksum       TEXT
+    checksum       TEXT,
+    xattrs         TEXT
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
@@ -66,6 +70,7 @@ pub struct NewRecord {
     pub status: Option<Status>,
     pub reason: Option<String>,
     pub holders: Vec<Holder>,
+    pub xattrs: Vec<Xattr>,
 }
 
 /// What a restore needs beyond the JSON record: the exact path bytes and
@@ -75,6 +80,8 @@ pub struct RestoreMeta {
     pub path: Vec<u8>,
     pub atime_ns: Option<i64>,
     pub mtime_ns: Option<i64>,
+    #[serde(default)]
+    pub xattrs: Vec<Xattr>,
 }
 
 pub type HeldRecord = (i64, Option<u64>, Option<u64>);
@@ -117,6 +124,7 @@ impl Index {
         // queries touch pages near the end of each index.
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA).context("creating the index schema")?;
+        migrate(&conn)?;
         let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
         Ok(Self { conn, rows })
     }
@@ -136,8 +144,8 @@ impl Index {
         let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO records (path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
-                deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders, xattrs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
         stmt.execute(params![
             r.path,
@@ -157,6 +165,7 @@ impl Index {
             r.status.unwrap_or(Status::Unheld).as_str(),
             r.reason,
             holders,
+            (!r.xattrs.is_empty()).then(|| serde_json::to_string(&r.xattrs)).transpose()?,
         ])?;
         self.rows += 1;
         Ok(self.conn.last_insert_rowid())
@@ -207,10 +216,16 @@ impl Index {
 
     pub fn restore_meta(&self, id: i64) -> Result<Option<RestoreMeta>> {
         let mut stmt =
-            self.conn.prepare_cached("SELECT path, atime_ns, mtime_ns FROM records WHERE id = ?1")?;
+            self.conn.prepare_cached("SELECT path, atime_ns, mtime_ns, xattrs FROM records WHERE id = ?1")?;
         Ok(stmt
             .query_row([id], |row| {
-                Ok(RestoreMeta { path: row.get(0)?, atime_ns: row.get(1)?, mtime_ns: row.get(2)? })
+                let xattrs: Option<String> = row.get(3)?;
+                Ok(RestoreMeta {
+                    path: row.get(0)?,
+                    atime_ns: row.get(1)?,
+                    mtime_ns: row.get(2)?,
+                    xattrs: xattrs.and_then(|x| serde_json::from_str(&x).ok()).unwrap_or_default(),
+                })
             })
             .optional()?)
     }
@@ -296,6 +311,18 @@ impl Index {
     pub fn rows(&self) -> u64 {
         self.rows
     }
+}
+
+/// Brings an index made by an older unrm up to this schema.
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_xattrs = conn
+        .prepare("SELECT name FROM pragma_table_info('records')")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .any(|name| name.is_ok_and(|n| n == "xattrs"));
+    if !has_xattrs {
+        conn.execute_batch("ALTER TABLE records ADD COLUMN xattrs TEXT")?;
+    }
+    Ok(())
 }
 
 fn record_from_row(row: &Row) -> rusqlite::Result<Record> {

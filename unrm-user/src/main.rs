@@ -20,6 +20,7 @@ mod policy;
 mod probe;
 mod record;
 mod store;
+mod xattrs;
 
 use std::process::ExitCode;
 

@@ -14,10 +14,13 @@ use std::{
 
 use rustix::fs::{Mode, OFlags, fstat, open};
 
-use crate::holders::{HeldFile, InodeId};
+use crate::{
+    holders::{HeldFile, InodeId},
+    xattrs::Xattr,
+};
 
 /// The file's metadata at the moment it was pinned.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Meta {
     /// As stat(2) reports it (on btrfs, the subvolume's device).
     pub dev: u64,
@@ -27,6 +30,7 @@ pub struct Meta {
     pub gid: u32,
     pub atime_ns: i64,
     pub mtime_ns: i64,
+    pub xattrs: Vec<Xattr>,
 }
 
 impl Meta {
@@ -40,6 +44,7 @@ impl Meta {
             gid: st.gid(),
             atime_ns: st.atime() * 1_000_000_000 + st.atime_nsec(),
             mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
+            xattrs: crate::xattrs::read(file),
         })
     }
 }

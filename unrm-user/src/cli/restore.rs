@@ -30,6 +30,7 @@ use crate::{
     copy,
     index::RestoreMeta,
     record::{Record, Status},
+    xattrs,
 };
 
 pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<()> {
@@ -89,10 +90,19 @@ fn write(content: &File, target: &Path, record: &Record, meta: &RestoreMeta, for
     result
 }
 
-/// Content, checksum, owner, mode and times, then fsync.
+/// Content, checksum, owner, mode, extended attributes and times, then fsync.
 fn fill(content: &File, file: &File, record: &Record, meta: &RestoreMeta) -> Result<u64> {
     let size = content.metadata()?.len();
-    copy::copy(content.as_fd(), file.as_fd(), size).context("copying the content")?;
+    let bar = progress_bar(size);
+    copy::copy_with_progress(content.as_fd(), file.as_fd(), size, &mut |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    })
+    .context("copying the content")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     // A capture's checksum is recorded shortly after the capture itself.
     if let (Status::Captured, Some(want)) = (record.status, &record.checksum) {
         let sum = copy::checksum(file)?;
@@ -113,6 +123,11 @@ fn fill(content: &File, file: &File, record: &Record, meta: &RestoreMeta) -> Res
     if let Some(mode) = record.mode {
         fchmod(file, rustix::fs::Mode::from_raw_mode(mode & 0o7777)).context("setting the mode")?;
     }
+    // ACLs last: the access ACL is the whole truth about permissions.
+    let refused = xattrs::write(file, &meta.xattrs);
+    if !refused.is_empty() {
+        eprintln!("unrm: note: could not restore {} (not permitted here)", refused.join(", "));
+    }
     let ts = |ns: Option<i64>| match ns {
         Some(ns) => Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) },
         None => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
@@ -121,6 +136,21 @@ fn fill(content: &File, file: &File, record: &Record, meta: &RestoreMeta) -> Res
         .context("setting the times")?;
     file.sync_all().context("syncing the restored file")?;
     Ok(size)
+}
+
+/// A progress bar on a terminal, for copies long enough to want one.
+fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if size < 64 << 20 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
 }
 
 #[cfg(test)]

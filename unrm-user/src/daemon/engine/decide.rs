@@ -342,6 +342,7 @@ fn fill_meta(record: &mut NewRecord, inode: InodeId, meta: &Meta) {
     record.gid = Some(meta.gid);
     record.atime_ns = Some(meta.atime_ns);
     record.mtime_ns = Some(meta.mtime_ns);
+    record.xattrs.clone_from(&meta.xattrs);
 }
 
 /// The wall-clock time of a kernel monotonic timestamp.
