@@ -130,3 +130,36 @@ fn a_second_daemon_is_refused() {
     assert_one_line_error(&out, "another unrm daemon is running");
     assert!(first.cli(&["status"]).status.success());
 }
+
+#[test]
+fn restore_destinations_with_dot_dot_and_symlinks() {
+    let fs = Mount::ext4();
+    let path = fs.file("target", b"content");
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let rec = daemon.wait_record(&path, "held");
+    let id = rec["id"].to_string();
+    let restore = |to: &std::path::Path, force: bool| {
+        let mut args = vec!["restore", id.as_str(), "--to", to.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        daemon.cli(&args)
+    };
+    // `..` is resolved by the kernel like any path; a missing directory is
+    // one clear error.
+    let sub = fs.path.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(restore(&sub.join("../via-dot-dot"), false).status.success());
+    assert_eq!(std::fs::read(fs.path.join("via-dot-dot")).unwrap(), b"content");
+    assert_one_line_error(&restore(&fs.path.join("missing/../../nowhere/x"), false), "does not exist");
+    // A dangling symlink is something: refused, then replaced (not followed).
+    let link = fs.path.join("dangling");
+    std::os::unix::fs::symlink(fs.path.join("points-nowhere"), &link).unwrap();
+    assert_one_line_error(&restore(&link, false), "already exists");
+    assert!(restore(&link, true).status.success());
+    assert!(!fs.path.join("points-nowhere").exists());
+    assert_eq!(std::fs::read(&link).unwrap(), b"content");
+    drop(holder);
+}
