@@ -153,6 +153,13 @@ impl Daemon {
         );
     }
 
+    /// Restores record `id` to `to`, expecting success; the bytes that came back.
+    pub fn restore_to(&self, id: &Value, to: &Path) -> Vec<u8> {
+        let out = self.cli(&["restore", &id.to_string(), "--to", to.to_str().unwrap()]);
+        assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(to).unwrap()
+    }
+
     /// `unrm show ID`, waiting until `ready` holds for it.
     pub fn wait_show(&self, id: &Value, ready: impl Fn(&Value) -> bool) -> Value {
         let id = id.to_string();

@@ -6,14 +6,6 @@ use std::{ffi::CString, fs, os::unix::fs::MetadataExt, path::Path};
 
 use unrm_tests::{Daemon, Holder, Mount, content, rm};
 
-/// Restores record `id` to `to` and returns the bytes that came back.
-fn restore_to(daemon: &Daemon, id: &serde_json::Value, to: &Path) -> Vec<u8> {
-    let id = id.as_i64().unwrap().to_string();
-    let out = daemon.cli(&["restore", &id, "--to", to.to_str().unwrap()]);
-    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
-    fs::read(to).unwrap()
-}
-
 fn held_by_fd_is_restored(fs: Mount) {
     let data = content("fd");
     let path = fs.file("notes.bin", &data);
@@ -34,7 +26,7 @@ fn held_by_fd_is_restored(fs: Mount) {
     assert!(holders.iter().any(|h| h["pid"] == holder.pid() && h["kind"] == "fd"), "{rec}");
 
     let back = fs.path.join("back.bin");
-    assert_eq!(restore_to(&daemon, &rec["id"], &back), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &back), data);
     assert_eq!(fs::metadata(&back).unwrap().mode(), meta.mode());
     drop(holder);
 }
@@ -62,7 +54,7 @@ fn held_only_through_mmap_is_restored() {
     let holders = rec["holders"].as_array().unwrap();
     assert!(holders.iter().all(|h| h["kind"] == "mmap"), "the holder closed its fd: {rec}");
     assert!(holders.iter().any(|h| h["pid"] == holder.pid()));
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
 }
 
 fn written_after_unlink_is_captured(fs: Mount) {
@@ -80,7 +72,7 @@ fn written_after_unlink_is_captured(fs: Mount) {
     // The checksum is computed right after the capture, off its path.
     let checksum = daemon.wait_show(&rec["id"], |r| r["checksum"].is_string())["checksum"].clone();
     assert_eq!(checksum.as_str().unwrap().len(), 64, "BLAKE3 hex: {checksum}");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), expected);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), expected);
 
     // The store is root's alone.
     let store = fs::metadata(daemon.state_dir.join("store")).unwrap();
@@ -158,7 +150,7 @@ fn rename_over_held_file(fs: Mount) {
     let rec = daemon.wait_record(&target, "held");
     assert_eq!(rec["op"], "rename");
     assert_eq!(rec["deleted_by"]["pid"], std::process::id());
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("old")), old);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("old")), old);
     assert_eq!(fs::read(&target).unwrap(), b"new version");
     drop(holder);
 }
@@ -185,12 +177,12 @@ fn deleted_before_the_daemon_started_is_pinned_by_the_start_scan() {
     let rec = daemon.wait_record(&path, "held");
     assert_eq!(rec["op"], "scan");
     assert!(rec["deleted_by"].is_null());
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
 
     // Once the holder goes, the start scan's pin is what saves the content.
     holder.exit();
     let rec = daemon.wait_record(&path, "captured");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back2")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back2")), data);
 }
 
 #[test]
@@ -212,7 +204,7 @@ fn held_records_survive_a_daemon_restart() {
     assert_eq!(again["id"], first["id"], "the same record is picked up again");
     holder.exit();
     let rec = daemon.wait_record(&path, "captured");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
 }
 
 #[test]
@@ -347,7 +339,7 @@ fn lost_events_are_counted_and_a_snapshot_recovers_the_held_file() {
     let status = daemon.json(&["status", "--json"]);
     assert!(status["counters"]["lost_events"].as_u64().unwrap() > 0, "{status}");
     assert!(daemon.log().contains("ring buffer full"), "the probe's own log line reaches the daemon's log");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
     drop(holder);
 }
 
@@ -371,11 +363,11 @@ fn a_running_executable_that_was_deleted_is_held() {
     let rec = daemon.wait_record(&exe, "held");
     let holders = rec["holders"].as_array().unwrap();
     assert!(holders.iter().any(|h| h["pid"] == child.id() && h["kind"] == "exe"), "{rec}");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), original);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), original);
     child.kill().unwrap();
     child.wait().unwrap();
     let rec = daemon.wait_record(&exe, "captured");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back2")), original);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back2")), original);
 }
 
 /// Reads one extended attribute of `path`.
@@ -431,7 +423,7 @@ fn restore_keeps_times_extended_attributes_and_acls() {
     holder.exit();
     let rec = daemon.wait_show(&rec["id"], |r| r["status"] == "captured");
     let back = fs.path.join("annotated.back");
-    restore_to(&daemon, &rec["id"], &back);
+    daemon.restore_to(&rec["id"], &back);
     assert_eq!(xattr(&back, "user.comment").as_deref(), Some(&b"keep me"[..]));
     assert_eq!(xattr(&back, "system.posix_acl_access"), Some(acl));
     let after = fs::metadata(&back).unwrap();

@@ -12,12 +12,6 @@ fn fs_daemon(extra: &[&str]) -> Daemon {
     Daemon::start_in(tempfile::tempdir().unwrap(), &args)
 }
 
-fn restore_to(daemon: &Daemon, id: &serde_json::Value, to: &Path) -> Vec<u8> {
-    let out = daemon.cli(&["restore", &id.to_string(), "--to", to.to_str().unwrap()]);
-    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
-    fs::read(to).unwrap()
-}
-
 #[test]
 fn held_unheld_and_renamed_over_on_ext4() {
     let fs = Mount::ext4();
@@ -32,7 +26,7 @@ fn held_unheld_and_renamed_over_on_ext4() {
     let rec = daemon.wait_record(&held, "held");
     assert_eq!(rec["deleted_by"]["pid"], rm_pid);
     assert_eq!(rec["deleted_by"]["comm"], "rm");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
 
     let loose = fs.file("loose.txt", b"nobody");
     rm(&loose, None);
@@ -45,7 +39,7 @@ fn held_unheld_and_renamed_over_on_ext4() {
     fs::rename(&new, &target).unwrap();
     let rec = daemon.wait_record(&target, "held");
     assert_eq!(rec["op"], "rename");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("old")), b"old");
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("old")), b"old");
 
     let unheld_target = fs.file("plain", b"1");
     fs::rename(fs.file("plain.new", b"2"), &unheld_target).unwrap();
@@ -82,7 +76,7 @@ fn written_after_unlink_is_captured() {
     holder.append(" and after");
     holder.exit();
     let rec = daemon.wait_record(&path, "captured");
-    assert_eq!(restore_to(&daemon, &rec["id"], &fs.path.join("back")), b"before and after");
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), b"before and after");
 }
 
 #[test]
@@ -95,6 +89,6 @@ fn unhooked_filesystems_are_reached_by_snapshots() {
     rm(&path, None);
     let rec = daemon.wait_record(&path, "held");
     assert_eq!(rec["op"], "scan", "no hook saw it; a snapshot did");
-    assert_eq!(restore_to(&daemon, &rec["id"], &tmpfs.path.join("back")), data);
+    assert_eq!(daemon.restore_to(&rec["id"], &tmpfs.path.join("back")), data);
     drop(holder);
 }
