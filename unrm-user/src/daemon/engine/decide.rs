@@ -73,7 +73,7 @@ impl Engine {
 
     /// The fast path: the reader already holds the inode through the
     /// descriptor the probe named. Open it for reading and record it; a
-    /// snapshot still follows in this batch to learn every holder.
+    /// snapshot follows once fast pins pause, to learn every holder.
     pub(super) fn pin_through_probe_holder(&mut self, p: &mut Pending) -> Result<bool> {
         let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
         let Some(victim) = p.deletion.victim else { return Ok(false) };
