@@ -14,6 +14,13 @@ use serde_json::Value;
 
 pub mod bench;
 
+/// The probe tier `auto` should pick on this kernel: `tracepoint` where
+/// tracing programs cannot attach (the development machines), `fentry` in
+/// the stock-kernel VM (`cargo xtask vm-test` sets UNRM_EXPECT_TIER).
+pub fn expected_tier() -> String {
+    std::env::var("UNRM_EXPECT_TIER").unwrap_or_else(|_| "tracepoint".into())
+}
+
 /// How long a test waits for the daemon to reach a state before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

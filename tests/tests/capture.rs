@@ -273,16 +273,24 @@ fn status_reports_the_probes_and_counters() {
     assert!(out.status.success());
     let status = daemon.json(&["status", "--json"]);
     assert_eq!(status["pid"], daemon.pid());
-    assert_eq!(status["probes"]["tier"], "tracepoint");
+    // `auto` picks the best tier the kernel accepts; the host and the VM
+    // runs say which they expect.
+    let tier = unrm_tests::expected_tier();
+    assert_eq!(status["probes"]["tier"], tier, "{status}");
     assert_eq!(status["probes"]["attached"], true);
-    assert_eq!(status["probes"]["release_attached"], true, "a pinned file has a live holder");
     assert!(status["counters"]["pins"].as_u64().unwrap() >= 1);
     // On ext4 the probe names the holder's descriptor: no snapshot needed.
     assert!(status["counters"]["fast_pins"].as_u64().unwrap() >= 1, "{status}");
     assert!(status["held_files"].as_u64().unwrap() >= 1);
     assert!(status["pin_latency_us"]["samples"].as_u64().unwrap() >= 1);
     let hooks = status["probes"]["fs_hooks"].as_array().unwrap();
-    assert!(hooks.iter().any(|h| h == "ext4_unlink_enter"), "{status}");
+    if tier == "tracepoint" {
+        assert_eq!(status["probes"]["release_attached"], true, "a pinned file has a live holder");
+        assert!(hooks.iter().any(|h| h == "ext4_unlink_enter"), "{status}");
+        assert!(status["probes"]["fallback"].as_str().unwrap_or("").contains("fentry"), "{status}");
+    } else {
+        assert!(hooks.iter().any(|h| h == "vfs_unlink"), "{status}");
+    }
     drop(holder);
 }
 

@@ -25,7 +25,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn is_self() -> bool {
+pub fn is_self() -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == unsafe { core::ptr::read_volatile(&raw const SELF_TGID) }
 }
 
@@ -96,8 +96,11 @@ pub fn unrm_fs_rename_victim(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Reports a deletion a filesystem-level hook saw: the path relative to the
+/// filesystem, a holder if the dentry count says one exists. Shared by the
+/// fs tier (ext4 tracepoints) and the fentry tier (the VFS itself).
 #[inline(always)]
-unsafe fn emit(op: u32, dentry: *const u8, inode: *const u8, mut v: Victim) {
+pub unsafe fn emit(op: u32, dentry: *const u8, inode: *const u8, mut v: Victim) {
     let maybe_held = v.flags & victim_flags::REFS_VALID == 0 || v.refs > 1;
     if maybe_held && let Some(found) = unsafe { holder::find(inode) } {
         v.flags |= victim_flags::HOLDER;

@@ -20,6 +20,7 @@ mod iter;
 mod kernel;
 mod maps;
 mod release;
+mod vfshooks;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -121,7 +121,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_open_fds: 0,
     inode_dentry: 0,
     dentry_alias: 0,
-    _pad: 0,
+    sb_magic: 0,
 };
 
 /// `[start, end)` of ext4_rename's code, from /proc/kallsyms: the fs tier
@@ -145,6 +145,11 @@ pub static FS_CALLS: LruHashMap<u32, FsCall> = LruHashMap::with_max_entries(4096
 /// dirty twice in one rename is reported once.
 #[map]
 pub static FS_RENAMED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Argument positions and offsets for the fentry tier's VFS hooks.
+#[unsafe(no_mangle)]
+pub static VFS_ARGS: unrm_abi::VfsArgs =
+    unrm_abi::VfsArgs { unlink_dentry: 0, rename_data: 0, rd_new_dentry: 0, rd_flags: 0 };
 
 /// The daemon's own process, whose pins are not holders.
 #[unsafe(no_mangle)]

@@ -103,6 +103,7 @@ impl Release {
             release_reason::MREMAP => "mremap",
             release_reason::EXEC => "exec",
             release_reason::EXIT => "exit",
+            release_reason::FPUT => "final fput",
             _ => "unknown",
         }
     }

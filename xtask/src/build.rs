@@ -75,6 +75,36 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Builds the test binaries without running them; their paths (the unit
+/// tests of unrm-user, then the integration tests).
+pub fn test_binaries(root: &Path, bin: &Path) -> Result<Vec<PathBuf>> {
+    let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--release", "--no-run", "--message-format=json", "-p", "unrm-user", "-p", "unrm-tests"])
+        .env("UNRM_EBPF_OBJECT", &object)
+        .env("UNRM_BIN", bin)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the tests")?;
+    if !out.status.success() {
+        bail!("building the tests failed");
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test = message["profile"]["test"].as_bool() == Some(true);
+        let kind = message["target"]["kind"][0].as_str().unwrap_or("");
+        if let (true, Some(exe)) = (is_test, message["executable"].as_str()) {
+            // The unit tests of the helper binaries hold none.
+            if kind != "bin" || message["target"]["name"] == "unrm" {
+                binaries.push(PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(binaries)
+}
+
 /// Unit tests of every crate, then the integration tests against `bin`.
 pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     // The integration tests make their own ext4 images and mounts.

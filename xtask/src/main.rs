@@ -6,6 +6,7 @@
 
 mod build;
 mod toolchain;
+mod vm;
 
 use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
 
@@ -31,6 +32,13 @@ enum Task {
     /// Build, then run every test: unit tests and the integration tests (as root).
     Test {
         /// Passed to the test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the tests inside Debian bookworm's stock kernel under qemu, where
+    /// the fentry tier loads (as root; fetches and caches what it needs).
+    VmTest {
+        /// Passed to each test binary (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -66,6 +74,30 @@ fn run(cli: Cli) -> Result<()> {
             let bin = build::all(&root)?;
             require_root("cargo xtask test")?;
             build::test(&root, &bin, &args)?;
+        }
+        Task::VmTest { args } => {
+            let bin = build::all(&root)?;
+            require_root("cargo xtask vm-test")?;
+            let tests = build::test_binaries(&root, &bin)?;
+            let guest = vm::Guest::prepare(&root)?;
+            let mut script = format!(
+                "cd {root}; export UNRM_BIN={bin} UNRM_EXPECT_TIER=fentry RUST_BACKTRACE=1; status=0; ",
+                root = root.display(),
+                bin = bin.display()
+            );
+            for test in &tests {
+                script += &format!(
+                    "echo '== {name}'; {test} --test-threads=1 {args} || status=1; ",
+                    name = test.file_name().unwrap().to_string_lossy(),
+                    test = test.display(),
+                    args = args.join(" ")
+                );
+            }
+            script += "exit $status";
+            let code = guest.run(&script)?;
+            if code != 0 {
+                bail!("tests failed inside the VM (exit {code})");
+            }
         }
         Task::Bench { args } => {
             let bin = build::all(&root)?;

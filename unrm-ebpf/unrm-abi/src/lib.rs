@@ -65,6 +65,24 @@ pub mod release_reason {
     pub const MREMAP: u32 = 5;
     pub const EXEC: u32 = 6;
     pub const EXIT: u32 = 7;
+    /// The last reference to an open file on a watched inode went away
+    /// (`__fput`), whoever dropped it: a close, an exit, a socket buffer.
+    pub const FPUT: u32 = 8;
+}
+
+/// Where the fentry tier finds what it needs in the VFS functions it hooks,
+/// read from the running kernel's BTF (their signatures change between
+/// kernel versions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VfsArgs {
+    /// Position of `dentry` among `vfs_unlink`'s arguments.
+    pub unlink_dentry: u32,
+    /// Position of the `struct renamedata *` among `vfs_rename`'s.
+    pub rename_data: u32,
+    /// Offsets in `struct renamedata`.
+    pub rd_new_dentry: u32,
+    pub rd_flags: u32,
 }
 
 /// How an iterator found a deleted-but-held file.
@@ -219,7 +237,7 @@ pub struct KernelOffsets {
     pub fdt_open_fds: u32,
     pub inode_dentry: u32,
     pub dentry_alias: u32,
-    pub _pad: u32,
+    pub sb_magic: u32,
 }
 
 /// Indices of the probes' per-CPU counters (`STATS` map).
@@ -253,4 +271,5 @@ mod pod {
     // padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::VfsArgs {}
 }

@@ -69,8 +69,11 @@ pub struct DaemonStatus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProbeStatus {
-    /// Which hooks the probes ride on (`tracepoint`).
+    /// Which hooks the probes ride on: `fentry`, `tracepoint` or `fs`.
     pub tier: String,
+    /// Why a better tier was refused, when the daemon fell back.
+    #[serde(default)]
+    pub fallback: Option<String>,
     pub attached: bool,
     /// Filesystem hooks that name the deleted inode, where attached.
     pub fs_hooks: Vec<String>,

@@ -53,11 +53,14 @@ enum Command {
         /// Ring buffer between the probes and the daemon (a power of two).
         #[arg(long, default_value = "4M", value_parser = parse_ring_size)]
         ring_size: u32,
-        /// Which hooks report deletions: `tracepoint` (every filesystem,
-        /// costs every system call while attached) or `fs` (ext4's own
-        /// tracepoints: free for unrelated system calls; other filesystems
-        /// only through periodic snapshots).
-        #[arg(long, value_enum, default_value = "tracepoint")]
+        /// Which hooks report deletions: `fentry` (the VFS itself: every
+        /// filesystem, free for unrelated system calls; needs a kernel that
+        /// allows it), `tracepoint` (every filesystem, costs every system
+        /// call while attached), `fs` (ext4's own tracepoints: free for
+        /// unrelated system calls; other filesystems only through periodic
+        /// snapshots), or `auto`: fentry if the kernel accepts it, else
+        /// tracepoint.
+        #[arg(long, value_enum, default_value = "auto")]
         tier: crate::probe::Tier,
         /// How often to reconcile with the kernel's state without events.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]

@@ -87,6 +87,9 @@ pub fn status(s: &DaemonStatus) {
         if s.probes.fs_hooks.is_empty() { "none".into() } else { s.probes.fs_hooks.join(", ") },
         if s.probes.release_attached { "attached" } else { "idle (nothing to watch)" },
     );
+    if let Some(why) = &s.probes.fallback {
+        println!("tier chosen by fallback: {why}");
+    }
     println!(
         "events: {} ({} deletions, {} releases), lost: {}, scans: {}",
         c.events, c.deletions, c.releases, c.lost_events, c.scans

@@ -80,7 +80,7 @@ pub fn run(opts: Options) -> Result<()> {
     let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
     let mut probes =
         Probes::load(&LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true })?;
-    log::info!("probes attached ({} tier; filesystem hooks: {:?})", opts.tier.name(), probes.fs_hooks());
+    log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
     let ring = probes.take_events()?;
     let logger = probes.logger();
 

@@ -26,6 +26,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -206,6 +207,34 @@ impl KernelBtf {
         bail!("BTF type {id} is a loop of qualifiers")
     }
 
+    /// The position of parameter `param` of function `func`.
+    pub fn func_param(&self, func: &str, param: &str) -> Result<u32> {
+        let id = (1..self.starts.len() as u32)
+            .find(|&id| {
+                self.header(id).is_ok_and(|t| t.kind == KIND_FUNC && self.name(t.name_off) == func.as_bytes())
+            })
+            .ok_or_else(|| anyhow!("function {func} is not in the kernel's BTF"))?;
+        let proto = self.header(id)?.size_or_type;
+        let t = self.header(proto)?;
+        if t.kind != KIND_FUNC_PROTO {
+            bail!("{func} has no prototype in the kernel's BTF");
+        }
+        let params = self.starts[proto as usize] as usize + 12;
+        (0..t.vlen)
+            .find(|&i| self.u32_at(params + i as usize * 8).is_ok_and(|n| self.name(n) == param.as_bytes()))
+            .ok_or_else(|| anyhow!("{func} has no parameter {param} in this kernel"))
+    }
+
+    /// Where the fentry tier's hooks find their arguments in this kernel.
+    pub fn vfs_args(&self) -> Result<unrm_abi::VfsArgs> {
+        Ok(unrm_abi::VfsArgs {
+            unlink_dentry: self.func_param("vfs_unlink", "dentry")?,
+            rename_data: self.func_param("vfs_rename", "rd")?,
+            rd_new_dentry: self.offset("renamedata", &["new_dentry"])?,
+            rd_flags: self.offset("renamedata", &["flags"])?,
+        })
+    }
+
     /// Every offset the probes use.
     pub fn probe_offsets(&self) -> Result<KernelOffsets> {
         let o = |s: &str, paths: &[&str]| self.offset(s, paths);
@@ -252,7 +281,7 @@ impl KernelBtf {
             fdt_open_fds: o("fdtable", &["open_fds"])?,
             inode_dentry: o("inode", &["i_dentry"])?,
             dentry_alias: o("dentry", &["d_u.d_alias", "d_alias"])?,
-            _pad: 0,
+            sb_magic: o("super_block", &["s_magic"])?,
         })
     }
 }
@@ -287,6 +316,17 @@ mod tests {
         assert_ne!(o.inode_ino, 0);
         // struct lockref is { spinlock, count } inside d_lockref.
         assert_eq!(o.dentry_count, btf.offset("dentry", &["d_lockref"]).unwrap() + 4);
+    }
+
+    #[test]
+    fn vfs_arguments_are_found_by_name() {
+        let btf = KernelBtf::load().expect("kernel BTF");
+        let args = btf.vfs_args().expect("vfs_unlink and vfs_rename");
+        // vfs_unlink(idmap or userns, dir, dentry, delegated_inode) since 5.12.
+        assert_eq!(args.unlink_dentry, 2);
+        assert_eq!(args.rename_data, 0);
+        assert!(btf.func_param("vfs_unlink", "no_such_param").is_err());
+        assert!(btf.func_param("no_such_function_unrm", "x").is_err());
     }
 
     #[test]

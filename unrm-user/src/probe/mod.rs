@@ -14,7 +14,10 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        BtfTracePoint, FEntry, FExit, Iter, TracePoint, fentry::FEntryLink, fexit::FExitLink,
+        trace_point::TracePointLinkId,
+    },
 };
 use unrm_abi::{InodeKey, stat};
 
@@ -24,6 +27,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("UNRM_EBPF_OBJECT"));
 /// Which hooks tell the daemon about deletions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
+    /// The best this kernel accepts: fentry, else tracepoint.
+    Auto,
+    /// fentry/fexit on `vfs_unlink` and `vfs_rename` (every filesystem,
+    /// nothing on unrelated system calls) and on `__fput` for the real final
+    /// release. Needs a kernel that allows tracing programs to attach.
+    Fentry,
     /// Syscall tracepoints on unlink/rename (every filesystem, relative
     /// paths as the caller named them) plus ext4's hooks for the inode.
     /// Costs every system call of every process the syscall-tracing slow
@@ -38,6 +47,8 @@ pub enum Tier {
 impl Tier {
     pub fn name(self) -> &'static str {
         match self {
+            Tier::Auto => "auto",
+            Tier::Fentry => "fentry",
             Tier::Tracepoint => "tracepoint",
             Tier::Fs => "fs",
         }
@@ -89,6 +100,14 @@ const RELEASE: Attachments = &[
 const FS_HOOKS: &[(&str, &str)] =
     &[("unrm_ext4_unlink", "ext4_unlink_enter"), ("unrm_ext4_dirty", "ext4_mark_inode_dirty")];
 
+/// The fentry tier's hooks: (program, kernel function, entry or exit).
+const VFS_HOOKS: &[(&str, &str, bool)] = &[
+    ("unrm_vfs_unlink", "vfs_unlink", true),
+    ("unrm_vfs_unlink_exit", "vfs_unlink", false),
+    ("unrm_vfs_rename", "vfs_rename", true),
+    ("unrm_vfs_rename_exit", "vfs_rename", false),
+];
+
 /// The fs tier's hooks: whole deletions, seen by the filesystem alone.
 const FS_TIER_HOOKS: &[(&str, &str)] = &[
     ("unrm_fs_unlink_enter", "ext4_unlink_enter"),
@@ -109,8 +128,13 @@ pub struct LoadOptions {
 
 pub struct Probes {
     tier: Tier,
+    /// Why a better tier than `tier` was not used, when `auto` fell back.
+    fallback: Option<String>,
     ebpf: Ebpf,
     release_links: Vec<(&'static str, TracePointLinkId)>,
+    /// The fentry tier's links, owned here so that they live as long as
+    /// the probes.
+    vfs_links: Vec<Hook>,
     fs_hooks: Vec<&'static str>,
 }
 
@@ -123,6 +147,10 @@ impl Probes {
         let started = std::time::Instant::now();
         let kernel_btf = btf::KernelBtf::load()?;
         let offsets = kernel_btf.probe_offsets()?;
+        // Missing in a kernel whose VFS changed shape: the fentry tier then
+        // refuses to load, saying so.
+        let vfs_args = kernel_btf.vfs_args();
+        let vfs_globals = vfs_args.as_ref().copied().unwrap_or_default();
         let btf = kernel_btf.for_aya()?;
         drop(kernel_btf);
         let self_tgid = std::process::id();
@@ -134,6 +162,7 @@ impl Probes {
             .override_global("OFFSETS", &offsets, true)
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("EXT4_RENAME", &ext4_rename, true)
+            .override_global("VFS_ARGS", &vfs_globals, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
         if !opts.hooks {
             // The iterators use none of the hooks' tables: keep them tiny.
@@ -148,25 +177,54 @@ impl Probes {
             prog.load(iter_type, &btf).map_err(|err| verifier_error(name, err))?;
         }
         log::debug!("object and iterators loaded in {:?}", started.elapsed());
-        let mut probes = Self { tier: opts.tier, ebpf, release_links: Vec::new(), fs_hooks: Vec::new() };
+        let mut probes = Self {
+            tier: opts.tier,
+            fallback: None,
+            ebpf,
+            release_links: Vec::new(),
+            vfs_links: Vec::new(),
+            fs_hooks: Vec::new(),
+        };
         if !opts.hooks {
             return Ok(probes);
         }
+        if matches!(opts.tier, Tier::Auto | Tier::Fentry) {
+            let attached = match &vfs_args {
+                Ok(_) => probes.attach_vfs(&btf),
+                Err(err) => Err(anyhow::anyhow!("{err:#}")),
+            };
+            match attached {
+                Ok(()) => {
+                    probes.tier = Tier::Fentry;
+                    return Ok(probes);
+                }
+                Err(err) if opts.tier == Tier::Fentry => {
+                    return Err(err.context("the fentry tier cannot load here; try --tier tracepoint"));
+                }
+                Err(err) => {
+                    let why = format!("fentry refused: {err:#}");
+                    log::info!("{why}; falling back to the tracepoint tier");
+                    probes.fallback = Some(why);
+                    probes.tier = Tier::Tracepoint;
+                }
+            }
+        }
+        let tier = probes.tier;
         ensure_tracefs()?;
-        let deletion: Attachments = if opts.tier == Tier::Tracepoint { DELETION } else { &[] };
+        let deletion: Attachments = if tier == Tier::Tracepoint { DELETION } else { &[] };
         for (name, _) in deletion.iter().chain(RELEASE) {
             let prog: &mut TracePoint = program(&mut probes.ebpf, name)?;
             prog.load().map_err(|err| verifier_error(name, err))?;
         }
         probes.attach(deletion)?;
-        let hooks = if opts.tier == Tier::Tracepoint { FS_HOOKS } else { FS_TIER_HOOKS };
+        let hooks = if tier == Tier::Tracepoint { FS_HOOKS } else { FS_TIER_HOOKS };
         for (name, hook) in hooks {
             match attach_btf(&mut probes.ebpf, &btf, name, hook) {
                 Ok(()) => probes.fs_hooks.push(hook),
                 Err(err) => log::info!("filesystem hook {hook} unavailable: {err:#}"),
             }
         }
-        if opts.tier == Tier::Fs && probes.fs_hooks.is_empty() {
+        if tier == Tier::Fs && probes.fs_hooks.is_empty() {
             bail!(
                 "the fs tier needs ext4's tracepoints, which this kernel does not offer; use --tier tracepoint"
             );
@@ -176,6 +234,47 @@ impl Probes {
 
     pub fn tier(&self) -> Tier {
         self.tier
+    }
+
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Loads and attaches the fentry tier, all or nothing. `__fput` is a
+    /// bonus: without it, releases are seen by pidfds and snapshots.
+    fn attach_vfs(&mut self, btf: &Btf) -> Result<()> {
+        let mut links = Vec::new();
+        for (name, function, entry) in VFS_HOOKS {
+            let attached = if *entry {
+                let prog: &mut FEntry = program(&mut self.ebpf, name)?;
+                prog.load(function, btf).map_err(|err| verifier_error(name, err)).and_then(|()| {
+                    let id = prog.attach()?;
+                    Ok(Hook::Entry(prog.take_link(id)?))
+                })
+            } else {
+                let prog: &mut FExit = program(&mut self.ebpf, name)?;
+                prog.load(function, btf).map_err(|err| verifier_error(name, err)).and_then(|()| {
+                    let id = prog.attach()?;
+                    Ok(Hook::Exit(prog.take_link(id)?))
+                })
+            };
+            // Dropping the links taken so far detaches them.
+            links.push(attached.with_context(|| format!("{name} on {function}"))?);
+        }
+        let prog: &mut FEntry = program(&mut self.ebpf, "unrm_fput")?;
+        match prog.load("__fput", btf).map_err(|err| verifier_error("unrm_fput", err)).and_then(|()| {
+            let id = prog.attach()?;
+            Ok(prog.take_link(id)?)
+        }) {
+            Ok(link) => {
+                links.push(Hook::Entry(link));
+                self.fs_hooks.push("__fput");
+            }
+            Err(err) => log::info!("no final-release hook (__fput): {err:#}"),
+        }
+        self.fs_hooks.extend(["vfs_unlink", "vfs_rename"]);
+        self.vfs_links = links;
+        Ok(())
     }
 
     /// The filesystem hooks that attached.
@@ -266,6 +365,13 @@ impl Probes {
     pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
+}
+
+/// An attached fentry or fexit program; detached when dropped.
+#[allow(dead_code)] // held for its Drop
+enum Hook {
+    Entry(FEntryLink),
+    Exit(FExitLink),
 }
 
 /// The kernel-side filters of the release probes.

@@ -94,6 +94,7 @@ impl Engine {
             state_dir: self.cfg.state_dir.display().to_string(),
             probes: ProbeStatus {
                 tier: self.probes.tier().name().into(),
+                fallback: self.probes.fallback().map(str::to_owned),
                 attached: true,
                 fs_hooks: self.probes.fs_hooks().iter().map(|h| h.to_string()).collect(),
                 release_attached: self.probes.release_attached(),

@@ -1,0 +1,252 @@
+//! `cargo xtask vm-test`: the integration tests inside Debian bookworm's
+//! stock kernel, under qemu, where fentry/fexit load (these machines refuse
+//! them). The host's root is shared read-only over 9p with a tmpfs overlay
+//! on top, so the binaries built here run unchanged in the guest; results
+//! come back through a virtio-serial port. Everything is fetched and cached
+//! under target/vm.
+//!
+//! TCG only here (the machine's /dev/kvm is a nested hypervisor that
+//! aborts or crawls); where real KVM exists, set UNRM_VM_KVM=1.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::toolchain;
+
+/// Modules the guest needs that Debian builds as modules (crc32c is ext4's
+/// soft dependency: the kernel would ask for it from a root filesystem that
+/// has no modules for this kernel).
+const MODULES: &[&str] =
+    &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "loop", "crc32c_generic", "ext4"];
+
+/// The guest's /init: mount the host's root read-only under a tmpfs
+/// overlay, chroot into it, run the command from the kernel command line,
+/// write its output and exit status to the `out` port, power off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in MODULES; do modprobe $m; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /host
+mount -t tmpfs tmpfs /upper; mkdir -p /upper/u /upper/w
+mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /merged
+out=/dev/null
+for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = out ] && out=/dev/$(basename $p); done
+cmd=$(sed -n 's/.*unrm_cmd=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
+chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /var/tmp; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; $cmd" > $out 2>&1
+echo "unrm-vm-exit=$?" > $out
+poweroff -f
+"#;
+
+pub struct Guest {
+    dir: PathBuf,
+}
+
+impl Guest {
+    /// Fetches, unpacks and prepares the stock kernel and an initramfs.
+    pub fn prepare(root: &Path) -> Result<Self> {
+        toolchain::ensure_commands(&[
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("busybox", "busybox-static"),
+            ("cpio", "cpio"),
+            ("depmod", "kmod"),
+            ("xz", "xz-utils"),
+        ])?;
+        let dir = root.join("target/vm");
+        std::fs::create_dir_all(&dir)?;
+        let guest = Guest { dir };
+        if !guest.dir.join("vmlinux").exists() || !guest.dir.join("initrd.gz").exists() {
+            guest.fetch_kernel()?;
+            guest.build_initramfs()?;
+        }
+        Ok(guest)
+    }
+
+    fn fetch_kernel(&self) -> Result<()> {
+        let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+        let package = depends
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .context("apt-cache names no kernel package for linux-image-amd64")?
+            .to_owned();
+        eprintln!("xtask: fetching {package}");
+        let download = || Command::new("apt-get").arg("download").arg(&package).current_dir(&self.dir).status();
+        if !download()?.success() {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            if !download()?.success() {
+                bail!("apt-get download {package} failed");
+            }
+        }
+        let deb = std::fs::read_dir(&self.dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&package)))
+            .context("the downloaded kernel package is missing")?;
+        let unpacked = self.dir.join("root");
+        let _ = std::fs::remove_dir_all(&unpacked);
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        let version = self.kernel_version()?;
+        run(Command::new("depmod").arg("-b").arg(&unpacked).arg(&version))?;
+        // Decompressing vmlinuz under TCG costs seconds per boot: do it once.
+        let image = std::fs::read(unpacked.join(format!("boot/vmlinuz-{version}")))?;
+        let at = image.windows(6).position(|w| w == b"\xfd7zXZ\x00").context("vmlinuz holds no xz stream")?;
+        let xz = self.dir.join("vmlinuz.xz");
+        std::fs::write(&xz, &image[at..])?;
+        let elf = Command::new("xz").args(["-dc", "--single-stream"]).arg(&xz).output()?;
+        if elf.stdout.len() < 1 << 20 {
+            bail!("could not decompress the kernel image");
+        }
+        std::fs::write(self.dir.join("vmlinux"), elf.stdout)?;
+        Ok(())
+    }
+
+    fn kernel_version(&self) -> Result<String> {
+        let modules = self.dir.join("root/lib/modules");
+        let entry = std::fs::read_dir(&modules)?.flatten().next().context("the kernel package has no modules")?;
+        Ok(entry.file_name().to_string_lossy().into_owned())
+    }
+
+    /// busybox, the modules with their dependencies, and /init.
+    fn build_initramfs(&self) -> Result<()> {
+        let version = self.kernel_version()?;
+        let modules = self.dir.join("root/lib/modules").join(&version);
+        let tree = self.dir.join("initrd");
+        let _ = std::fs::remove_dir_all(&tree);
+        for d in ["bin", "proc", "sys", "dev", "host", "upper", "merged"] {
+            std::fs::create_dir_all(tree.join(d))?;
+        }
+        std::fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
+        let deps: Vec<(String, Vec<String>)> = std::fs::read_to_string(modules.join("modules.dep"))?
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(m, d)| (m.to_owned(), d.split_whitespace().map(str::to_owned).collect()))
+            .collect();
+        let mut needed: Vec<String> = Vec::new();
+        fn add(module: &str, deps: &[(String, Vec<String>)], needed: &mut Vec<String>) {
+            let Some((_, ds)) = deps.iter().find(|(m, _)| m == module) else { return };
+            for d in ds {
+                add(d, deps, needed);
+            }
+            if !needed.iter().any(|n| n == module) {
+                needed.push(module.to_owned());
+            }
+        }
+        for name in MODULES {
+            let path = deps
+                .iter()
+                .map(|(m, _)| m)
+                .find(|m| Path::new(m).file_name().is_some_and(|f| f.to_string_lossy().split('.').next() == Some(name)))
+                .with_context(|| format!("module {name} is not in the kernel package"))?;
+            add(&path.clone(), &deps, &mut needed);
+        }
+        let target = tree.join("lib/modules").join(&version);
+        let mut dep_file = String::new();
+        for module in &needed {
+            let to = target.join(module);
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(modules.join(module), &to)?;
+            let ds = &deps.iter().find(|(m, _)| m == module).unwrap().1;
+            writeln!(dep_file, "{module}: {}", ds.join(" "))?;
+        }
+        std::fs::write(target.join("modules.dep"), dep_file)?;
+        std::fs::write(tree.join("init"), INIT.replace("MODULES", &MODULES.join(" ")))?;
+        run(Command::new("chmod").arg("+x").arg(tree.join("init")))?;
+        let cpio = Command::new("sh")
+            .arg("-c")
+            .arg("find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
+            .current_dir(&tree)
+            .status()?;
+        if !cpio.success() {
+            bail!("building the initramfs failed");
+        }
+        Ok(())
+    }
+
+    /// Boots, runs `command` as root in the guest, prints its output, and
+    /// returns its exit status.
+    pub fn run(&self, command: &str) -> Result<i32> {
+        let out = self.dir.join("out.txt");
+        let _ = std::fs::remove_file(&out);
+        let encoded = base64(command.as_bytes());
+        let kvm = std::env::var_os("UNRM_VM_KVM").is_some();
+        let mut qemu = Command::new("qemu-system-x86_64");
+        if kvm {
+            qemu.args(["-enable-kvm", "-cpu", "host"]);
+        } else {
+            qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
+        }
+        qemu.args(["-M", "pc", "-m", "3G", "-smp", "2", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(self.dir.join("vmlinux"))
+            .arg("-initrd")
+            .arg(self.dir.join("initrd.gz"))
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_cmd={encoded}"))
+            .args(["-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"])
+            .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot", "-device", "virtio-serial"])
+            .arg("-chardev")
+            .arg(format!("file,id=out,path={}", out.display()))
+            .args(["-device", "virtserialport,chardev=out,name=out"])
+            .stdout(std::fs::File::create(self.dir.join("console.log"))?)
+            .stderr(std::process::Stdio::null());
+        let status = qemu.status().context("running qemu-system-x86_64")?;
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let (body, code) = match text.rsplit_once("unrm-vm-exit=") {
+            Some((body, code)) => (body, code.trim().parse().unwrap_or(1)),
+            None => {
+                bail!(
+                    "the guest gave no exit status (qemu {status}); see {}\n{text}",
+                    self.dir.join("console.log").display()
+                )
+            }
+        };
+        print!("{body}");
+        Ok(code)
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"cd /tmp; ls"), "Y2QgL3RtcDsgbHM=");
+    }
+}
