@@ -92,7 +92,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "debug,aya=info,aya_obj=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -217,6 +217,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             self.terminate();
+        }
+        if std::thread::panicking() {
+            // The test harness shows this only for the failed test.
+            println!("---- daemon log ----\n{}", self.log());
         }
     }
 }

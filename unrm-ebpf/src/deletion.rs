@@ -9,8 +9,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_ns, generated,
     },
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use unrm_abi::{DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags, stat, victim_flags};
@@ -206,8 +206,8 @@ pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
 }
 
 /// ext4 calls this with the dentry it is about to unlink, inside our call.
-#[btf_tracepoint(function = "ext4_unlink_enter")]
-pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_unlink_enter")]
+pub fn unrm_ext4_unlink(ctx: RawTracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
     unsafe {
@@ -223,8 +223,8 @@ pub fn unrm_ext4_unlink(ctx: BtfTracePointContext) -> u32 {
 
 /// ext4 marks every inode a rename touches dirty; a regular file whose link
 /// count has just reached zero is the one the rename replaced.
-#[btf_tracepoint(function = "ext4_mark_inode_dirty")]
-pub fn unrm_ext4_dirty(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_mark_inode_dirty")]
+pub fn unrm_ext4_dirty(ctx: RawTracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(&tid) else { return 0 };
     unsafe {

@@ -10,11 +10,13 @@
 //! mounted. Other filesystems are left to the daemon's periodic snapshots.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
+use aya_log_ebpf::warn;
 use unrm_abi::{DeleteEvent, Victim, delete_op, event_kind, path_flags, stat, victim_flags};
 
 use crate::{
@@ -29,8 +31,8 @@ pub fn is_self() -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == unsafe { core::ptr::read_volatile(&raw const SELF_TGID) }
 }
 
-#[btf_tracepoint(function = "ext4_unlink_enter")]
-pub fn unrm_fs_unlink_enter(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_unlink_enter")]
+pub fn unrm_fs_unlink_enter(ctx: RawTracePointContext) -> u32 {
     if is_self() {
         return 0;
     }
@@ -53,23 +55,23 @@ pub fn unrm_fs_unlink_enter(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "ext4_unlink_exit")]
-pub fn unrm_fs_unlink_exit(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_unlink_exit")]
+pub fn unrm_fs_unlink_exit(ctx: RawTracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = FS_CALLS.get_ptr(&tid) else { return 0 };
     let call = unsafe { *call };
     let _ = FS_CALLS.remove(&tid);
     let ret: u64 = ctx.arg(1);
     if ret as i32 == 0 {
-        unsafe { emit(delete_op::UNLINK, call.dentry as *const u8, call.inode as *const u8, call.victim) };
+        unsafe { emit(&ctx, delete_op::UNLINK, call.dentry as *const u8, call.inode as *const u8, call.victim) };
     }
     0
 }
 
 /// `ext4_mark_inode_dirty(inode, caller)`: during a rename, the replaced
 /// file is the regular inode left with no link.
-#[btf_tracepoint(function = "ext4_mark_inode_dirty")]
-pub fn unrm_fs_rename_victim(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "ext4_mark_inode_dirty")]
+pub fn unrm_fs_rename_victim(ctx: RawTracePointContext) -> u32 {
     let caller: u64 = ctx.arg(1);
     let range = unsafe { core::ptr::read_volatile(&raw const EXT4_RENAME) };
     if caller < range[0] || caller >= range[1] || is_self() {
@@ -91,7 +93,7 @@ pub fn unrm_fs_rename_victim(ctx: BtfTracePointContext) -> u32 {
         let _ = FS_RENAMED.insert(&tid, &(inode as u64), 0);
         let Some(dentry) = read_ptr(inode, off!(inode_dentry)) else { return 0 };
         let dentry = dentry.wrapping_sub(off!(dentry_alias));
-        emit(delete_op::RENAME, dentry, inode, victim(&facts, 1, rename_victim_refs(inode)));
+        emit(&ctx, delete_op::RENAME, dentry, inode, victim(&facts, 1, rename_victim_refs(inode)));
     }
     0
 }
@@ -100,7 +102,7 @@ pub fn unrm_fs_rename_victim(ctx: BtfTracePointContext) -> u32 {
 /// filesystem, a holder if the dentry count says one exists. Shared by the
 /// fs tier (ext4 tracepoints) and the fentry tier (the VFS itself).
 #[inline(always)]
-pub unsafe fn emit(op: u32, dentry: *const u8, inode: *const u8, mut v: Victim) {
+pub unsafe fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: *const u8, inode: *const u8, mut v: Victim) {
     let maybe_held = v.flags & victim_flags::REFS_VALID == 0 || v.refs > 1;
     if maybe_held && let Some(found) = unsafe { holder::find(inode) } {
         v.flags |= victim_flags::HOLDER;
@@ -138,6 +140,7 @@ pub unsafe fn emit(op: u32, dentry: *const u8, inode: *const u8, mut v: Victim) 
         let wake = if maybe_held { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
         if EVENTS.output::<[u8]>(bytes, wake as u64).is_err() {
             count(stat::LOST_EVENTS);
+            warn!(ctx, "unrm: ring buffer full; deletion by {} dropped", (*buf).header.tgid);
         }
     }
 }

@@ -65,7 +65,7 @@ macro_rules! vfs_arg {
 /// Records the call, unless one is already in progress on this thread
 /// (overlayfs reaching its upper layer).
 #[inline(always)]
-unsafe fn begin(dentry: *const u8, refs_slack: u32) {
+unsafe fn begin(dentry: *const u8) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if is_self() || FS_CALLS.get_ptr(&tid).is_some() {
         return;
@@ -76,7 +76,9 @@ unsafe fn begin(dentry: *const u8, refs_slack: u32) {
         if !facts.is_regular() || facts.nlink != 1 {
             return;
         }
-        let slack = refs_slack + pinned_by_fs(inode);
+        // At entry the caller's lookup holds one reference, as the deleter's
+        // own does for the other tiers; `vfs_rename` takes its extra one later.
+        let slack = pinned_by_fs(inode);
         let refs = read::<u32>(dentry, off!(dentry_count)).map(|r| r.saturating_sub(slack));
         let call = FsCall { dentry: dentry as u64, inode: inode as u64, victim: victim(&facts, 1, refs) };
         if FS_CALLS.insert(&tid, &call, 0).is_err() {
@@ -87,7 +89,7 @@ unsafe fn begin(dentry: *const u8, refs_slack: u32) {
 
 /// Reports the call `begin` recorded for `dentry`, if it succeeded.
 #[inline(always)]
-unsafe fn end(ctx: *mut c_void, op: u32, dentry: u64) {
+unsafe fn end(ctx: &FExitContext, op: u32, dentry: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(call) = FS_CALLS.get_ptr(&tid) else { return };
     let call = unsafe { *call };
@@ -95,15 +97,15 @@ unsafe fn end(ctx: *mut c_void, op: u32, dentry: u64) {
         return; // the inner call of a nested pair
     }
     let _ = FS_CALLS.remove(&tid);
-    if func_ret(ctx) == Some(0) {
-        unsafe { emit(op, call.dentry as *const u8, call.inode as *const u8, call.victim) };
+    if func_ret(ctx.as_ptr()) == Some(0) {
+        unsafe { emit(ctx, op, call.dentry as *const u8, call.inode as *const u8, call.victim) };
     }
 }
 
 #[fentry(function = "vfs_unlink")]
 pub fn unrm_vfs_unlink(ctx: FEntryContext) -> u32 {
     if let Some(dentry) = func_arg(ctx.as_ptr(), vfs_arg!(unlink_dentry)) {
-        unsafe { begin(dentry as *const u8, 0) };
+        unsafe { begin(dentry as *const u8) };
     }
     0
 }
@@ -111,7 +113,7 @@ pub fn unrm_vfs_unlink(ctx: FEntryContext) -> u32 {
 #[fexit(function = "vfs_unlink")]
 pub fn unrm_vfs_unlink_exit(ctx: FExitContext) -> u32 {
     if let Some(dentry) = func_arg(ctx.as_ptr(), vfs_arg!(unlink_dentry)) {
-        unsafe { end(ctx.as_ptr(), delete_op::UNLINK, dentry) };
+        unsafe { end(&ctx, delete_op::UNLINK, dentry) };
     }
     0
 }
@@ -131,9 +133,8 @@ unsafe fn rename_target(ctx: *mut c_void) -> Option<u64> {
 
 #[fentry(function = "vfs_rename")]
 pub fn unrm_vfs_rename(ctx: FEntryContext) -> u32 {
-    // A rename holds one reference more on its target than an unlink does.
     if let Some(target) = unsafe { rename_target(ctx.as_ptr()) } {
-        unsafe { begin(target as *const u8, 1) };
+        unsafe { begin(target as *const u8) };
     }
     0
 }
@@ -141,7 +142,7 @@ pub fn unrm_vfs_rename(ctx: FEntryContext) -> u32 {
 #[fexit(function = "vfs_rename")]
 pub fn unrm_vfs_rename_exit(ctx: FExitContext) -> u32 {
     if let Some(target) = unsafe { rename_target(ctx.as_ptr()) } {
-        unsafe { end(ctx.as_ptr(), delete_op::RENAME, target) };
+        unsafe { end(&ctx, delete_op::RENAME, target) };
     }
     0
 }

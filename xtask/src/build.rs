@@ -81,7 +81,16 @@ pub fn test_binaries(root: &Path, bin: &Path) -> Result<Vec<PathBuf>> {
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let out = Command::new("cargo")
         .current_dir(root)
-        .args(["test", "--release", "--no-run", "--message-format=json", "-p", "unrm-user", "-p", "unrm-tests"])
+        .args([
+            "test",
+            "--release",
+            "--no-run",
+            "--message-format=json",
+            "-p",
+            "unrm-user",
+            "-p",
+            "unrm-tests",
+        ])
         .env("UNRM_EBPF_OBJECT", &object)
         .env("UNRM_BIN", bin)
         .stderr(std::process::Stdio::inherit())

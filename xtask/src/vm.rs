@@ -25,7 +25,8 @@ const MODULES: &[&str] =
     &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "loop", "crc32c_generic", "ext4"];
 
 /// The guest's /init: mount the host's root read-only under a tmpfs
-/// overlay, chroot into it, run the command from the kernel command line,
+/// overlay, chroot into it, run the script the kernel command line names
+/// (a file on the shared root: the command line itself holds only 2 KiB),
 /// write its output and exit status to the `out` port, power off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -36,8 +37,8 @@ mount -t tmpfs tmpfs /upper; mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /merged
 out=/dev/null
 for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = out ] && out=/dev/$(basename $p); done
-cmd=$(sed -n 's/.*unrm_cmd=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
-chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /var/tmp; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; $cmd" > $out 2>&1
+script=$(sed -n 's/.*unrm_script=\([^ ]*\).*/\1/p' /proc/cmdline)
+chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /var/tmp; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
 echo "unrm-vm-exit=$?" > $out
 poweroff -f
 "#;
@@ -59,8 +60,11 @@ impl Guest {
         let dir = root.join("target/vm");
         std::fs::create_dir_all(&dir)?;
         let guest = Guest { dir };
-        if !guest.dir.join("vmlinux").exists() || !guest.dir.join("initrd.gz").exists() {
+        if !guest.dir.join("vmlinux").exists() {
             guest.fetch_kernel()?;
+        }
+        let init = std::fs::read_to_string(guest.dir.join("initrd/init")).unwrap_or_default();
+        if init != guest.init() || !guest.dir.join("initrd.gz").exists() {
             guest.build_initramfs()?;
         }
         Ok(guest)
@@ -74,7 +78,8 @@ impl Guest {
             .context("apt-cache names no kernel package for linux-image-amd64")?
             .to_owned();
         eprintln!("xtask: fetching {package}");
-        let download = || Command::new("apt-get").arg("download").arg(&package).current_dir(&self.dir).status();
+        let download =
+            || Command::new("apt-get").arg("download").arg(&package).current_dir(&self.dir).status();
         if !download()?.success() {
             run(Command::new("apt-get").args(["update", "-qq"]))?;
             if !download()?.success() {
@@ -106,8 +111,13 @@ impl Guest {
 
     fn kernel_version(&self) -> Result<String> {
         let modules = self.dir.join("root/lib/modules");
-        let entry = std::fs::read_dir(&modules)?.flatten().next().context("the kernel package has no modules")?;
+        let entry =
+            std::fs::read_dir(&modules)?.flatten().next().context("the kernel package has no modules")?;
         Ok(entry.file_name().to_string_lossy().into_owned())
+    }
+
+    fn init(&self) -> String {
+        INIT.replace("MODULES", &MODULES.join(" "))
     }
 
     /// busybox, the modules with their dependencies, and /init.
@@ -139,7 +149,11 @@ impl Guest {
             let path = deps
                 .iter()
                 .map(|(m, _)| m)
-                .find(|m| Path::new(m).file_name().is_some_and(|f| f.to_string_lossy().split('.').next() == Some(name)))
+                .find(|m| {
+                    Path::new(m)
+                        .file_name()
+                        .is_some_and(|f| f.to_string_lossy().split('.').next() == Some(name))
+                })
                 .with_context(|| format!("module {name} is not in the kernel package"))?;
             add(&path.clone(), &deps, &mut needed);
         }
@@ -153,7 +167,7 @@ impl Guest {
             writeln!(dep_file, "{module}: {}", ds.join(" "))?;
         }
         std::fs::write(target.join("modules.dep"), dep_file)?;
-        std::fs::write(tree.join("init"), INIT.replace("MODULES", &MODULES.join(" ")))?;
+        std::fs::write(tree.join("init"), self.init())?;
         run(Command::new("chmod").arg("+x").arg(tree.join("init")))?;
         let cpio = Command::new("sh")
             .arg("-c")
@@ -171,7 +185,8 @@ impl Guest {
     pub fn run(&self, command: &str) -> Result<i32> {
         let out = self.dir.join("out.txt");
         let _ = std::fs::remove_file(&out);
-        let encoded = base64(command.as_bytes());
+        let script = self.dir.join("script.sh");
+        std::fs::write(&script, command)?;
         let kvm = std::env::var_os("UNRM_VM_KVM").is_some();
         let mut qemu = Command::new("qemu-system-x86_64");
         if kvm {
@@ -185,7 +200,7 @@ impl Guest {
             .arg("-initrd")
             .arg(self.dir.join("initrd.gz"))
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_cmd={encoded}"))
+            .arg(format!("console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={}", script.display()))
             .args(["-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"])
             .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot", "-device", "virtio-serial"])
             .arg("-chardev")
@@ -193,7 +208,7 @@ impl Guest {
             .args(["-device", "virtserialport,chardev=out,name=out"])
             .stdout(std::fs::File::create(self.dir.join("console.log"))?)
             .stderr(std::process::Stdio::null());
-        let status = qemu.status().context("running qemu-system-x86_64")?;
+        let status = wait_for(qemu.spawn().context("running qemu-system-x86_64")?)?;
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         let (body, code) = match text.rsplit_once("unrm-vm-exit=") {
             Some((body, code)) => (body, code.trim().parse().unwrap_or(1)),
@@ -209,21 +224,22 @@ impl Guest {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+/// Waits for the guest, killing it after `UNRM_VM_TIMEOUT` seconds (default
+/// 45 minutes): a guest that hangs must not hang CI with it.
+fn wait_for(mut qemu: std::process::Child) -> Result<std::process::ExitStatus> {
+    let limit = std::env::var("UNRM_VM_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(45 * 60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            return Ok(status);
         }
+        if std::time::Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            bail!("the guest ran for more than {limit} s and was killed (UNRM_VM_TIMEOUT)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    out
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -237,16 +253,4 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"cd /tmp; ls"), "Y2QgL3RtcDsgbHM=");
-    }
 }

@@ -15,7 +15,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, FEntry, FExit, Iter, TracePoint, fentry::FEntryLink, fexit::FExitLink,
+        FEntry, FExit, Iter, RawTracePoint, TracePoint, fentry::FEntryLink, fexit::FExitLink,
         trace_point::TracePointLinkId,
     },
 };
@@ -219,7 +219,7 @@ impl Probes {
         probes.attach(deletion)?;
         let hooks = if tier == Tier::Tracepoint { FS_HOOKS } else { FS_TIER_HOOKS };
         for (name, hook) in hooks {
-            match attach_btf(&mut probes.ebpf, &btf, name, hook) {
+            match attach_raw(&mut probes.ebpf, name, hook) {
                 Ok(()) => probes.fs_hooks.push(hook),
                 Err(err) => log::info!("filesystem hook {hook} unavailable: {err:#}"),
             }
@@ -418,10 +418,14 @@ fn verifier_error(name: &str, err: aya::programs::ProgramError) -> anyhow::Error
     anyhow::anyhow!("the kernel refused probe {name}: {tail}")
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str, hook: &str) -> Result<()> {
-    let prog: &mut BtfTracePoint = program(ebpf, name)?;
-    prog.load(hook, btf).map_err(|err| verifier_error(name, err))?;
-    prog.attach()?;
+/// Raw rather than BTF tracepoints: the kernel finds a raw tracepoint in a
+/// module too, where ext4 lives on most distribution kernels, and aya does
+/// not read module BTF. The probes read the arguments' fields through
+/// offsets either way.
+fn attach_raw(ebpf: &mut Ebpf, name: &str, hook: &str) -> Result<()> {
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
+    prog.load().map_err(|err| verifier_error(name, err))?;
+    prog.attach(hook).with_context(|| format!("attaching {name} to the raw tracepoint {hook}"))?;
     Ok(())
 }
 
