@@ -1,6 +1,8 @@
 //! What must not depend on the probe tier: the same deletions give the same
 //! records whichever hooks saw them, and one deletion is one record even on
-//! overlayfs, where the VFS is entered twice.
+//! overlayfs, where the VFS is entered twice; and a deletion inside another
+//! mount namespace (a container) is recorded where it lives on the host,
+//! with the path the deleter saw.
 
 use std::{fs, path::Path, process::Command};
 
@@ -90,12 +92,80 @@ fn one_deletion_on_overlayfs_is_one_record() {
     fs::write(&file, b"x").unwrap();
     rm(&file, None);
     daemon.wait_record(&file, "unheld");
-    let marker = merged.join("marker");
-    fs::write(&marker, b"m").unwrap();
-    rm(&marker, None);
-    daemon.wait_record(&marker, "unheld");
+    let data = unrm_tests::content("overlay");
+    let held = merged.join("held");
+    fs::write(&held, &data).unwrap();
+    let holder = Holder::fd(&held);
+    rm(&held, None);
+    let rec = daemon.wait_record(&held, "held");
+    assert_eq!(rec["op"], "unlink", "the event, not a later scan, found it: {rec}");
+    assert_eq!(daemon.restore_to(&rec["id"], &merged.join("back")), data);
     let records =
         daemon.json(&["list", "--json", "--limit", "0", "--path", &format!("{}/**", base.path().display())]);
     let paths: Vec<&str> = records.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert_eq!(paths.len(), 2, "one record per deletion, through the overlay: {paths:?}");
+    assert_eq!(paths.len(), 2, "one record per deletion, through the overlay: {records:#}");
+    drop(holder);
+}
+
+/// A process in a mount namespace of its own (a container's view): it binds
+/// `dir` at `view`, removes `names` there, says so, and stays, as a
+/// container's processes do.
+struct Container(std::process::Child);
+
+impl Container {
+    fn rm_through_bind(dir: &Path, view: &Path, names: &[&str]) -> Self {
+        use std::io::BufRead;
+        let files: Vec<String> = names.iter().map(|n| view.join(n).display().to_string()).collect();
+        let script = format!(
+            "mount --bind {dir} {view} && rm {files} && echo removed && exec sleep 600",
+            dir = dir.display(),
+            view = view.display(),
+            files = files.join(" ")
+        );
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "removed", "the container's rm failed");
+        Container(child)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_deletion_in_another_mount_namespace_keeps_both_paths() {
+    let fs = Mount::ext4();
+    let dir = fs.path.join("app-data");
+    fs::create_dir(&dir).unwrap();
+    let data = unrm_tests::content("container");
+    let held = fs.file("app-data/held", &data);
+    let loose = fs.file("app-data/loose", b"loose");
+    // The container's mount point exists on the host too, empty there.
+    let view = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&held);
+
+    let container = Container::rm_through_bind(&dir, view.path(), &["held", "loose"]);
+    let rec = daemon.wait_record(&held, "held");
+    assert_eq!(rec["deleted_by"]["comm"], "rm");
+    assert_eq!(rec["deleted_by"]["path"], view.path().join("held").to_str().unwrap(), "{rec}");
+    assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
+    let rec = daemon.wait_record(&loose, "unheld");
+    assert_eq!(rec["deleted_by"]["path"], view.path().join("loose").to_str().unwrap(), "{rec}");
+
+    // Seen from the host's own namespace, there is one path only.
+    let mine = fs.file("app-data/mine", b"mine");
+    rm(&mine, None);
+    let rec = daemon.wait_record(&mine, "unheld");
+    assert!(rec["deleted_by"].get("path").is_none(), "{rec}");
+    drop((container, holder));
 }

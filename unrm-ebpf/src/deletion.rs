@@ -17,7 +17,10 @@ use unrm_abi::{DeleteEvent, PATH_MAX, Victim, delete_op, event_kind, path_flags,
 
 use crate::{
     holder,
-    kernel::{InodeFacts, PathRef, Walk, fd_file, inode_facts, off, read, read_path, read_ptr, write_dir},
+    kernel::{
+        InodeFacts, PathRef, Walk, current_mnt_ns, fd_file, inode_facts, off, read, read_path, read_ptr,
+        write_dir,
+    },
     maps::{DATA_LEN, EVENT_BUF, EVENTS, INFLIGHT, Inflight, SELF_TGID, count},
 };
 
@@ -141,7 +144,7 @@ unsafe fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
             path_len: path_len as u32,
             dir_len: dir_len as u32,
             path_flags: flags,
-            _pad: 0,
+            mnt_ns: current_mnt_ns(),
         };
         let len = core::mem::size_of::<DeleteEvent>() + path_len + dir_len;
         if len > core::mem::size_of::<DeleteEvent>() + DATA_LEN {

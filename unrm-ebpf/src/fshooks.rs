@@ -22,7 +22,7 @@ use unrm_abi::{DeleteEvent, Victim, delete_op, event_kind, path_flags, stat, vic
 use crate::{
     deletion::victim,
     holder::{self, rename_victim_refs},
-    kernel::{Walk, inode_facts, off, read, read_ptr, write_fs_path},
+    kernel::{Walk, current_mnt_ns, inode_facts, off, read, read_ptr, write_fs_path},
     maps::{DATA_LEN, EVENT_BUF, EVENTS, EXT4_RENAME, FS_CALLS, FS_RENAMED, FsCall, SELF_TGID, count},
 };
 
@@ -63,7 +63,9 @@ pub fn unrm_fs_unlink_exit(ctx: RawTracePointContext) -> u32 {
     let _ = FS_CALLS.remove(&tid);
     let ret: u64 = ctx.arg(1);
     if ret as i32 == 0 {
-        unsafe { emit(&ctx, delete_op::UNLINK, call.dentry as *const u8, call.inode as *const u8, call.victim) };
+        unsafe {
+            emit(&ctx, delete_op::UNLINK, call.dentry as *const u8, call.inode as *const u8, call.victim)
+        };
     }
     0
 }
@@ -130,7 +132,7 @@ pub unsafe fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: *const u8, inode: *
             path_len: 0,
             dir_len: dir_len as u32,
             path_flags: flags,
-            _pad: 0,
+            mnt_ns: current_mnt_ns(),
         };
         let len = core::mem::size_of::<DeleteEvent>() + dir_len;
         if len > core::mem::size_of::<DeleteEvent>() + DATA_LEN {

@@ -61,6 +61,19 @@ pub unsafe fn inode_facts(inode: *const u8) -> Option<InodeFacts> {
     }
 }
 
+/// The current task's mount namespace, as `/proc/self/ns/mnt` numbers it;
+/// 0 if unreadable (an exiting task has no nsproxy).
+#[inline(always)]
+pub fn current_mnt_ns() -> u32 {
+    unsafe {
+        let task = aya_ebpf::helpers::bpf_get_current_task() as *const u8;
+        read_ptr(task, off!(task_nsproxy))
+            .and_then(|ns| read_ptr(ns, off!(nsproxy_mnt_ns)))
+            .and_then(|mnt_ns| read::<u32>(mnt_ns, off!(mnt_ns_inum)))
+            .unwrap_or(0)
+    }
+}
+
 #[inline(always)]
 pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
     unsafe { read_ptr(file, off!(file_inode)) }

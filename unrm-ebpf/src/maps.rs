@@ -122,6 +122,9 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_dentry: 0,
     dentry_alias: 0,
     sb_magic: 0,
+    task_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
+    mnt_ns_inum: 0,
 };
 
 /// `[start, end)` of ext4_rename's code, from /proc/kallsyms: the fs tier

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS records (
     holders        TEXT NOT NULL DEFAULT '[]',
     captured_at_ns INTEGER,
     checksum       TEXT,
-    xattrs         TEXT
+    xattrs         TEXT,
+    deleter_path   BLOB
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
@@ -50,7 +51,7 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns D
 ";
 
 const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
-     deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum";
+     deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path";
 
 /// What the engine knows when it first records a deletion.
 #[derive(Clone, Debug, Default)]
@@ -144,8 +145,9 @@ impl Index {
         let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO records (path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
-                deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders, xattrs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders, xattrs,
+                deleter_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         stmt.execute(params![
             r.path,
@@ -166,6 +168,7 @@ impl Index {
             r.reason,
             holders,
             (!r.xattrs.is_empty()).then(|| serde_json::to_string(&r.xattrs)).transpose()?,
+            r.deleted_by.as_ref().and_then(|d| d.path.as_deref()).map(str::as_bytes),
         ])?;
         self.rows += 1;
         Ok(self.conn.last_insert_rowid())
@@ -315,12 +318,14 @@ impl Index {
 
 /// Brings an index made by an older unrm up to this schema.
 fn migrate(conn: &Connection) -> Result<()> {
-    let has_xattrs = conn
+    let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('records')")?
         .query_map([], |row| row.get::<_, String>(0))?
-        .any(|name| name.is_ok_and(|n| n == "xattrs"));
-    if !has_xattrs {
-        conn.execute_batch("ALTER TABLE records ADD COLUMN xattrs TEXT")?;
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [("xattrs", "TEXT"), ("deleter_path", "BLOB")] {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
+        }
     }
     Ok(())
 }
@@ -341,7 +346,12 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
         gid: row.get(7)?,
         deleted_at: from_nanos(row.get(8)?),
         deleted_by: match deleter_pid {
-            Some(pid) => Some(Deleter { pid, uid: row.get(10)?, comm: row.get(11)? }),
+            Some(pid) => Some(Deleter {
+                pid,
+                uid: row.get(10)?,
+                comm: row.get(11)?,
+                path: row.get::<_, Option<Vec<u8>>>(18)?.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            }),
             None => None,
         },
         op: row.get(12)?,
@@ -370,7 +380,7 @@ mod tests {
             dev: Some(7),
             ino: Some(at_s),
             deleted_at: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at_s)),
-            deleted_by: Some(Deleter { pid: 1, uid: 0, comm: "rm".into() }),
+            deleted_by: Some(Deleter { pid: 1, uid: 0, comm: "rm".into(), path: None }),
             op: "unlink",
             status: Some(status),
             holders: vec![Holder { pid: 5, comm: "less".into(), kind: HolderKind::Fd }],

@@ -21,7 +21,7 @@ use unrm_abi::{
 
 use crate::{
     holders::{InodeId, comm_string},
-    mounts::Mounts,
+    mounts::{Located, Views},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +70,14 @@ pub struct Deletion {
     pub comm: String,
     /// 0 on success, -errno otherwise.
     pub ret: i32,
-    /// Absolute and lexically normalised, as the deleting process saw it.
+    /// Absolute and lexically normalised: as the deleting process saw it
+    /// when decoded, as the host sees it once placed (see `place`).
     pub path: PathBuf,
+    /// The path as the deleter saw it, when that is not `path` (a process
+    /// in another mount namespace).
+    pub seen_path: Option<PathBuf>,
+    /// The deleter's mount namespace (0: unknown).
+    pub mnt_ns: u32,
     /// False when the base directory of a relative path could not be fully
     /// resolved; `path` is then the best the probe could tell.
     pub path_complete: bool,
@@ -163,6 +169,8 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         comm: comm_string(&ev.comm),
         ret: ev.ret,
         path,
+        seen_path: None,
+        mnt_ns: ev.mnt_ns,
         path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
         victim,
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
@@ -231,21 +239,59 @@ fn grab(d: &mut Deletion) {
     }
 }
 
-/// Turns a path relative to its filesystem into an absolute one, re-reading
-/// the mount table when a filesystem is not (or no longer) where it was.
-fn place(d: &mut Deletion, mounts: &mut Mounts) {
-    let Some(victim) = d.victim.filter(|_| d.fs_relative) else { return };
-    let placed = mounts.resolve(victim.inode.dev, &d.path).or_else(|| {
-        *mounts = Mounts::read();
-        mounts.resolve(victim.inode.dev, &d.path)
-    });
-    match placed {
-        Some(path) => {
-            d.path = path;
+/// Gives the deletion the host's path, and keeps the deleter's own view
+/// when it differs. A filesystem hook's path is relative to the filesystem;
+/// a syscall probe's is the deleter's, which is carried through the
+/// deleter's mount table to the filesystem, then through the host's.
+fn place(d: &mut Deletion, views: &mut Views) {
+    let located = if d.fs_relative {
+        d.victim.map(|v| Located { dev: v.inode.dev, fs_path: d.path.clone(), stacked: false })
+    } else {
+        let Some((theirs, foreign)) = views.of(d.mnt_ns, d.pid) else { return };
+        let located = theirs.locate(&d.path);
+        unstack(d, located.as_ref());
+        if !foreign {
+            return; // already the host's path
+        }
+        d.seen_path = Some(d.path.clone());
+        located
+    };
+    let Some(at) = located else {
+        d.path_complete = false;
+        return;
+    };
+    if d.fs_relative {
+        d.seen_path = match views.of(d.mnt_ns, d.pid) {
+            Some((theirs, true)) => theirs.resolve(at.dev, &at.fs_path),
+            _ => None,
+        };
+    }
+    match views.host().and_then(|host| host.resolve(at.dev, &at.fs_path)) {
+        Some(host) => {
+            d.path = host;
             d.fs_relative = false;
         }
-        None => d.path_complete = false,
+        // Not visible from the host's namespace at all: the deleter's view
+        // is the best name there is.
+        None => match d.seen_path.take() {
+            Some(seen) => d.path = seen,
+            None => d.path_complete = false,
+        },
     }
+    if d.seen_path.as_ref() == Some(&d.path) {
+        d.seen_path = None;
+    }
+}
+
+/// A deletion through overlayfs reaches the upper layer's filesystem hook,
+/// which names the upper inode, with one dentry reference more than a plain
+/// unlink has (the overlay's dentry holds the upper one). Holders see the
+/// overlay's inode: the upper inode's number on the overlay's device.
+fn unstack(d: &mut Deletion, located: Option<&Located>) {
+    let Some(v) = d.victim.as_mut() else { return };
+    let Some(at) = located.filter(|at| at.stacked && at.dev != v.inode.dev) else { return };
+    v.refs = v.refs.map(|r| r.saturating_sub(1));
+    v.inode.dev = at.dev;
 }
 
 /// Drains the ring buffer for as long as the daemon runs, forwarding every
@@ -255,7 +301,7 @@ fn place(d: &mut Deletion, mounts: &mut Mounts) {
 /// runtime: one wake-up between the kernel's notification and the first
 /// pin, instead of the reactor's and then a worker's.
 pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
-    let mut mounts = Mounts::read();
+    let mut views = Views::new();
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
     let patience = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
@@ -270,7 +316,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Res
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
                         grab(d);
-                        place(d, &mut mounts);
+                        place(d, &mut views);
                     }
                     if tx.send(event.into()).is_err() {
                         return Ok(());
@@ -313,7 +359,7 @@ mod tests {
             path_len: path.len() as u32,
             dir_len: dir.len() as u32,
             path_flags: flags,
-            _pad: 0,
+            mnt_ns: 0,
         };
         let mut out =
             unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<DeleteEvent>()) }

@@ -1,10 +1,14 @@
-//! Where filesystems are mounted. A filesystem hook sees a dentry, not the
-//! mount it was reached through, so the probe reports a path from the
-//! filesystem's root; this turns it into the path a user would type.
+//! Where filesystems are mounted, in the daemon's mount namespace and in
+//! the deleters'. A filesystem hook sees a dentry, not the mount it was
+//! reached through, so the probe reports a path from the filesystem's root;
+//! a syscall probe reports the path as the deleter named it, which inside a
+//! container is not where the file lives on the host. These tables turn
+//! either into the host's path, and into the deleter's.
 
 use std::{
+    collections::HashMap,
     ffi::OsString,
-    os::unix::ffi::OsStringExt,
+    os::unix::{ffi::OsStringExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -13,6 +17,17 @@ struct Mount {
     /// The directory of the filesystem this mount shows (`/` unless a bind).
     root: PathBuf,
     point: PathBuf,
+    /// overlayfs: its files' inodes belong to the layers below.
+    stacked: bool,
+}
+
+/// Where a path leads: the filesystem, the path inside it, and whether it
+/// was reached through overlayfs.
+#[derive(Debug, PartialEq)]
+pub struct Located {
+    pub dev: u64,
+    pub fs_path: PathBuf,
+    pub stacked: bool,
 }
 
 #[derive(Default)]
@@ -21,20 +36,18 @@ pub struct Mounts {
 }
 
 impl Mounts {
-    pub fn read() -> Self {
-        std::fs::read_to_string("/proc/self/mountinfo").map(|text| Self::parse(&text)).unwrap_or_default()
-    }
-
     fn parse(text: &str) -> Self {
         let mounts = text
             .lines()
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split(' ').collect();
                 let (major, minor) = fields.get(2)?.split_once(':')?;
+                let fstype = fields.iter().skip_while(|f| **f != "-").nth(1)?;
                 Some(Mount {
                     dev: libc::makedev(major.parse().ok()?, minor.parse().ok()?),
                     root: unescape(fields.get(3)?),
                     point: unescape(fields.get(4)?),
+                    stacked: *fstype == "overlay",
                 })
             })
             .collect();
@@ -51,6 +64,102 @@ impl Mounts {
             .filter(|m| m.dev == dev && fs_path.starts_with(&m.root))
             .max_by_key(|m| (m.root.as_os_str().len(), std::cmp::Reverse(m.point.as_os_str().len())))?;
         Some(best.point.join(fs_path.strip_prefix(&best.root).ok()?))
+    }
+
+    /// What `path` names: through the mount at the longest matching mount
+    /// point, the last mounted of those (it hides the ones below).
+    pub fn locate(&self, path: &Path) -> Option<Located> {
+        let best = self
+            .mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| path.starts_with(&m.point))
+            .max_by_key(|(i, m)| (m.point.as_os_str().len(), *i))?
+            .1;
+        Some(Located {
+            dev: best.dev,
+            fs_path: best.root.join(path.strip_prefix(&best.point).ok()?),
+            stacked: best.stacked,
+        })
+    }
+}
+
+/// The inode number of a process's mount namespace, as the probes report it.
+fn mnt_ns_of(pid: &str) -> Option<u32> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino() as u32)
+}
+
+/// A namespace's mount table, kept current: the kernel flags an open
+/// mountinfo for poll(2) whenever a mount or unmount changes it, so one
+/// non-blocking poll tells whether the table read last is still the truth.
+struct Watched {
+    source: std::fs::File,
+    mounts: Mounts,
+}
+
+impl Watched {
+    /// Mount points are relative to `pid`'s root, as it sees them.
+    fn open(pid: &str) -> Option<Self> {
+        let source = std::fs::File::open(format!("/proc/{pid}/mountinfo")).ok()?;
+        let mut table = Watched { source, mounts: Mounts::default() };
+        table.reread().then_some(table)
+    }
+
+    fn reread(&mut self) -> bool {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let read = self.source.rewind().is_ok() && self.source.read_to_string(&mut text).is_ok();
+        self.mounts = Mounts::parse(&text);
+        read && !text.is_empty()
+    }
+
+    /// The table, re-read first if it changed; None once unreadable (every
+    /// process of the namespace is gone).
+    fn current(&mut self) -> Option<&Mounts> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.source, PollFlags::PRI)];
+        let changed = poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|n| n > 0);
+        (!changed || self.reread()).then_some(&self.mounts)
+    }
+}
+
+/// Mount tables by namespace: the daemon's (the host's), and those of other
+/// namespaces deletions came from, each read through a process inside.
+pub struct Views {
+    own_ns: u32,
+    own: Option<Watched>,
+    others: HashMap<u32, Watched>,
+}
+
+impl Views {
+    pub fn new() -> Self {
+        Views { own_ns: mnt_ns_of("self").unwrap_or(0), own: Watched::open("self"), others: HashMap::new() }
+    }
+
+    /// The host's table.
+    pub fn host(&mut self) -> Option<&Mounts> {
+        self.own.as_mut()?.current()
+    }
+
+    /// The table of namespace `ns` as its processes see it: the host's for
+    /// the daemon's own namespace (or an unknown one, 0), else read through
+    /// `pid` (the deleter) if it is still inside, else through any process
+    /// inside. Also says whether it is another namespace's.
+    pub fn of(&mut self, ns: u32, pid: u32) -> Option<(&Mounts, bool)> {
+        if ns == 0 || ns == self.own_ns {
+            return self.host().map(|m| (m, false));
+        }
+        if self.others.get_mut(&ns).and_then(Watched::current).is_none() {
+            self.others.remove(&ns);
+            let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+            let found = std::iter::once(pid.to_string())
+                .chain(procs.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && mnt_ns_of(p) == Some(ns))
+                // Checked again after the open: the process may have moved.
+                .find_map(|p| Watched::open(&p).filter(|_| mnt_ns_of(&p) == Some(ns)))?;
+            self.others.insert(ns, found);
+        }
+        self.others.get(&ns).map(|w| (&w.mounts, true))
     }
 }
 
@@ -93,5 +202,21 @@ mod tests {
         let tmp = libc::makedev(0, 40);
         assert_eq!(m.resolve(tmp, Path::new("/f")).unwrap(), Path::new("/mnt/with space/f"));
         assert!(m.resolve(libc::makedev(8, 1), Path::new("/f")).is_none());
+    }
+
+    #[test]
+    fn locates_a_path_through_the_mount_on_top() {
+        let m = Mounts::parse(INFO);
+        let vda = libc::makedev(254, 0);
+        let data = m.locate(Path::new("/data/x")).unwrap();
+        assert_eq!(data, Located { dev: vda, fs_path: PathBuf::from("/srv/data/x"), stacked: false });
+        assert_eq!(m.locate(Path::new("/etc/passwd")).unwrap().fs_path, Path::new("/etc/passwd"));
+        let stacked = format!("{INFO}\n40 31 0:41 / /mnt/with\\040space rw - overlay overlay rw");
+        let m = Mounts::parse(&stacked);
+        let on_top = m.locate(Path::new("/mnt/with space/f")).unwrap();
+        assert_eq!(
+            on_top,
+            Located { dev: libc::makedev(0, 41), fs_path: PathBuf::from("/f"), stacked: true }
+        );
     }
 }

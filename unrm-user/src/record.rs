@@ -76,6 +76,11 @@ pub struct Deleter {
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
+    /// The path as the deleter named it, when that is not the record's
+    /// `path`: a process in another mount namespace (a container) sees a
+    /// tree of its own. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +111,9 @@ pub fn holders_of(holds: &[Hold]) -> Vec<Holder> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub id: i64,
-    /// The path as the deleting process named it (lossy where not UTF-8).
+    /// Where the file lived, as the daemon's mount namespace (the host)
+    /// sees it; lossy where not UTF-8. See `deleted_by.path` for the
+    /// deleter's own view.
     pub path: String,
     /// `st_dev` and `st_ino` as `stat(2)` reports them; null when the
     /// filesystem has no hook and nothing held the file.
@@ -200,7 +207,7 @@ mod tests {
             uid: Some(1000),
             gid: Some(1000),
             deleted_at: from_nanos(1_700_000_000_123_456_000),
-            deleted_by: Some(Deleter { pid: 9, uid: 1000, comm: "rm".into() }),
+            deleted_by: Some(Deleter { pid: 9, uid: 1000, comm: "rm".into(), path: None }),
             op: "unlink".into(),
             status: Status::Held,
             reason: None,

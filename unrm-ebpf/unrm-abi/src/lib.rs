@@ -137,7 +137,11 @@ pub struct DeleteEvent {
     pub path_len: u32,
     pub dir_len: u32,
     pub path_flags: u32,
-    pub _pad: u32,
+    /// The deleter's mount namespace (the inode number of
+    /// `/proc/PID/ns/mnt`), 0 when unknown: the path is as the deleter saw
+    /// it, which is not where the file lives on the host when this is not
+    /// the daemon's namespace.
+    pub mnt_ns: u32,
 }
 
 /// A watched process closed, replaced or unmapped something, or exec'd.
@@ -238,6 +242,9 @@ pub struct KernelOffsets {
     pub inode_dentry: u32,
     pub dentry_alias: u32,
     pub sb_magic: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
 }
 
 /// Indices of the probes' per-CPU counters (`STATS` map).
@@ -262,7 +269,7 @@ const _: () = {
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
     assert!(core::mem::size_of::<HeldRecord>() == 80);
     assert!(core::mem::size_of::<InodeKey>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 43 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 46 * 4);
 };
 
 #[cfg(feature = "user")]

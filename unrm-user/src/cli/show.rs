@@ -54,6 +54,9 @@ pub fn detail(r: &Record) {
         None => " (found held by a scan; deleter unknown)".into(),
     };
     field("deleted", format!("{}{by}", format::time(r.deleted_at)));
+    if let Some(seen) = r.deleted_by.as_ref().and_then(|d| d.path.as_ref()) {
+        field("seen as", format!("{seen} (in the deleter's mount namespace)"));
+    }
     if !r.holders.is_empty() {
         let holders: Vec<String> = r
             .holders

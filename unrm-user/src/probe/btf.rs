@@ -282,6 +282,9 @@ impl KernelBtf {
             inode_dentry: o("inode", &["i_dentry"])?,
             dentry_alias: o("dentry", &["d_u.d_alias", "d_alias"])?,
             sb_magic: o("super_block", &["s_magic"])?,
+            task_nsproxy: o("task_struct", &["nsproxy"])?,
+            nsproxy_mnt_ns: o("nsproxy", &["mnt_ns"])?,
+            mnt_ns_inum: o("mnt_namespace", &["ns.inum"])?,
         })
     }
 }

@@ -304,7 +304,12 @@ impl Engine {
 }
 
 fn deleter(d: &Deletion) -> Deleter {
-    Deleter { pid: d.pid, uid: d.uid, comm: d.comm.clone() }
+    Deleter {
+        pid: d.pid,
+        uid: d.uid,
+        comm: d.comm.clone(),
+        path: d.seen_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+    }
 }
 
 fn op_name(op: DeleteOp) -> &'static str {
