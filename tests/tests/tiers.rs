@@ -53,15 +53,42 @@ fn scenario(tier: &str) -> Vec<(String, String, String, String)> {
     out
 }
 
+/// Whether the VFS tiers load on this kernel: `auto` picks the best, so
+/// the tier it is expected to pick says.
+fn vfs_tiers_load() -> bool {
+    expected_tier() == "fentry"
+}
+
 #[test]
 fn the_tiers_agree_on_the_same_deletions() {
-    if expected_tier() != "fentry" {
+    if !vfs_tiers_load() {
         // Only the tracepoint tier loads here; `cargo xtask vm-test` runs
-        // this where both do.
-        eprintln!("skipped: the fentry tier cannot load on this kernel");
+        // this where every tier does.
+        eprintln!("skipped: the fentry and kprobe tiers cannot load on this kernel");
         return;
     }
-    assert_eq!(scenario("fentry"), scenario("tracepoint"));
+    let fentry = scenario("fentry");
+    assert_eq!(scenario("kprobe"), fentry, "kprobe vs fentry");
+    assert_eq!(scenario("tracepoint"), fentry, "tracepoint vs fentry");
+}
+
+#[test]
+fn a_forced_tier_the_kernel_refuses_is_one_clear_error() {
+    if vfs_tiers_load() {
+        eprintln!("skipped: every tier loads on this kernel");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for tier in ["fentry", "kprobe"] {
+        let out = Command::new(unrm_tests::unrm_bin())
+            .args(["daemon", "--tier", tier, "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(dir.path().join("sock"))
+            .output()
+            .unwrap();
+        unrm_tests::assert_one_line_error(&out, &format!("the {tier} tier cannot load here"));
+    }
 }
 
 #[test]

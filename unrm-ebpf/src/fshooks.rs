@@ -45,8 +45,14 @@ pub fn unrm_fs_unlink_enter(ctx: RawTracePointContext) -> u32 {
             return 0;
         }
         let refs = read::<u32>(dentry, off!(dentry_count));
-        let call =
-            FsCall { dentry: dentry as u64, inode: inode as u64, victim: victim(&facts, facts.nlink, refs) };
+        let call = FsCall {
+            dentry: dentry as u64,
+            inode: inode as u64,
+            victim: victim(&facts, facts.nlink, refs),
+            depth: 0,
+            _pad: 0,
+            at_ns: bpf_ktime_get_ns(),
+        };
         let tid = bpf_get_current_pid_tgid() as u32;
         if FS_CALLS.insert(&tid, &call, 0).is_err() {
             count(stat::LOST_INFLIGHT);

@@ -132,13 +132,20 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 #[unsafe(no_mangle)]
 pub static EXT4_RENAME: [u64; 2] = [0, 0];
 
-/// An ext4 unlink in progress (fs tier), by thread id.
+/// A filesystem-level deletion in progress (fs, fentry and kprobe tiers),
+/// by thread id.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FsCall {
     pub dentry: u64,
     pub inode: u64,
     pub victim: Victim,
+    /// Calls of the same hook nested inside this one (overlayfs calling the
+    /// VFS again for its upper layer), still to return.
+    pub depth: u32,
+    pub _pad: u32,
+    /// When the call began (`bpf_ktime_get_ns`).
+    pub at_ns: u64,
 }
 
 #[map]

@@ -7,17 +7,15 @@
 //! holders to watch (principle 4: pay only while there is something to watch).
 
 pub mod btf;
+mod vfs;
 
 use std::{io::Read, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        FEntry, FExit, Iter, RawTracePoint, TracePoint, fentry::FEntryLink, fexit::FExitLink,
-        trace_point::TracePointLinkId,
-    },
+    programs::{Iter, RawTracePoint, TracePoint, trace_point::TracePointLinkId},
 };
 use unrm_abi::{InodeKey, stat};
 
@@ -27,12 +25,16 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("UNRM_EBPF_OBJECT"));
 /// Which hooks tell the daemon about deletions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
-    /// The best this kernel accepts: fentry, else tracepoint.
+    /// The best this kernel accepts: fentry, else kprobe, else tracepoint.
     Auto,
     /// fentry/fexit on `vfs_unlink` and `vfs_rename` (every filesystem,
     /// nothing on unrelated system calls) and on `__fput` for the real final
     /// release. Needs a kernel that allows tracing programs to attach.
     Fentry,
+    /// The same hooks as kprobes/kretprobes, for kernels with kprobes but
+    /// no BPF trampolines (slower per call than fentry, still nothing on
+    /// unrelated system calls).
+    Kprobe,
     /// Syscall tracepoints on unlink/rename (every filesystem, relative
     /// paths as the caller named them) plus ext4's hooks for the inode.
     /// Costs every system call of every process the syscall-tracing slow
@@ -49,6 +51,7 @@ impl Tier {
         match self {
             Tier::Auto => "auto",
             Tier::Fentry => "fentry",
+            Tier::Kprobe => "kprobe",
             Tier::Tracepoint => "tracepoint",
             Tier::Fs => "fs",
         }
@@ -100,14 +103,6 @@ const RELEASE: Attachments = &[
 const FS_HOOKS: &[(&str, &str)] =
     &[("unrm_ext4_unlink", "ext4_unlink_enter"), ("unrm_ext4_dirty", "ext4_mark_inode_dirty")];
 
-/// The fentry tier's hooks: (program, kernel function, entry or exit).
-const VFS_HOOKS: &[(&str, &str, bool)] = &[
-    ("unrm_vfs_unlink", "vfs_unlink", true),
-    ("unrm_vfs_unlink_exit", "vfs_unlink", false),
-    ("unrm_vfs_rename", "vfs_rename", true),
-    ("unrm_vfs_rename_exit", "vfs_rename", false),
-];
-
 /// The fs tier's hooks: whole deletions, seen by the filesystem alone.
 const FS_TIER_HOOKS: &[(&str, &str)] = &[
     ("unrm_fs_unlink_enter", "ext4_unlink_enter"),
@@ -132,9 +127,9 @@ pub struct Probes {
     fallback: Option<String>,
     ebpf: Ebpf,
     release_links: Vec<(&'static str, TracePointLinkId)>,
-    /// The fentry tier's links, owned here so that they live as long as
-    /// the probes.
-    vfs_links: Vec<Hook>,
+    /// The VFS tiers' links, owned here so that they live as long as the
+    /// probes.
+    vfs_links: Vec<vfs::Link>,
     fs_hooks: Vec<&'static str>,
 }
 
@@ -188,26 +183,41 @@ impl Probes {
         if !opts.hooks {
             return Ok(probes);
         }
-        if matches!(opts.tier, Tier::Auto | Tier::Fentry) {
+        let vfs_tiers: &[(Tier, vfs::Kind)] = match opts.tier {
+            Tier::Auto => &[(Tier::Fentry, vfs::Kind::Fentry), (Tier::Kprobe, vfs::Kind::Kprobe)],
+            Tier::Fentry => &[(Tier::Fentry, vfs::Kind::Fentry)],
+            Tier::Kprobe => &[(Tier::Kprobe, vfs::Kind::Kprobe)],
+            Tier::Tracepoint | Tier::Fs => &[],
+        };
+        let mut refusals = Vec::new();
+        for &(tier, kind) in vfs_tiers {
             let attached = match &vfs_args {
-                Ok(_) => probes.attach_vfs(&btf),
+                Ok(_) => vfs::attach(&mut probes.ebpf, &btf, kind),
                 Err(err) => Err(anyhow::anyhow!("{err:#}")),
             };
             match attached {
-                Ok(()) => {
-                    probes.tier = Tier::Fentry;
+                Ok((links, fput)) => {
+                    probes.vfs_links = links;
+                    probes.fs_hooks.extend(fput.then_some("__fput"));
+                    probes.fs_hooks.extend(["vfs_unlink", "vfs_rename"]);
+                    probes.tier = tier;
+                    probes.fallback = (!refusals.is_empty()).then(|| refusals.join("; "));
                     return Ok(probes);
                 }
-                Err(err) if opts.tier == Tier::Fentry => {
-                    return Err(err.context("the fentry tier cannot load here; try --tier tracepoint"));
+                Err(err) if opts.tier == tier => {
+                    return Err(err.context(format!(
+                        "the {} tier cannot load here; try --tier tracepoint",
+                        tier.name()
+                    )));
                 }
-                Err(err) => {
-                    let why = format!("fentry refused: {err:#}");
-                    log::info!("{why}; falling back to the tracepoint tier");
-                    probes.fallback = Some(why);
-                    probes.tier = Tier::Tracepoint;
-                }
+                Err(err) => refusals.push(format!("{} refused: {err:#}", tier.name())),
             }
+        }
+        if !refusals.is_empty() {
+            let why = refusals.join("; ");
+            log::info!("{why}; falling back to the tracepoint tier");
+            probes.fallback = Some(why);
+            probes.tier = Tier::Tracepoint;
         }
         let tier = probes.tier;
         ensure_tracefs()?;
@@ -238,43 +248,6 @@ impl Probes {
 
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
-    }
-
-    /// Loads and attaches the fentry tier, all or nothing. `__fput` is a
-    /// bonus: without it, releases are seen by pidfds and snapshots.
-    fn attach_vfs(&mut self, btf: &Btf) -> Result<()> {
-        let mut links = Vec::new();
-        for (name, function, entry) in VFS_HOOKS {
-            let attached = if *entry {
-                let prog: &mut FEntry = program(&mut self.ebpf, name)?;
-                prog.load(function, btf).map_err(|err| verifier_error(name, err)).and_then(|()| {
-                    let id = prog.attach()?;
-                    Ok(Hook::Entry(prog.take_link(id)?))
-                })
-            } else {
-                let prog: &mut FExit = program(&mut self.ebpf, name)?;
-                prog.load(function, btf).map_err(|err| verifier_error(name, err)).and_then(|()| {
-                    let id = prog.attach()?;
-                    Ok(Hook::Exit(prog.take_link(id)?))
-                })
-            };
-            // Dropping the links taken so far detaches them.
-            links.push(attached.with_context(|| format!("{name} on {function}"))?);
-        }
-        let prog: &mut FEntry = program(&mut self.ebpf, "unrm_fput")?;
-        match prog.load("__fput", btf).map_err(|err| verifier_error("unrm_fput", err)).and_then(|()| {
-            let id = prog.attach()?;
-            Ok(prog.take_link(id)?)
-        }) {
-            Ok(link) => {
-                links.push(Hook::Entry(link));
-                self.fs_hooks.push("__fput");
-            }
-            Err(err) => log::info!("no final-release hook (__fput): {err:#}"),
-        }
-        self.fs_hooks.extend(["vfs_unlink", "vfs_rename"]);
-        self.vfs_links = links;
-        Ok(())
     }
 
     /// The filesystem hooks that attached.
@@ -369,11 +342,6 @@ impl Probes {
 
 /// An attached fentry or fexit program; detached when dropped.
 #[allow(dead_code)] // held for its Drop
-enum Hook {
-    Entry(FEntryLink),
-    Exit(FExitLink),
-}
-
 /// The kernel-side filters of the release probes.
 pub struct WatchMaps {
     pub tgids: HashMap<MapData, u32, u32>,
@@ -397,7 +365,7 @@ impl ProbeStats {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -407,7 +375,7 @@ where
 
 /// The verifier's log can run to megabytes: keep its end, where it says
 /// why, for the one-line error; the whole of it goes to the debug log.
-fn verifier_error(name: &str, err: aya::programs::ProgramError) -> anyhow::Error {
+pub(super) fn verifier_error(name: &str, err: aya::programs::ProgramError) -> anyhow::Error {
     let text = err.to_string();
     log::debug!("loading {name}: {text}");
     const KEEP: usize = 600;
