@@ -25,9 +25,11 @@ const MODULES: &[&str] =
     &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "loop", "crc32c_generic", "ext4"];
 
 /// The guest's /init: mount the host's root read-only under a tmpfs
-/// overlay, chroot into it, run the script the kernel command line names
-/// (a file on the shared root: the command line itself holds only 2 KiB),
-/// write its output and exit status to the `out` port, power off.
+/// overlay, chroot into it, give the tests fresh tmpfs on /tmp, /run and
+/// /var/tmp (a plain filesystem, not the overlay) while keeping the
+/// workspace visible even if it lives under one of them, run the script the
+/// kernel command line names (a file on the shared root: the command line
+/// itself holds only 2 KiB), write its output and exit status to the `out` port, power off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -37,14 +39,18 @@ mount -t tmpfs tmpfs /upper; mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /merged
 out=/dev/null
 for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = out ] && out=/dev/$(basename $p); done
-script=$(sed -n 's/.*unrm_script=\([^ ]*\).*/\1/p' /proc/cmdline)
-chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /var/tmp; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+script=$(arg unrm_script); keep=$(arg unrm_keep)
+chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mkdir -p /.keep; mount --bind $keep /.keep; for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs \$d; done; mkdir -p $keep; mount --bind /.keep $keep; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
 echo "unrm-vm-exit=$?" > $out
 poweroff -f
 "#;
 
 pub struct Guest {
+    /// target/vm: the kernel, the initramfs, the run's script and output.
     dir: PathBuf,
+    /// The workspace, which must stay visible in the guest.
+    workspace: PathBuf,
 }
 
 impl Guest {
@@ -59,7 +65,7 @@ impl Guest {
         ])?;
         let dir = root.join("target/vm");
         std::fs::create_dir_all(&dir)?;
-        let guest = Guest { dir };
+        let guest = Guest { dir, workspace: root.to_path_buf() };
         if !guest.dir.join("vmlinux").exists() {
             guest.fetch_kernel()?;
         }
@@ -200,7 +206,11 @@ impl Guest {
             .arg("-initrd")
             .arg(self.dir.join("initrd.gz"))
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={}", script.display()))
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={} unrm_keep={}",
+                script.display(),
+                self.workspace.display()
+            ))
             .args(["-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"])
             .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot", "-device", "virtio-serial"])
             .arg("-chardev")
