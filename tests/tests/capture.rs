@@ -348,10 +348,15 @@ fn lost_events_are_counted_and_a_snapshot_recovers_the_held_file() {
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--ring-size", "4K"]);
     let holder = Holder::fd(&held_path);
 
-    // Relative names keep the command line short; the probe resolves the
-    // directory in the kernel, so every event still carries the long path.
-    let status = std::process::Command::new("rm").args(&names).current_dir(&dir).status().unwrap();
-    assert!(status.success());
+    // The daemon is stopped while rm runs, so nothing drains the ring: it
+    // overflows whatever the machine's speed. Relative names keep the
+    // command line short; the probe resolves the directory in the kernel,
+    // so every event still carries the long path.
+    let signal = |sig| assert_eq!(unsafe { libc::kill(daemon.pid() as i32, sig) }, 0);
+    signal(libc::SIGSTOP);
+    let status = std::process::Command::new("rm").args(&names).current_dir(&dir).status();
+    signal(libc::SIGCONT);
+    assert!(status.unwrap().success());
     let rec = daemon.wait_record(&held_path, "held");
     let status = daemon.json(&["status", "--json"]);
     assert!(status["counters"]["lost_events"].as_u64().unwrap() > 0, "{status}");

@@ -246,13 +246,26 @@ fn grab(d: &mut Deletion) {
 fn place(d: &mut Deletion, views: &mut Views) {
     let located = if d.fs_relative {
         d.victim.map(|v| Located { dev: v.inode.dev, fs_path: d.path.clone(), stacked: false })
+    } else if views.is_own(d.mnt_ns) {
+        // Already the host's path. Only a deletion that looks held can be
+        // overlayfs' doing: the rest pay nothing here.
+        if d.victim.is_some_and(|v| v.refs.is_some_and(|r| r > 1)) {
+            let located = views.host().and_then(|host| host.locate(&d.path));
+            unstack(d, located.as_ref());
+        }
+        return;
     } else {
-        let Some((theirs, foreign)) = views.of(d.mnt_ns, d.pid) else { return };
+        let Some(theirs) = views.foreign(d.mnt_ns, d.pid) else {
+            log::warn!(
+                "{}: deleted in mount namespace {} with nobody left in it; the path is as {} saw it",
+                d.path.display(),
+                d.mnt_ns,
+                d.comm
+            );
+            return;
+        };
         let located = theirs.locate(&d.path);
         unstack(d, located.as_ref());
-        if !foreign {
-            return; // already the host's path
-        }
         d.seen_path = Some(d.path.clone());
         located
     };
@@ -260,11 +273,8 @@ fn place(d: &mut Deletion, views: &mut Views) {
         d.path_complete = false;
         return;
     };
-    if d.fs_relative {
-        d.seen_path = match views.of(d.mnt_ns, d.pid) {
-            Some((theirs, true)) => theirs.resolve(at.dev, &at.fs_path),
-            _ => None,
-        };
+    if d.fs_relative && !views.is_own(d.mnt_ns) {
+        d.seen_path = views.foreign(d.mnt_ns, d.pid).and_then(|theirs| theirs.resolve(at.dev, &at.fs_path));
     }
     match views.host().and_then(|host| host.resolve(at.dev, &at.fs_path)) {
         Some(host) => {

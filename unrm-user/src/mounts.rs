@@ -141,14 +141,16 @@ impl Views {
         self.own.as_mut()?.current()
     }
 
-    /// The table of namespace `ns` as its processes see it: the host's for
-    /// the daemon's own namespace (or an unknown one, 0), else read through
-    /// `pid` (the deleter) if it is still inside, else through any process
-    /// inside. Also says whether it is another namespace's.
-    pub fn of(&mut self, ns: u32, pid: u32) -> Option<(&Mounts, bool)> {
-        if ns == 0 || ns == self.own_ns {
-            return self.host().map(|m| (m, false));
-        }
+    /// Whether `ns` is the daemon's own mount namespace (0: unknown, taken
+    /// to be).
+    pub fn is_own(&self, ns: u32) -> bool {
+        ns == 0 || ns == self.own_ns
+    }
+
+    /// The table of another namespace `ns` as its processes see it: read
+    /// through `pid` (the deleter) if it is still inside, else through any
+    /// process inside; None when nobody is left in it.
+    pub fn foreign(&mut self, ns: u32, pid: u32) -> Option<&Mounts> {
         if self.others.get_mut(&ns).and_then(Watched::current).is_none() {
             self.others.remove(&ns);
             let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
@@ -159,7 +161,7 @@ impl Views {
                 .find_map(|p| Watched::open(&p).filter(|_| mnt_ns_of(&p) == Some(ns)))?;
             self.others.insert(ns, found);
         }
-        self.others.get(&ns).map(|w| (&w.mounts, true))
+        self.others.get(&ns).map(|w| &w.mounts)
     }
 }
 
