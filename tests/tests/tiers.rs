@@ -194,5 +194,24 @@ fn a_deletion_in_another_mount_namespace_keeps_both_paths() {
     rm(&mine, None);
     let rec = daemon.wait_record(&mine, "unheld");
     assert!(rec["deleted_by"].get("path").is_none(), "{rec}");
-    drop((container, holder));
+
+    // An open mountinfo keeps its namespace and every mount in it alive:
+    // once the container is gone, unrm must let go of it.
+    let tables = || {
+        let own = format!("/proc/{}/mountinfo", daemon.pid());
+        fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .filter(|link| link.ends_with("mountinfo") && *link != Path::new(&own))
+            .count()
+    };
+    assert!(tables() > 0, "the container's mount table is open while it runs");
+    drop(container);
+    let deadline = std::time::Instant::now() + unrm_tests::PATIENCE;
+    while tables() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the container's mount table is still open");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(holder);
 }

@@ -335,6 +335,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Res
                 Err(err) => log::warn!("dropping an undecodable event: {err:#}"),
             }
         }
+        views.expire();
     }
 }
 

@@ -10,6 +10,7 @@ use std::{
     ffi::OsString,
     os::unix::{ffi::OsStringExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 struct Mount {
@@ -95,13 +96,14 @@ fn mnt_ns_of(pid: &str) -> Option<u32> {
 struct Watched {
     source: std::fs::File,
     mounts: Mounts,
+    used: Instant,
 }
 
 impl Watched {
     /// Mount points are relative to `pid`'s root, as it sees them.
     fn open(pid: &str) -> Option<Self> {
         let source = std::fs::File::open(format!("/proc/{pid}/mountinfo")).ok()?;
-        let mut table = Watched { source, mounts: Mounts::default() };
+        let mut table = Watched { source, mounts: Mounts::default(), used: Instant::now() };
         table.reread().then_some(table)
     }
 
@@ -125,6 +127,9 @@ impl Watched {
 
 /// Mount tables by namespace: the daemon's (the host's), and those of other
 /// namespaces deletions came from, each read through a process inside.
+/// An open mountinfo keeps its namespace, and every mount in it, alive:
+/// other namespaces' are let go once unused for `KEEP_UNUSED`, so that a
+/// container that ended does not stay mounted on unrm's account.
 pub struct Views {
     own_ns: u32,
     own: Option<Watched>,
@@ -161,9 +166,20 @@ impl Views {
                 .find_map(|p| Watched::open(&p).filter(|_| mnt_ns_of(&p) == Some(ns)))?;
             self.others.insert(ns, found);
         }
-        self.others.get(&ns).map(|w| &w.mounts)
+        let table = self.others.get_mut(&ns)?;
+        table.used = Instant::now();
+        Some(&table.mounts)
+    }
+
+    /// Lets go of other namespaces' tables not used lately.
+    pub fn expire(&mut self) {
+        if !self.others.is_empty() {
+            self.others.retain(|_, table| table.used.elapsed() < KEEP_UNUSED);
+        }
     }
 }
+
+const KEEP_UNUSED: Duration = Duration::from_secs(5);
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(field: &str) -> PathBuf {

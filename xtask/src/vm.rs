@@ -84,8 +84,14 @@ impl Guest {
             .context("apt-cache names no kernel package for linux-image-amd64")?
             .to_owned();
         eprintln!("xtask: fetching {package}");
-        let download =
-            || Command::new("apt-get").arg("download").arg(&package).current_dir(&self.dir).status();
+        // apt's download user cannot write into root's target directory.
+        let download = || {
+            Command::new("apt-get")
+                .args(["-o", "APT::Sandbox::User=root", "download"])
+                .arg(&package)
+                .current_dir(&self.dir)
+                .status()
+        };
         if !download()?.success() {
             run(Command::new("apt-get").args(["update", "-qq"]))?;
             if !download()?.success() {
