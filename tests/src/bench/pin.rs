@@ -128,6 +128,8 @@ pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
             "captured": saved,
             "missed": count("missed"),
             "unheld": count("unheld"),
+            "still_held": count("held"),
+            "records": records.len(),
             "share": saved as f64 / per_delay as f64,
         }));
     }

@@ -79,6 +79,7 @@ impl Engine {
         let Some(victim) = p.deletion.victim else { return Ok(false) };
         let Some((pid, fd)) = victim.holder else { return Ok(false) };
         if self.pins.contains_key(&victim.inode) {
+            self.adopt(victim.inode, p)?;
             return Ok(true);
         }
         let Ok((file, meta)) = pins::open_grabbed(&grab.handle) else { return Ok(false) };
@@ -148,21 +149,8 @@ impl Engine {
             }),
         };
         if let Some(held) = found {
-            if let Some(pin) = self.pins.get_mut(&held.inode) {
-                // A scan pinned it first; the event knows who and when.
-                if pin.from_scan {
-                    pin.from_scan = false;
-                    let d = &p.deletion;
-                    let by = deleter(d);
-                    self.index.set_deletion(
-                        pin.record,
-                        d.path.as_os_str().as_bytes(),
-                        p.deleted_at,
-                        &by,
-                        op_name(d.op),
-                    )?;
-                }
-                return Ok(());
+            if self.pins.contains_key(&held.inode) {
+                return self.adopt(held.inode, &p);
             }
             if self.pin(held, Some(&p))? {
                 return Ok(());
@@ -184,6 +172,24 @@ impl Engine {
         }
         self.index.insert(&deletion_record(d, p.deleted_at, status, reason))?;
         Ok(())
+    }
+
+    /// A deletion whose inode is pinned already: if a scan pinned it first,
+    /// the event tells the record who deleted it, when, and under what name.
+    fn adopt(&mut self, inode: InodeId, p: &Pending) -> Result<()> {
+        let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.from_scan) else { return Ok(()) };
+        let d = &p.deletion;
+        pin.from_scan = false;
+        pin.path = d.path.clone();
+        pin.deleter = Some(d.pid);
+        pin.others_held = pin.holds.iter().any(|h| h.pid != d.pid);
+        self.index.set_deletion(
+            pin.record,
+            d.path.as_os_str().as_bytes(),
+            p.deleted_at,
+            &deleter(d),
+            op_name(d.op),
+        )
     }
 
     /// Takes a pin on `held` and records it. Returns false if every hold had
@@ -263,7 +269,7 @@ impl Engine {
         if let Some(reason) = refused {
             self.counters.skipped += 1;
             self.index.set_status(record, Status::Skipped, Some(&reason))?;
-            self.pins.remove(&inode);
+            self.unpin(&inode);
             return Ok(());
         }
         let pin = self.pins.get_mut(&inode).expect("still pinned");
@@ -276,7 +282,7 @@ impl Engine {
     pub(super) fn on_captured(&mut self, done: capture::Done) -> Result<()> {
         match done {
             capture::Done::Captured { record, inode, result, took, at } => {
-                self.pins.remove(&inode);
+                self.unpin(&inode);
                 match result {
                     Ok(stored) => {
                         self.counters.captured += 1;

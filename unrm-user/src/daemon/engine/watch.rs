@@ -54,6 +54,20 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Lets go of a pin. The kernel-side watch goes first: once unrm's
+    /// reference is dropped the inode may be freed and its number given to
+    /// a new file at once, which a stale watch would hide from the
+    /// iterators' paths and the release probes' filters.
+    pub(super) fn unpin(&mut self, inode: &InodeId) {
+        if self.watched_inodes.remove(inode) {
+            let _ = self.watch.inodes.remove(&inode_key(inode));
+        }
+        self.pins.remove(inode);
+        self.watches_stale = true;
+    }
+}
+
 fn inode_key(inode: &InodeId) -> InodeKey {
     InodeKey { dev: inode.kernel_dev(), _pad: 0, ino: inode.ino }
 }
