@@ -18,6 +18,8 @@ fn scenario(tier: &str) -> Vec<(String, String, String, String)> {
     let status = daemon.json(&["status", "--json"]);
     assert_eq!(status["probes"]["tier"], tier, "{status}");
     let mut paths = Vec::new();
+    // Held until the records are read: a release would race the listing.
+    let mut holders = Vec::new();
     for fs in [&ext4, &tmpfs] {
         let held = fs.file("held", b"held");
         let holder = Holder::fd(&held);
@@ -31,9 +33,10 @@ fn scenario(tier: &str) -> Vec<(String, String, String, String)> {
         fs::rename(fs.file("target.new", b"new"), &target).unwrap();
         daemon.wait_record(&target, "held");
         paths.extend([held, loose, target]);
-        drop((holder, target_holder));
+        holders.extend([holder, target_holder]);
     }
     let records: Vec<Value> = daemon.json(&["list", "--json", "--limit", "0"]).as_array().unwrap().clone();
+    drop(holders);
     let mut out: Vec<_> = paths
         .iter()
         .map(|p| {
