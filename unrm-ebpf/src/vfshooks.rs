@@ -159,6 +159,23 @@ unsafe fn rename_target(rd: *const u8) -> Option<u64> {
     }
 }
 
+/// Entry to `vfs_unlink`, given its `dentry` argument.
+#[inline(always)]
+unsafe fn unlink_entry(dentry: Option<u64>) {
+    if let Some(dentry) = dentry {
+        unsafe { begin(dentry as *const u8) };
+    }
+}
+
+/// Entry to `vfs_rename`, given its `renamedata` argument: the victim is the
+/// target it would replace.
+#[inline(always)]
+unsafe fn rename_entry(rd: Option<u64>) {
+    if let Some(target) = rd.and_then(|rd| unsafe { rename_target(rd as *const u8) }) {
+        unsafe { begin(target as *const u8) };
+    }
+}
+
 /// The function's result as the `int` it is: the upper half of the return
 /// register is not part of it.
 #[inline(always)]
@@ -168,9 +185,7 @@ fn int_ret(value: u64) -> i32 {
 
 #[fentry(function = "vfs_unlink")]
 pub fn unrm_vfs_unlink(ctx: FEntryContext) -> u32 {
-    if let Some(dentry) = func_arg(ctx.as_ptr(), vfs_arg!(unlink_dentry)) {
-        unsafe { begin(dentry as *const u8) };
-    }
+    unsafe { unlink_entry(func_arg(ctx.as_ptr(), vfs_arg!(unlink_dentry))) };
     0
 }
 
@@ -182,10 +197,7 @@ pub fn unrm_vfs_unlink_exit(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "vfs_rename")]
 pub fn unrm_vfs_rename(ctx: FEntryContext) -> u32 {
-    let rd = func_arg(ctx.as_ptr(), vfs_arg!(rename_data));
-    if let Some(target) = rd.and_then(|rd| unsafe { rename_target(rd as *const u8) }) {
-        unsafe { begin(target as *const u8) };
-    }
+    unsafe { rename_entry(func_arg(ctx.as_ptr(), vfs_arg!(rename_data))) };
     0
 }
 
@@ -197,9 +209,7 @@ pub fn unrm_vfs_rename_exit(ctx: FExitContext) -> u32 {
 
 #[kprobe(function = "vfs_unlink")]
 pub fn unrm_kp_unlink(ctx: ProbeContext) -> u32 {
-    if let Some(dentry) = kp_arg(&ctx, vfs_arg!(unlink_dentry)) {
-        unsafe { begin(dentry as *const u8) };
-    }
+    unsafe { unlink_entry(kp_arg(&ctx, vfs_arg!(unlink_dentry))) };
     0
 }
 
@@ -211,10 +221,7 @@ pub fn unrm_kp_unlink_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "vfs_rename")]
 pub fn unrm_kp_rename(ctx: ProbeContext) -> u32 {
-    let rd = kp_arg(&ctx, vfs_arg!(rename_data));
-    if let Some(target) = rd.and_then(|rd| unsafe { rename_target(rd as *const u8) }) {
-        unsafe { begin(target as *const u8) };
-    }
+    unsafe { rename_entry(kp_arg(&ctx, vfs_arg!(rename_data))) };
     0
 }
 
