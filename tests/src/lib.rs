@@ -24,6 +24,17 @@ pub fn expected_tier() -> String {
 /// How long a test waits for the daemon to reach a state before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Checks `done` until it holds, failing the test with `what` after
+/// `PATIENCE`: for states nothing signals (a log line written, a
+/// descriptor closed, a record forgotten).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn unrm_bin() -> PathBuf {
     match std::env::var_os("UNRM_BIN") {
         Some(path) => PathBuf::from(path),

@@ -375,11 +375,9 @@ fn a_running_executable_that_was_deleted_is_held() {
     let mut child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
     // The new image is in place once /proc/PID/exe names it.
     let proc_exe = format!("/proc/{}/exe", child.id());
-    let deadline = std::time::Instant::now() + unrm_tests::PATIENCE;
-    while fs::read_link(&proc_exe).ok().as_deref() != Some(exe.as_path()) {
-        assert!(std::time::Instant::now() < deadline, "{} never ran", exe.display());
-        std::thread::yield_now();
-    }
+    unrm_tests::wait_until(&format!("{} never ran", exe.display()), || {
+        fs::read_link(&proc_exe).ok().as_deref() == Some(exe.as_path())
+    });
     rm(&exe, None);
 
     let rec = daemon.wait_record(&exe, "held");

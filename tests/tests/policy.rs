@@ -2,9 +2,9 @@
 //! and owners that decide what is kept, the scratch-file idiom, and the
 //! bounds that keep the store from filling a disk.
 
-use std::{fs, path::Path, process::Command, time::Instant};
+use std::{fs, path::Path, process::Command};
 
-use unrm_tests::{Daemon, Holder, Mount, PATIENCE, assert_one_line_error, content, rm, unrm_bin};
+use unrm_tests::{Daemon, Holder, Mount, assert_one_line_error, content, rm, unrm_bin, wait_until};
 
 fn with_config(text: &str, extra: &[&str]) -> (tempfile::TempDir, Daemon) {
     let dir = tempfile::tempdir().unwrap();
@@ -17,11 +17,7 @@ fn with_config(text: &str, extra: &[&str]) -> (tempfile::TempDir, Daemon) {
 }
 
 fn wait_log(daemon: &Daemon, line: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while !daemon.log().contains(line) {
-        assert!(Instant::now() < deadline, "no {line:?} in the daemon's log");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(&format!("no {line:?} in the daemon's log"), || daemon.log().contains(line));
 }
 
 #[test]
@@ -146,14 +142,12 @@ fn records_older_than_keep_for_are_forgotten() {
     let path = fs.file("fleeting", b"f");
     rm(&path, None);
     let rec = daemon.wait_record(&path, "unheld");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let out = daemon.cli(&["show", &rec["id"].to_string()]);
-        if !out.status.success() {
-            assert_one_line_error(&out, "no record");
-            break;
-        }
-        assert!(Instant::now() < deadline, "record {} outlived keep_for", rec["id"]);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut out = None;
+    wait_until(&format!("record {} outlived keep_for", rec["id"]), || {
+        let shown = daemon.cli(&["show", &rec["id"].to_string()]);
+        let gone = !shown.status.success();
+        out = Some(shown);
+        gone
+    });
+    assert_one_line_error(&out.unwrap(), "no record");
 }

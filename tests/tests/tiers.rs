@@ -211,10 +211,6 @@ fn a_deletion_in_another_mount_namespace_keeps_both_paths() {
     };
     assert!(tables() > 0, "the container's mount table is open while it runs");
     drop(container);
-    let deadline = std::time::Instant::now() + unrm_tests::PATIENCE;
-    while tables() > 0 {
-        assert!(std::time::Instant::now() < deadline, "the container's mount table is still open");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    unrm_tests::wait_until("the container's mount table is still open", || tables() == 0);
     drop(holder);
 }
