@@ -13,7 +13,7 @@ use crate::toolchain::{self, Route};
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");

@@ -46,7 +46,7 @@ pub fn ensure() -> Result<Toolchain> {
     Ok(Toolchain { route, bpf_linker })
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

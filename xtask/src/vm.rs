@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::toolchain;
+use crate::{build::run, toolchain};
 
 /// Modules the guest needs that Debian builds as modules (crc32c is ext4's
 /// soft dependency: the kernel would ask for it from a root filesystem that
@@ -77,7 +77,8 @@ impl Guest {
     }
 
     fn fetch_kernel(&self) -> Result<()> {
-        let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+        let depends = toolchain::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
+            .context("apt-cache depends linux-image-amd64 failed")?;
         let package = depends
             .lines()
             .find_map(|l| l.trim().strip_prefix("Depends: "))
@@ -256,17 +257,4 @@ fn wait_for(mut qemu: std::process::Child) -> Result<std::process::ExitStatus> {
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
 }
