@@ -92,9 +92,13 @@ pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
     let mut call = unsafe { *call };
     let _ = INFLIGHT.remove(&tid);
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    if ret != 0 {
+        count(stat::FAILED_CALLS);
+        return 0;
+    }
     let v = &mut call.victim;
     let maybe_held = v.flags & victim_flags::REFS_VALID == 0 || v.refs > 1;
-    if ret == 0 && v.flags & victim_flags::KNOWN != 0 && maybe_held {
+    if v.flags & victim_flags::KNOWN != 0 && maybe_held {
         // Locks are dropped now; holders keep the inode alive, and a
         // pointer compare against a freed one simply never matches.
         if let Some(holder) = unsafe { holder::find(call.inode as *const u8) } {
@@ -158,9 +162,7 @@ unsafe fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
         // wake-up, so an `rm -rf` of unheld files does not wake it per file.
         let v = &call.victim;
         let unheld = v.flags & victim_flags::REFS_VALID != 0 && v.refs <= 1;
-        let quiet = ret != 0
-            || unheld
-            || v.flags & victim_flags::FS_HOOKED != 0 && v.flags & victim_flags::KNOWN == 0;
+        let quiet = unheld || v.flags & victim_flags::FS_HOOKED != 0 && v.flags & victim_flags::KNOWN == 0;
         let flags = if quiet { BPF_RB_NO_WAKEUP } else { BPF_RB_FORCE_WAKEUP };
         if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
             count(stat::LOST_EVENTS);

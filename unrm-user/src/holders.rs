@@ -192,7 +192,11 @@ pub struct HoldView {
 impl Snapshot {
     /// Every held file, by path then inode.
     pub fn views(&self) -> Vec<HeldView> {
-        let mut files: Vec<&HeldFile> = self.files.values().collect();
+        Self::views_of(self.files.values().cloned().collect())
+    }
+
+    /// These held files, by path then inode.
+    pub fn views_of(mut files: Vec<HeldFile>) -> Vec<HeldView> {
         files.sort_by(|a, b| a.path.cmp(&b.path).then(a.inode.cmp(&b.inode)));
         files
             .into_iter()

@@ -3,20 +3,30 @@
 //! One writer (the engine), WAL journal so that a crash never leaves a torn
 //! database, statements prepared once. A record's status moves forward only
 //! through the methods here; `captured` is written only after the content is
-//! durable in the store (principle 6).
+//! durable in the store.
+//!
+//! Writes never fail the caller. A full disk or an I/O error must not stop
+//! the engine (it holds pins other users rely on), so every write of the
+//! open transaction is also kept in a journal; if one fails, the
+//! transaction is rolled back at commit and the whole journal replayed in a
+//! new one, at every commit until it succeeds. Record ids are handed out
+//! here, not by SQLite, so a replay writes the very ids the engine already
+//! uses, and an id is never given twice, not even after a rollback (a
+//! store file left by a lost record can never be mistaken for a new one's).
 
 use std::{
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    os::unix::ffi::OsStrExt,
     path::Path,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use globset::GlobMatcher;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::{
-    record::{Deleter, Holder, Record, Status, from_nanos, nanos},
+    access::PathFacts,
+    record::{Deleter, Holder, Record, RestoreMeta, Status, from_nanos, nanos},
     xattrs::Xattr,
 };
 
@@ -43,7 +53,9 @@ CREATE TABLE IF NOT EXISTS records (
     captured_at_ns INTEGER,
     checksum       TEXT,
     xattrs         TEXT,
-    deleter_path   BLOB
+    deleter_path   BLOB,
+    access         TEXT,
+    path_resolved  INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
@@ -51,12 +63,15 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns D
 ";
 
 const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
-     deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path";
+     deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path, \
+     access, path_resolved";
 
 /// What the engine knows when it first records a deletion.
 #[derive(Clone, Debug, Default)]
 pub struct NewRecord {
     pub path: Vec<u8>,
+    /// The host resolved `path`: it is where the file lived on this host.
+    pub path_resolved: bool,
     pub dev: Option<u64>,
     pub ino: Option<u64>,
     pub size: Option<u64>,
@@ -71,18 +86,6 @@ pub struct NewRecord {
     pub status: Option<Status>,
     pub reason: Option<String>,
     pub holders: Vec<Holder>,
-    pub xattrs: Vec<Xattr>,
-}
-
-/// What a restore needs beyond the JSON record: the exact path bytes and
-/// the times to put back.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct RestoreMeta {
-    pub path: Vec<u8>,
-    pub atime_ns: Option<i64>,
-    pub mtime_ns: Option<i64>,
-    #[serde(default)]
-    pub xattrs: Vec<Xattr>,
 }
 
 pub type HeldRecord = (i64, Option<u64>, Option<u64>);
@@ -94,6 +97,60 @@ pub struct ListQuery {
     pub path: Option<GlobMatcher>,
     /// 0 for no limit.
     pub limit: usize,
+    /// Continue after this record (its deletion time and id), newest first.
+    pub after: Option<(i64, i64)>,
+    /// Rows to look at before answering with what was found so far (0: no
+    /// bound): a query one caller may see little of must not keep the
+    /// engine from its work.
+    pub scan: usize,
+}
+
+/// One page of a listing: the records, and where the next page starts when
+/// the scan stopped before the end.
+pub struct Page {
+    pub records: Vec<Record>,
+    pub next: Option<(i64, i64)>,
+}
+
+/// A write to the index, kept until its transaction commits.
+#[derive(Debug)]
+enum Write {
+    Insert(i64, Box<NewRecord>),
+    Status(i64, Status, Option<String>),
+    Holders(i64, String),
+    Deletion { id: i64, path: Vec<u8>, at: i64, by: Deleter, op: &'static str, resolved: bool },
+    Captured(i64, u64, i64),
+    Checksum(i64, String),
+    Xattrs(i64, Option<String>),
+    Access(i64, String),
+    Resolved(i64, bool),
+    Expire(i64),
+}
+
+impl Write {
+    /// Whether the write only records what nobody can restore: the first
+    /// to go when the journal is over its bound.
+    fn is_expendable(&self) -> bool {
+        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held))
+    }
+}
+
+/// Writes kept while the index cannot take them, at most; beyond it the
+/// expendable ones are dropped (and counted).
+const MAX_JOURNAL: usize = 200_000;
+/// How often a failed index is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How the index has fared, for `unrm status`.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// Failed writes and commits.
+    pub errors: u64,
+    /// Records of unheld deletions dropped while the index could not be written.
+    pub dropped: u64,
+    /// Writes waiting to be replayed.
+    pub waiting: usize,
+    pub last_error: Option<String>,
 }
 
 pub struct Index {
@@ -101,19 +158,29 @@ pub struct Index {
     /// Rows in `records`, counted once at open and kept up to date, so that
     /// `unrm status` does not scan a million rows.
     rows: u64,
+    next_id: i64,
+    /// Between `begin` and `commit`.
+    in_txn: bool,
+    /// An SQL transaction is open (BEGIN succeeded).
+    sql_open: bool,
+    /// Writes since the last durable commit.
+    journal: Vec<Write>,
+    /// A write failed: the rest wait in the journal for a replay.
+    failed: bool,
+    retry_at: Option<Instant>,
+    health: Health,
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).with_context(|| format!("opening index {}", path.display()))?;
-        // The index names other people's deleted files: root only.
-        for suffix in ["", "-wal", "-shm"] {
-            let file =
-                path.with_file_name(format!("{}{suffix}", path.file_name().unwrap().to_string_lossy()));
-            if file.exists() {
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
-            }
-        }
+    /// Opens the index at `path`, handing out ids from at least `first_id`
+    /// (the store may hold captures of records an earlier run lost).
+    pub fn open(path: &Path, first_id: i64) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening index {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // In WAL mode NORMAL never corrupts and survives a crash of the
         // daemon; a power cut may roll back the newest transactions. The
@@ -127,89 +194,233 @@ impl Index {
         conn.execute_batch(SCHEMA).context("creating the index schema")?;
         migrate(&conn)?;
         let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
-        Ok(Self { conn, rows })
+        let max = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM records", [], |row| row.get::<_, i64>(0))?;
+        Ok(Self {
+            conn,
+            rows,
+            next_id: (max + 1).max(first_id),
+            in_txn: false,
+            sql_open: false,
+            journal: Vec::new(),
+            failed: false,
+            retry_at: None,
+            health: Health::default(),
+        })
     }
 
-    pub fn begin(&self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+    pub fn begin(&mut self) {
+        if self.in_txn {
+            return;
+        }
+        self.in_txn = true;
+        if !self.failed {
+            match self.conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => self.sql_open = true,
+                Err(err) => self.fail("beginning a transaction", &err.into()),
+            }
+        }
+    }
+
+    /// Commits the open transaction. If any of its writes failed, or the
+    /// commit does, rolls back and replays every write not yet durable (at
+    /// most once per `RETRY_EVERY`). Returns whether they all are now.
+    pub fn commit(&mut self) -> bool {
+        let in_txn = std::mem::take(&mut self.in_txn);
+        if !self.failed {
+            if !in_txn {
+                return true;
+            }
+            self.sql_open = false;
+            match self.conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    self.journal.clear();
+                    return true;
+                }
+                Err(err) => self.fail("committing", &err.into()),
+            }
+        }
+        if std::mem::take(&mut self.sql_open) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        self.replay()
+    }
+
+    /// Writes the journal again in a transaction of its own.
+    fn replay(&mut self) -> bool {
+        let journal = std::mem::take(&mut self.journal);
+        let done = self.conn.execute_batch("BEGIN IMMEDIATE").is_ok()
+            && journal.iter().all(|w| self.execute(w).is_ok())
+            && self.conn.execute_batch("COMMIT").is_ok();
+        if done {
+            log::info!("the index took {} delayed writes", journal.len());
+            self.failed = false;
+            self.retry_at = None;
+            self.recount();
+            self.health.waiting = 0;
+            return true;
+        }
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.journal = journal;
+        self.health.errors += 1;
+        self.retry_at = Some(Instant::now() + RETRY_EVERY);
+        self.bound_journal();
+        false
+    }
+
+    fn bound_journal(&mut self) {
+        if self.journal.len() > MAX_JOURNAL {
+            let before = self.journal.len();
+            self.journal.retain(|w| !w.is_expendable());
+            self.health.dropped += (before - self.journal.len()) as u64;
+        }
+        self.health.waiting = self.journal.len();
+    }
+
+    fn recount(&mut self) {
+        if let Ok(rows) = self.conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0)) {
+            self.rows = rows as u64;
+        }
+    }
+
+    fn fail(&mut self, what: &str, err: &anyhow::Error) {
+        if !self.failed {
+            log::error!("the index could not be written ({what}: {err:#}); writes wait and are retried");
+        }
+        self.failed = true;
+        self.health.errors += 1;
+        self.health.last_error = Some(format!("{what}: {err:#}"));
+    }
+
+    /// Runs a write now (unless the transaction already failed) and keeps it
+    /// until the transaction commits.
+    fn write(&mut self, w: Write) {
+        if !self.failed
+            && let Err(err) = self.execute(&w)
+        {
+            self.fail("writing", &err);
+        }
+        if self.in_txn || self.failed {
+            self.journal.push(w);
+            if self.failed {
+                self.bound_journal();
+            }
+        }
+    }
+
+    fn execute(&mut self, w: &Write) -> Result<()> {
+        let c = &self.conn;
+        match w {
+            Write::Insert(id, r) => {
+                insert(c, *id, r)?;
+                self.rows += 1;
+            }
+            Write::Status(id, status, reason) => {
+                c.prepare_cached("UPDATE records SET status = ?2, reason = ?3 WHERE id = ?1")?
+                    .execute(params![id, status.as_str(), reason])?;
+            }
+            Write::Holders(id, holders) => {
+                c.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?.execute(params![id, holders])?;
+            }
+            Write::Deletion { id, path, at, by, op, resolved } => {
+                c.prepare_cached(
+                    "UPDATE records SET path = ?2, deleted_at_ns = ?3, deleter_pid = ?4, deleter_uid = ?5,
+                        deleter_comm = ?6, op = ?7, deleter_path = ?8, path_resolved = ?9 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    path,
+                    at,
+                    by.pid,
+                    by.uid,
+                    by.comm,
+                    op,
+                    by.path.as_deref().map(str::as_bytes),
+                    resolved
+                ])?;
+            }
+            Write::Captured(id, size, at) => {
+                c.prepare_cached(
+                    "UPDATE records SET status = 'captured', reason = NULL, size = ?2, captured_at_ns = ?3
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, *size as i64, at])?;
+            }
+            Write::Checksum(id, sum) => {
+                c.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?.execute(params![id, sum])?;
+            }
+            Write::Xattrs(id, xattrs) => {
+                c.prepare_cached("UPDATE records SET xattrs = ?2 WHERE id = ?1")?.execute(params![id, xattrs])?;
+            }
+            Write::Access(id, facts) => {
+                c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?.execute(params![id, facts])?;
+            }
+            Write::Resolved(id, resolved) => {
+                c.prepare_cached("UPDATE records SET path_resolved = ?2 WHERE id = ?1")?
+                    .execute(params![id, resolved])?;
+            }
+            Write::Expire(cutoff) => {
+                let gone = c
+                    .prepare_cached("DELETE FROM records WHERE deleted_at_ns < ?1 AND status != 'held'")?
+                    .execute([cutoff])?;
+                self.rows = self.rows.saturating_sub(gone as u64);
+            }
+        }
         Ok(())
     }
 
-    pub fn commit(&self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+    /// Records a new deletion; returns its id.
+    pub fn insert(&mut self, r: &NewRecord) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.write(Write::Insert(id, Box::new(r.clone())));
+        id
     }
 
-    pub fn insert(&mut self, r: &NewRecord) -> Result<i64> {
-        let holders = serde_json::to_string(&r.holders)?;
-        let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO records (path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
-                deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders, xattrs,
-                deleter_path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-        )?;
-        stmt.execute(params![
-            r.path,
-            r.dev.map(|d| d as i64),
-            r.ino.map(|i| i as i64),
-            r.size.map(|s| s as i64),
-            r.mode,
-            r.uid,
-            r.gid,
-            r.atime_ns,
-            r.mtime_ns,
-            deleted_at,
-            r.deleted_by.as_ref().map(|d| d.pid),
-            r.deleted_by.as_ref().map(|d| d.uid),
-            r.deleted_by.as_ref().map(|d| d.comm.as_str()),
-            r.op,
-            r.status.unwrap_or(Status::Unheld).as_str(),
-            r.reason,
-            holders,
-            (!r.xattrs.is_empty()).then(|| serde_json::to_string(&r.xattrs)).transpose()?,
-            r.deleted_by.as_ref().and_then(|d| d.path.as_deref()).map(str::as_bytes),
-        ])?;
-        self.rows += 1;
-        Ok(self.conn.last_insert_rowid())
+    pub fn set_status(&mut self, id: i64, status: Status, reason: Option<&str>) {
+        self.write(Write::Status(id, status, reason.map(str::to_owned)));
     }
 
-    pub fn set_status(&self, id: i64, status: Status, reason: Option<&str>) -> Result<()> {
-        let mut stmt =
-            self.conn.prepare_cached("UPDATE records SET status = ?2, reason = ?3 WHERE id = ?1")?;
-        stmt.execute(params![id, status.as_str(), reason])?;
-        Ok(())
-    }
-
-    pub fn set_holders(&self, id: i64, holders: &[Holder]) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?;
-        stmt.execute(params![id, serde_json::to_string(holders)?])?;
-        Ok(())
+    pub fn set_holders(&mut self, id: i64, holders: &[Holder]) {
+        let holders = serde_json::to_string(holders).expect("holders serialize");
+        self.write(Write::Holders(id, holders));
     }
 
     /// A scan pinned the file before its deletion event was handled: the
     /// event knows better who deleted it, when, and under which path.
-    pub fn set_deletion(&self, id: i64, path: &[u8], at: SystemTime, by: &Deleter, op: &str) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE records SET path = ?2, deleted_at_ns = ?3, deleter_pid = ?4, deleter_uid = ?5,
-                deleter_comm = ?6, op = ?7 WHERE id = ?1",
-        )?;
-        stmt.execute(params![id, path, nanos(at), by.pid, by.uid, by.comm, op])?;
-        Ok(())
+    pub fn set_deletion(&mut self, id: i64, r: &NewRecord) {
+        let Some(by) = r.deleted_by.clone() else { return };
+        let at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
+        let (path, op, resolved) = (r.path.clone(), r.op, r.path_resolved);
+        self.write(Write::Deletion { id, path, at, by, op, resolved });
     }
 
-    pub fn mark_captured(&self, id: i64, size: u64, at: SystemTime) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE records SET status = 'captured', reason = NULL, size = ?2, captured_at_ns = ?3 WHERE id = ?1",
-        )?;
-        stmt.execute(params![id, size as i64, nanos(at)])?;
-        Ok(())
+    pub fn mark_captured(&mut self, id: i64, size: u64, at: SystemTime) {
+        self.write(Write::Captured(id, size, nanos(at)));
     }
 
-    pub fn set_checksum(&self, id: i64, checksum: &str) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?;
-        stmt.execute(params![id, checksum])?;
-        Ok(())
+    pub fn set_checksum(&mut self, id: i64, checksum: &str) {
+        self.write(Write::Checksum(id, checksum.to_owned()));
+    }
+
+    /// The extended attributes that go with a capture's content.
+    pub fn set_xattrs(&mut self, id: i64, xattrs: &[Xattr]) {
+        let json = (!xattrs.is_empty()).then(|| serde_json::to_string(xattrs).expect("xattrs serialize"));
+        self.write(Write::Xattrs(id, json));
+    }
+
+    pub fn set_access(&mut self, id: i64, facts: &PathFacts) {
+        self.write(Write::Access(id, serde_json::to_string(facts).expect("facts serialize")));
+    }
+
+    pub fn set_path_resolved(&mut self, id: i64, resolved: bool) {
+        self.write(Write::Resolved(id, resolved));
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     pub fn get(&self, id: i64) -> Result<Option<Record>> {
@@ -234,44 +445,54 @@ impl Index {
     }
 
     /// Newest first, among the records `visible` admits.
-    pub fn list(&self, q: &ListQuery, visible: impl Fn(&Record) -> bool) -> Result<Vec<Record>> {
+    pub fn list(&self, q: &ListQuery, mut visible: impl FnMut(&Record) -> bool) -> Result<Page> {
         // Two statements, so that each can walk its own index in order.
         let since = q.since.map(nanos).unwrap_or(i64::MIN);
+        let (after_ns, after_id) = q.after.unwrap_or((i64::MAX, i64::MAX));
         let (mut stmt, status) = match q.status {
             Some(status) => (
                 self.conn.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM records WHERE status = ?2 AND deleted_at_ns >= ?1
-                     ORDER BY deleted_at_ns DESC, id DESC"
+                     AND (deleted_at_ns, id) < (?3, ?4) ORDER BY deleted_at_ns DESC, id DESC"
                 ))?,
                 Some(status.as_str()),
             ),
             None => (
                 self.conn.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM records WHERE deleted_at_ns >= ?1 AND ?2 IS NULL
-                     ORDER BY deleted_at_ns DESC, id DESC"
+                     AND (deleted_at_ns, id) < (?3, ?4) ORDER BY deleted_at_ns DESC, id DESC"
                 ))?,
                 None,
             ),
         };
-        let mut rows = stmt.query(params![since, status])?;
-        let mut out = Vec::new();
+        let mut rows = stmt.query(params![since, status, after_ns, after_id])?;
+        let mut page = Page { records: Vec::new(), next: None };
+        let mut scanned = 0;
         while let Some(row) = rows.next()? {
-            if let Some(glob) = &q.path {
-                let path: Vec<u8> = row.get(1)?;
-                if !glob.is_match(Path::new(std::ffi::OsStr::from_bytes(&path))) {
-                    continue;
+            scanned += 1;
+            let at = (row.get::<_, i64>(8)?, row.get::<_, i64>(0)?);
+            let matched = match &q.path {
+                Some(glob) => {
+                    let path: Vec<u8> = row.get(1)?;
+                    glob.is_match(Path::new(std::ffi::OsStr::from_bytes(&path)))
+                }
+                None => true,
+            };
+            if matched {
+                let record = record_from_row(row)?;
+                if visible(&record) {
+                    page.records.push(record);
+                    if q.limit != 0 && page.records.len() >= q.limit {
+                        break;
+                    }
                 }
             }
-            let record = record_from_row(row)?;
-            if !visible(&record) {
-                continue;
-            }
-            out.push(record);
-            if q.limit != 0 && out.len() >= q.limit {
+            if q.scan != 0 && scanned >= q.scan {
+                page.next = Some(at);
                 break;
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Records that were `held` when the daemon last stopped: id, dev, ino.
@@ -287,12 +508,13 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The capture that has been in the store longest.
-    pub fn oldest_capture(&self) -> Result<Option<i64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id FROM records WHERE status = 'captured' ORDER BY captured_at_ns, id LIMIT 1",
-        )?;
-        Ok(stmt.query_row([], |row| row.get(0)).optional()?)
+    /// Every capture in the store: id, owner, when captured.
+    pub fn captures(&self) -> Result<Vec<(i64, Option<u32>, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, uid, COALESCE(captured_at_ns, 0) FROM records WHERE status = 'captured'")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Forgets records of deletions before `cutoff` (but never one still
@@ -303,11 +525,8 @@ impl Index {
             .conn
             .prepare_cached("SELECT id FROM records WHERE deleted_at_ns < ?1 AND status = 'captured'")?;
         let captured = stmt.query_map([cutoff], |row| row.get(0))?.collect::<Result<Vec<i64>, _>>()?;
-        let gone = self
-            .conn
-            .prepare_cached("DELETE FROM records WHERE deleted_at_ns < ?1 AND status != 'held'")?
-            .execute([cutoff])?;
-        self.rows = self.rows.saturating_sub(gone as u64);
+        drop(stmt);
+        self.write(Write::Expire(cutoff));
         Ok(captured)
     }
 
@@ -316,13 +535,50 @@ impl Index {
     }
 }
 
-/// Brings an index made by an older unrm up to this schema.
+fn insert(c: &Connection, id: i64, r: &NewRecord) -> Result<()> {
+    let holders = serde_json::to_string(&r.holders)?;
+    let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
+    let mut stmt = c.prepare_cached(
+        "INSERT OR REPLACE INTO records (id, path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
+            deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders,
+            deleter_path, path_resolved)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+    )?;
+    stmt.execute(params![
+        id,
+        r.path,
+        r.dev.map(|d| d as i64),
+        r.ino.map(|i| i as i64),
+        r.size.map(|s| s as i64),
+        r.mode,
+        r.uid,
+        r.gid,
+        r.atime_ns,
+        r.mtime_ns,
+        deleted_at,
+        r.deleted_by.as_ref().map(|d| d.pid),
+        r.deleted_by.as_ref().map(|d| d.uid),
+        r.deleted_by.as_ref().map(|d| d.comm.as_str()),
+        r.op,
+        r.status.unwrap_or(Status::Unheld).as_str(),
+        r.reason,
+        holders,
+        r.deleted_by.as_ref().and_then(|d| d.path.as_deref()).map(str::as_bytes),
+        r.path_resolved,
+    ])?;
+    Ok(())
+}
+
+/// Brings an index made by an older unrm up to this schema. Records from
+/// before `path_resolved` existed have it unset: not verified.
 fn migrate(conn: &Connection) -> Result<()> {
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('records')")?
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for (column, kind) in [("xattrs", "TEXT"), ("deleter_path", "BLOB")] {
+    for (column, kind) in
+        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER")]
+    {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
         }
@@ -335,9 +591,11 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
     let deleter_pid: Option<u32> = row.get(9)?;
     let status: String = row.get(13)?;
     let holders: String = row.get(15)?;
+    let access: Option<String> = row.get(19)?;
     Ok(Record {
         id: row.get(0)?,
         path: String::from_utf8_lossy(&path).into_owned(),
+        path_resolved: row.get::<_, Option<bool>>(20)?.unwrap_or(false),
         dev: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
         ino: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
         size: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
@@ -360,6 +618,7 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
         holders: serde_json::from_str(&holders).unwrap_or_default(),
         captured_at: row.get::<_, Option<i64>>(16)?.map(from_nanos),
         checksum: row.get(17)?,
+        access: access.and_then(|a| serde_json::from_str(&a).ok()),
     })
 }
 
@@ -370,13 +629,14 @@ mod tests {
 
     fn index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite"), 1).unwrap();
         (dir, index)
     }
 
     fn new(path: &str, status: Status, at_s: u64) -> NewRecord {
         NewRecord {
             path: path.as_bytes().to_vec(),
+            path_resolved: true,
             dev: Some(7),
             ino: Some(at_s),
             deleted_at: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at_s)),
@@ -388,30 +648,33 @@ mod tests {
         }
     }
 
+    fn all(idx: &Index, q: &ListQuery) -> Vec<Record> {
+        idx.list(q, |_| true).unwrap().records
+    }
+
     #[test]
-    fn lists_newest_first_with_filters() {
+    fn lists_newest_first_with_filters_and_pages() {
         let (_dir, mut idx) = index();
-        idx.insert(&new("/a/x.log", Status::Unheld, 10)).unwrap();
-        idx.insert(&new("/a/y.txt", Status::Held, 20)).unwrap();
-        idx.insert(&new("/b/z.log", Status::Held, 30)).unwrap();
-        let all = idx.list(&ListQuery::default(), |_| true).unwrap();
-        assert_eq!(
-            all.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
-            ["/b/z.log", "/a/y.txt", "/a/x.log"]
-        );
-        let held =
-            idx.list(&ListQuery { status: Some(Status::Held), ..Default::default() }, |_| true).unwrap();
+        idx.insert(&new("/a/x.log", Status::Unheld, 10));
+        idx.insert(&new("/a/y.txt", Status::Held, 20));
+        idx.insert(&new("/b/z.log", Status::Held, 30));
+        let paths = |records: &[Record]| records.iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&all(&idx, &ListQuery::default())), ["/b/z.log", "/a/y.txt", "/a/x.log"]);
+        let held = all(&idx, &ListQuery { status: Some(Status::Held), ..Default::default() });
         assert_eq!(held.len(), 2);
         let glob = globset::Glob::new("*.log").unwrap().compile_matcher();
-        let logs =
-            idx.list(&ListQuery { path: Some(glob), limit: 1, ..Default::default() }, |_| true).unwrap();
-        assert_eq!(logs.len(), 1);
-        assert_eq!(logs[0].path, "/b/z.log");
+        let logs = all(&idx, &ListQuery { path: Some(glob), limit: 1, ..Default::default() });
+        assert_eq!(paths(&logs), ["/b/z.log"]);
         let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(15);
-        assert_eq!(
-            idx.list(&ListQuery { since: Some(since), ..Default::default() }, |_| true).unwrap().len(),
-            2
-        );
+        assert_eq!(all(&idx, &ListQuery { since: Some(since), ..Default::default() }).len(), 2);
+        // A bounded scan answers in pages that join up.
+        let mut q = ListQuery { scan: 2, ..Default::default() };
+        let first = idx.list(&q, |_| true).unwrap();
+        assert_eq!(paths(&first.records), ["/b/z.log", "/a/y.txt"]);
+        q.after = first.next;
+        let second = idx.list(&q, |_| true).unwrap();
+        assert_eq!(paths(&second.records), ["/a/x.log"]);
+        assert!(second.next.is_none());
     }
 
     #[test]
@@ -419,22 +682,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let id = {
-            let mut idx = Index::open(&path).unwrap();
-            let id = idx.insert(&new("/f", Status::Held, 1)).unwrap();
+            let mut idx = Index::open(&path, 1).unwrap();
+            idx.begin();
+            let id = idx.insert(&new("/f", Status::Held, 1));
+            assert!(idx.commit());
             assert_eq!(idx.held().unwrap(), vec![(id, Some(7), Some(1))]);
-            idx.mark_captured(id, 5, SystemTime::now()).unwrap();
-            idx.set_checksum(id, "abc").unwrap();
+            idx.mark_captured(id, 5, SystemTime::now());
+            idx.set_checksum(id, "abc");
             id
         };
-        let idx = Index::open(&path).unwrap();
+        let idx = Index::open(&path, 1).unwrap();
         let rec = idx.get(id).unwrap().unwrap();
         assert_eq!(rec.status, Status::Captured);
         assert_eq!(rec.checksum.as_deref(), Some("abc"));
         assert_eq!(rec.holders[0].comm, "less");
+        assert!(rec.path_resolved);
         assert!(idx.held().unwrap().is_empty());
         assert_eq!(idx.rows(), 1, "counted at open");
         assert!(idx.get(id + 1).unwrap().is_none());
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn ids_are_never_given_twice_and_start_where_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut idx = Index::open(&path, 40).unwrap();
+        assert_eq!(idx.insert(&new("/a", Status::Unheld, 1)), 40);
+        drop(idx);
+        let mut idx = Index::open(&path, 1).unwrap();
+        assert_eq!(idx.insert(&new("/b", Status::Unheld, 2)), 41);
+    }
+
+    #[test]
+    fn failed_writes_are_replayed_at_the_next_commit() {
+        let (_dir, mut idx) = index();
+        idx.begin();
+        let a = idx.insert(&new("/a", Status::Held, 1));
+        // Make the next write fail as a full disk would: a table it needs
+        // is gone for the length of one transaction.
+        idx.conn.execute_batch("ALTER TABLE records RENAME TO hidden").unwrap();
+        idx.set_status(a, Status::Captured, None);
+        let b = idx.insert(&new("/b", Status::Held, 2));
+        idx.conn.execute_batch("ALTER TABLE hidden RENAME TO records").unwrap();
+        assert_eq!(idx.health().errors, 1);
+        assert!(idx.commit(), "replayed in a new transaction");
+        assert_eq!(idx.get(a).unwrap().unwrap().status, Status::Captured);
+        assert_eq!(idx.get(b).unwrap().unwrap().path, "/b");
+        assert_eq!(idx.health().waiting, 0);
     }
 }

@@ -5,10 +5,9 @@
 
 use std::{
     ffi::OsStr,
-    os::fd::OwnedFd,
     os::unix::ffi::OsStrExt,
     path::{Component, Path, PathBuf},
-    sync::mpsc::Sender,
+    sync::{Arc, mpsc::Sender},
 };
 
 use anyhow::{Result, bail};
@@ -20,8 +19,11 @@ use unrm_abi::{
 };
 
 use crate::{
+    budget::Budget,
+    clock::monotonic_ns,
     holders::{InodeId, comm_string},
     mounts::{Located, Views},
+    pins::{self, Meta, PinFd, Refused},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +58,8 @@ impl Victim {
 /// event named a holder (see `pins::grab`).
 #[derive(Debug)]
 pub struct Grab {
-    pub handle: OwnedFd,
+    pub pin: PinFd,
+    pub meta: Meta,
     /// CLOCK_MONOTONIC when the handle was taken.
     pub at_ns: u64,
 }
@@ -73,6 +76,9 @@ pub struct Deletion {
     /// Absolute and lexically normalised: as the deleting process saw it
     /// when decoded, as the host sees it once placed (see `place`).
     pub path: PathBuf,
+    /// `path` is the host's: the deletion came from the host's mount
+    /// namespace, or its path was carried through the host's mount table.
+    pub host_path: bool,
     /// The path as the deleter saw it, when that is not `path` (a process
     /// in another mount namespace).
     pub seen_path: Option<PathBuf>,
@@ -89,6 +95,8 @@ pub struct Deletion {
     /// reader finds where that filesystem is mounted.
     pub fs_relative: bool,
     pub grabbed: Option<Grab>,
+    /// The reader found the descriptor budget spent when it tried to grab.
+    pub over_budget: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +177,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         comm: comm_string(&ev.comm),
         ret: ev.ret,
         path,
+        host_path: true,
         seen_path: None,
         mnt_ns: ev.mnt_ns,
         path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
@@ -176,6 +185,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
         fs_relative,
         grabbed: None,
+        over_budget: false,
     })
 }
 
@@ -219,21 +229,22 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Pin first (principle 1): when the probe named a descriptor holding the
-/// deleted inode, take an `O_PATH` handle on it right here, before the event
-/// queues behind anything. It costs two system calls on procfs and never
-/// blocks.
-fn grab(d: &mut Deletion) {
+/// Pin first: when the probe named a descriptor holding the deleted inode,
+/// take an `O_PATH` handle on it right here, before the event queues behind
+/// anything. It costs two system calls on procfs and never blocks, and it
+/// is taken only within the descriptor budget.
+fn grab(d: &mut Deletion, budget: &Arc<Budget>) {
     let Some(victim) = &d.victim else { return };
     let Some((pid, fd)) = victim.holder else { return };
     if d.ret != 0 {
         return;
     }
     let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-    match crate::pins::grab(&link, victim.inode) {
-        Ok(handle) => d.grabbed = Some(Grab { handle, at_ns: crate::daemon::monotonic_ns() }),
+    match pins::grab(&link, victim.inode, budget) {
+        Ok((pin, meta)) => d.grabbed = Some(Grab { pin, meta, at_ns: monotonic_ns() }),
+        Err(Refused::Budget) => d.over_budget = true,
         Err(err) => {
-            let late_us = crate::daemon::monotonic_ns().saturating_sub(d.ktime_ns) / 1000;
+            let late_us = monotonic_ns().saturating_sub(d.ktime_ns) / 1000;
             log::debug!("{}: no grab through {} after {late_us} µs: {err}", d.path.display(), link.display());
         }
     }
@@ -255,6 +266,7 @@ fn place(d: &mut Deletion, views: &mut Views) {
         }
         return;
     } else {
+        d.host_path = false;
         let Some(theirs) = views.foreign(d.mnt_ns, d.pid) else {
             log::warn!(
                 "{}: deleted in mount namespace {} with nobody left in it; the path is as {} saw it",
@@ -271,6 +283,7 @@ fn place(d: &mut Deletion, views: &mut Views) {
     };
     let Some(at) = located else {
         d.path_complete = false;
+        d.host_path = false;
         return;
     };
     if d.fs_relative && !views.is_own(d.mnt_ns) {
@@ -280,13 +293,17 @@ fn place(d: &mut Deletion, views: &mut Views) {
         Some(host) => {
             d.path = host;
             d.fs_relative = false;
+            d.host_path = true;
         }
         // Not visible from the host's namespace at all: the deleter's view
-        // is the best name there is.
-        None => match d.seen_path.take() {
-            Some(seen) => d.path = seen,
-            None => d.path_complete = false,
-        },
+        // is the best name there is, and it is not a path on this host.
+        None => {
+            d.host_path = false;
+            match d.seen_path.take() {
+                Some(seen) => d.path = seen,
+                None => d.path_complete = false,
+            }
+        }
     }
     if d.seen_path.as_ref() == Some(&d.path) {
         d.seen_path = None;
@@ -310,7 +327,7 @@ fn unstack(d: &mut Deletion, located: Option<&Located>) {
 /// A thread of its own blocked in poll(2), rather than a task on the async
 /// runtime: one wake-up between the kernel's notification and the first
 /// pin, instead of the reactor's and then a worker's.
-pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Result<()> {
+pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>, budget: Arc<Budget>) -> Result<()> {
     let mut views = Views::new();
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
@@ -325,7 +342,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>) -> Res
             match decode(&item) {
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
-                        grab(d);
+                        grab(d, &budget);
                         place(d, &mut views);
                     }
                     if tx.send(event.into()).is_err() {

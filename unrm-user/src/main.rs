@@ -3,12 +3,15 @@
 //! The data path, one module per step:
 //! `probe` (eBPF in the kernel) → `ingest` (ring buffer to events) →
 //! `holders` (the kernel's truth about who holds what) → `pins` (unrm's own
-//! reference) → `daemon` (decisions) → `copy`/`store` (captured content) →
-//! `index` (SQLite) → `api` (the socket) → `cli` (what the user types).
+//! reference, within the descriptor `budget`) → `daemon` (decisions) →
+//! `copy`/`store` (captured content) → `index` (SQLite) → `access` (who may
+//! see what) → `api` (the socket) → `cli` (what the user types).
 
 mod access;
 mod api;
+mod budget;
 mod cli;
+mod clock;
 mod copy;
 mod daemon;
 mod holders;
@@ -24,7 +27,6 @@ mod xattrs;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -57,11 +59,4 @@ fn main() -> ExitCode {
 /// An error and its causes on one line.
 fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
-}
-
-pub fn require_root(what: &str) -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!("{what} must run as root (it loads eBPF programs and reads other processes' files)");
-    }
-    Ok(())
 }

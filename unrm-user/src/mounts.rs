@@ -158,6 +158,11 @@ impl Views {
     pub fn foreign(&mut self, ns: u32, pid: u32) -> Option<&Mounts> {
         if self.others.get_mut(&ns).and_then(Watched::current).is_none() {
             self.others.remove(&ns);
+            if self.others.len() >= MAX_FOREIGN {
+                // Each table is an open descriptor: the least used goes.
+                let oldest = self.others.iter().min_by_key(|(_, t)| t.used).map(|(ns, _)| *ns);
+                self.others.retain(|ns, _| Some(*ns) != oldest);
+            }
             let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
             let found = std::iter::once(pid.to_string())
                 .chain(procs.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -180,6 +185,9 @@ impl Views {
 }
 
 const KEEP_UNUSED: Duration = Duration::from_secs(5);
+/// Other namespaces' tables kept open at once (each is a descriptor; any
+/// user can make namespaces).
+pub const MAX_FOREIGN: usize = 32;
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(field: &str) -> PathBuf {

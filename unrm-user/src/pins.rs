@@ -1,114 +1,185 @@
-//! Taking unrm's own reference to a deleted inode: the pin that saves data
-//! (principle 1). While unrm holds it, no close by anyone else can free the
-//! inode, and its content can be copied or handed to a restore at leisure.
+//! Taking unrm's own reference to a deleted inode: the pin that saves data.
+//! While unrm holds it, no close by anyone else can free the inode, and its
+//! content can be copied or handed to a restore at leisure.
+//!
+//! A pin is one `O_PATH` descriptor and nothing else. Taking it opens
+//! nothing (no `->open`, so it cannot block on a FUSE server or trigger a
+//! device's open) and its metadata is read with `AT_STATX_DONT_SYNC`, the
+//! kernel's cached view, which never waits for a FUSE server or a network
+//! filesystem either. So the ring-buffer reader and the engine may take
+//! pins without ever blocking; whatever must really talk to the filesystem
+//! (opening for reading, extended attributes, copying) is done by the file
+//! workers (`daemon::lanes`), one per filesystem.
 
 use std::{
     fs::{File, OpenOptions},
     io,
     os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::fs::{MetadataExt, OpenOptionsExt},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
     },
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use rustix::fs::{Mode, OFlags, fstat, open};
+use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags, open, statx};
 
 use crate::{
+    budget::{Budget, Ticket},
     holders::{HeldFile, InodeId},
-    xattrs::Xattr,
 };
 
-/// The file's metadata at the moment it was pinned.
-#[derive(Clone, Debug)]
+/// A file's metadata as the kernel has it cached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// As stat(2) reports it (on btrfs, the subvolume's device).
     pub dev: u64,
+    pub ino: u64,
     pub size: u64,
     pub mode: u32,
+    pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
     pub atime_ns: i64,
     pub mtime_ns: i64,
-    pub xattrs: Vec<Xattr>,
+    /// Changes with every chmod, chown, ACL change and write: a permission
+    /// check made against an older ctime may no longer hold.
+    pub ctime_ns: i64,
 }
 
 impl Meta {
-    pub fn of(file: &File) -> io::Result<Self> {
-        let st = file.metadata()?;
+    /// Without waiting for the filesystem (`AT_STATX_DONT_SYNC`).
+    pub fn of(fd: BorrowedFd) -> io::Result<Self> {
+        let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+        let st = statx(fd, "", flags, StatxFlags::BASIC_STATS)?;
+        let ns = |t: rustix::fs::StatxTimestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
         Ok(Meta {
-            dev: st.dev(),
-            size: st.size(),
-            mode: st.mode(),
-            uid: st.uid(),
-            gid: st.gid(),
-            atime_ns: st.atime() * 1_000_000_000 + st.atime_nsec(),
-            mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
-            xattrs: crate::xattrs::read(file),
+            dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            size: st.stx_size,
+            mode: u32::from(st.stx_mode),
+            nlink: st.stx_nlink,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            atime_ns: ns(st.stx_atime),
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
         })
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
     }
 }
 
-/// Opens a reference to `held` through the first of its holds that still
-/// leads to the same deleted inode.
-pub fn take(held: &HeldFile) -> Option<(File, Meta)> {
-    held.holds.iter().find_map(|hold| {
+/// unrm's reference to a deleted inode: an `O_PATH` descriptor and its
+/// share of the descriptor budget, both let go together.
+#[derive(Debug)]
+pub struct PinFd {
+    fd: OwnedFd,
+    _ticket: Ticket,
+}
+
+/// A pin shared between the engine and the file workers using it: the
+/// descriptor closes when the last of them lets go.
+pub type Pinned = Arc<PinFd>;
+
+impl AsFd for PinFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl PinFd {
+    /// The /proc link that reopens the pinned inode.
+    pub fn proc_path(&self) -> PathBuf {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd()).into()
+    }
+
+    /// A reading descriptor on the pinned inode. This calls the
+    /// filesystem's `->open`, which may block (FUSE, NFS): file workers only.
+    pub fn open_for_reading(&self) -> io::Result<File> {
+        reopen(&self.proc_path())
+    }
+}
+
+/// Why no pin was taken.
+#[derive(Debug)]
+pub enum Refused {
+    /// The descriptor budget is spent.
+    Budget,
+    /// The holder let go, or its descriptor now names something else.
+    Gone(io::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Budget => f.write_str("the descriptor budget is spent"),
+            Refused::Gone(err) => err.fmt(f),
+        }
+    }
+}
+
+/// Pins `held` through the first of its holds that still leads to the same
+/// deleted inode.
+pub fn take(held: &HeldFile, budget: &Arc<Budget>) -> Result<(PinFd, Meta), Refused> {
+    let mut last = Refused::Gone(io::Error::other("no holds"));
+    for hold in &held.holds {
         let link = hold.proc_path();
-        match grab(&link, held.inode).and_then(|handle| open_grabbed(&handle)) {
-            Ok(pinned) => Some(pinned),
+        match grab(&link, held.inode, budget) {
+            Ok(pinned) => return Ok(pinned),
+            Err(Refused::Budget) => return Err(Refused::Budget),
             Err(err) => {
                 log::debug!("no pin through {}: {err}", link.display());
-                None
+                last = err;
             }
         }
-    })
+    }
+    Err(last)
 }
 
 /// Takes an `O_PATH` handle on the deleted inode behind a /proc link. The
 /// handle holds the dentry, so the inode and its data live as long as it
-/// does: this alone is a pin. It opens nothing (no `->open`, so it cannot
-/// block on a FUSE server or trigger a device's open), which is why the
-/// ring-buffer reader may take it the moment an event names a holder.
+/// does: this alone is a pin.
 ///
 /// Between the event (or scan) and now, the holder may have closed the fd
 /// and opened something else under the same number: the handle is kept
 /// only if it is still the same deleted regular file.
-pub fn grab(link: &Path, want: InodeId) -> io::Result<OwnedFd> {
-    let handle = open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
-    let st = fstat(&handle)?;
-    let same = st.st_ino == want.ino && (st.st_dev == want.dev || mount_device(&handle) == Some(want.dev));
-    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-    if !same || !regular || st.st_nlink != 0 {
-        return Err(io::Error::other(format!(
+pub fn grab(link: &Path, want: InodeId, budget: &Arc<Budget>) -> Result<(PinFd, Meta), Refused> {
+    let ticket = budget.take().ok_or(Refused::Budget)?;
+    let fd = open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| Refused::Gone(e.into()))?;
+    let meta = Meta::of(fd.as_fd()).map_err(Refused::Gone)?;
+    let same = meta.ino == want.ino && (meta.dev == want.dev || mount_device(&fd) == Some(want.dev));
+    if !same || !meta.is_regular() || meta.nlink != 0 {
+        return Err(Refused::Gone(io::Error::other(format!(
             "{} is no longer the deleted file (dev {:x} ino {} nlink {}, wanted dev {:x} ino {})",
             link.display(),
-            st.st_dev,
-            st.st_ino,
-            st.st_nlink,
+            meta.dev,
+            meta.ino,
+            meta.nlink,
             want.dev,
             want.ino
-        )));
+        ))));
     }
-    Ok(handle)
+    Ok((PinFd { fd, _ticket: ticket }, meta))
+}
+
+/// The mount a descriptor was reached through, by its id in mountinfo.
+pub fn mount_id(fd: &impl AsRawFd) -> Option<String> {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    Some(fdinfo.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim().to_owned())
 }
 
 /// The device of the filesystem a descriptor lives on, as the kernel's
 /// `super_block` has it. The probes identify inodes by that device; stat(2)
 /// reports another one on btrfs (each subvolume has an anonymous device).
 fn mount_device(fd: &OwnedFd) -> Option<u64> {
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    let mnt_id = fdinfo.lines().find_map(|l| l.strip_prefix("mnt_id:"))?.trim();
+    let mnt_id = mount_id(fd)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let line = mountinfo.lines().find(|l| l.split(' ').next() == Some(mnt_id))?;
+    let line = mountinfo.lines().find(|l| l.split(' ').next() == Some(mnt_id.as_str()))?;
     let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
     Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// Opens a grabbed inode for reading, through our own handle.
-pub fn open_grabbed(handle: &OwnedFd) -> io::Result<(File, Meta)> {
-    let file = reopen(Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())))?;
-    let meta = Meta::of(&file)?;
-    Ok((file, meta))
 }
 
 /// Opens for reading without touching the access time where allowed.
@@ -120,7 +191,32 @@ pub fn reopen(path: &Path) -> io::Result<File> {
     }
 }
 
-/// A fresh, independent reading handle on a pinned file (for a restore).
-pub fn reopen_pin(pin: &File) -> io::Result<File> {
-    reopen(Path::new(&format!("/proc/self/fd/{}", pin.as_raw_fd())))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_holds_a_deleted_file_and_its_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"kept").unwrap();
+        let holder = File::open(&path).unwrap();
+        let st = Meta::of(holder.as_fd()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let link = PathBuf::from(format!("/proc/self/fd/{}", holder.as_raw_fd()));
+        let budget = Budget::new(1);
+        let want = InodeId { dev: st.dev, ino: st.ino };
+        let (pin, meta) = grab(&link, want, &budget).unwrap();
+        assert_eq!((meta.size, meta.nlink), (4, 0));
+        assert!(matches!(grab(&link, want, &budget), Err(Refused::Budget)), "one ticket only");
+        drop(holder);
+        assert_eq!(std::fs::read(pin.proc_path()).unwrap(), b"kept");
+        drop(pin);
+        assert_eq!(budget.used(), 0);
+        // A different inode behind the link is refused.
+        let other = InodeId { dev: st.dev, ino: st.ino + 1 };
+        let f = File::open(dir.path()).unwrap();
+        let link = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        assert!(matches!(grab(&link, other, &budget), Err(Refused::Gone(_))));
+    }
 }

@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::access::Visibility;
+
 pub const DEFAULT_CONFIG: &str = "/etc/unrm.toml";
 
 /// The config file as written. Every key is optional; an unknown key is an
@@ -32,6 +34,18 @@ struct ConfigFile {
     exclude: Option<Vec<String>>,
     uids: Option<Vec<u32>>,
     scratch_files: Option<Scratch>,
+    visible_to: Option<Visibility>,
+    store_reserve: Option<String>,
+    per_user: Option<PerUserFile>,
+}
+
+/// `[per_user]`: what each user other than root may take.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerUserFile {
+    pins: Option<SizeValue>,
+    store: Option<SizeValue>,
+    records_per_minute: Option<u64>,
 }
 
 /// `1G`, `512M` or a plain number of bytes.
@@ -54,7 +68,43 @@ pub enum Scratch {
     Capture,
 }
 
-/// Free space the store's filesystem keeps.
+/// A share of something: a percentage of it, or an absolute amount.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Share {
+    Percent(f64),
+    Amount(u64),
+}
+
+impl Share {
+    /// The share of `whole`.
+    pub fn of(self, whole: u64) -> u64 {
+        match self {
+            Share::Percent(p) => (whole as f64 * p / 100.0) as u64,
+            Share::Amount(n) => n,
+        }
+    }
+}
+
+/// Limits for each user other than root, so that no one user can take
+/// every pin, fill the store, or flood the index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerUser {
+    /// Pins held for one owner's files at once, of the daemon's pin budget.
+    pub pins: Share,
+    /// Captures of one owner's files, of `max_store_size`.
+    pub store: Share,
+    /// Records of deletions nobody held, per deleting user per minute.
+    pub records_per_minute: u64,
+}
+
+impl Default for PerUser {
+    fn default() -> Self {
+        PerUser { pins: Share::Percent(25.0), store: Share::Percent(25.0), records_per_minute: 60_000 }
+    }
+}
+
+/// A part of the store's filesystem: a percentage of its size, or bytes
+/// (the free space it keeps, the store's reserve).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Floor {
     Percent(f64),
@@ -81,6 +131,12 @@ pub struct Policy {
     exclude: GlobSet,
     uids: Option<HashSet<u32>>,
     pub scratch: Scratch,
+    /// Who besides root and the owner may see a deleted file.
+    pub visible_to: Visibility,
+    /// Captures up to this much of the store's filesystem are kept even
+    /// when something else fills it below `min_free`.
+    pub store_reserve: Floor,
+    pub per_user: PerUser,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
 }
@@ -96,6 +152,9 @@ impl Default for Policy {
             exclude: GlobSet::empty(),
             uids: None,
             scratch: Scratch::Ignore,
+            visible_to: Visibility::Owner,
+            store_reserve: Floor::Percent(1.0),
+            per_user: PerUser::default(),
             source: None,
         }
     }
@@ -145,6 +204,21 @@ impl Policy {
         }
         policy.uids = file.uids.map(|uids| uids.into_iter().collect());
         policy.scratch = file.scratch_files.unwrap_or_default();
+        policy.visible_to = file.visible_to.unwrap_or_default();
+        if let Some(reserve) = file.store_reserve {
+            policy.store_reserve = parse_floor(&reserve).context("store_reserve")?;
+        }
+        if let Some(per_user) = file.per_user {
+            if let Some(pins) = per_user.pins {
+                policy.per_user.pins = share(pins).context("per_user.pins")?;
+            }
+            if let Some(store) = per_user.store {
+                policy.per_user.store = share(store).context("per_user.store")?;
+            }
+            if let Some(rate) = per_user.records_per_minute {
+                policy.per_user.records_per_minute = rate;
+            }
+        }
         Ok(policy)
     }
 
@@ -181,6 +255,20 @@ fn glob_set(globs: &[String]) -> Result<GlobSet> {
         set.add(Glob::new(glob).with_context(|| format!("bad glob {glob:?}"))?);
     }
     Ok(set.build()?)
+}
+
+/// `25%`, or an amount (a plain number, or a size such as `2G`).
+fn share(value: SizeValue) -> Result<Share> {
+    if let SizeValue::Text(text) = &value
+        && let Some(percent) = text.trim().strip_suffix('%')
+    {
+        let p: f64 = percent.trim().parse().with_context(|| format!("{text:?} is not a percentage"))?;
+        if !(0.0..=100.0).contains(&p) {
+            bail!("{text:?}: a percentage from 0 to 100");
+        }
+        return Ok(Share::Percent(p));
+    }
+    size_of_value(value).map(Share::Amount)
 }
 
 /// `10%` or a size.
@@ -239,6 +327,13 @@ mod tests {
             exclude = ["**/*.o", "/home/*/.cache/**"]
             uids = [1000, 1001]
             scratch_files = "capture"
+            visible_to = "readers"
+            store_reserve = "2G"
+
+            [per_user]
+            pins = 100
+            store = "10%"
+            records_per_minute = 600
             "#,
         )
         .unwrap();
@@ -246,6 +341,13 @@ mod tests {
         assert_eq!(p.min_free, Floor::Percent(5.0));
         assert_eq!(p.keep_for, Duration::from_secs(7 * 86400));
         assert_eq!(p.scratch, Scratch::Capture);
+        assert_eq!(p.visible_to, Visibility::Readers);
+        assert_eq!(p.store_reserve, Floor::Bytes(2 << 30));
+        assert_eq!(p.per_user, PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 });
+        assert_eq!(Share::Percent(25.0).of(1000), 250);
+        let defaults = Policy::default();
+        assert_eq!(defaults.visible_to, Visibility::Owner);
+        assert_eq!(defaults.per_user.pins.of(400), 100);
         assert!(p.wants(Path::new("/home/a/notes.txt"), Some(1000)));
         assert!(!p.wants(Path::new("/home/a/main.o"), Some(1000)), "excluded");
         assert!(!p.wants(Path::new("/home/a/.cache/x"), Some(1000)), "excluded");
@@ -269,6 +371,9 @@ mod tests {
                 || err("scratch_files = \"maybe\"").contains("maybe")
         );
         assert!(err("uids = \"me\"").contains("uids") || err("uids = \"me\"").contains("sequence"));
+        assert!(err("visible_to = \"everyone\"").contains("everyone"));
+        assert!(err("[per_user]\npins = \"150%\"").contains("per_user.pins"));
+        assert!(err("[per_user]\nbytes = 1").contains("bytes"));
     }
 
     #[test]

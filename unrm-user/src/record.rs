@@ -9,7 +9,11 @@ use std::{
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use crate::holders::{Hold, HolderKind};
+use crate::{
+    access::PathFacts,
+    holders::{Hold, HolderKind},
+    xattrs::Xattr,
+};
 
 /// Where a deleted file's content stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,6 +119,13 @@ pub struct Record {
     /// sees it; lossy where not UTF-8. See `deleted_by.path` for the
     /// deleter's own view.
     pub path: String,
+    /// Whether `path` is verified to be where the file lived on this host.
+    /// False when the host could not resolve it (a deleter in another mount
+    /// namespace whose mounts the host cannot see, a path that ran through a
+    /// symbolic link, a directory walk cut short): a restore then needs
+    /// `--to`.
+    #[serde(default)]
+    pub path_resolved: bool,
     /// `st_dev` and `st_ino` as `stat(2)` reports them; null when the
     /// filesystem has no hook and nothing held the file.
     pub dev: Option<u64>,
@@ -137,6 +148,20 @@ pub struct Record {
     pub captured_at: Option<SystemTime>,
     /// BLAKE3 of the captured content.
     pub checksum: Option<String>,
+    /// What the access check needs beyond owner and mode (the daemon's own).
+    #[serde(skip)]
+    pub access: Option<PathFacts>,
+}
+
+/// What a restore needs beyond the JSON record: the exact path bytes, and
+/// the times and attributes to put back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RestoreMeta {
+    pub path: Vec<u8>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    #[serde(default)]
+    pub xattrs: Vec<Xattr>,
 }
 
 pub fn nanos(t: SystemTime) -> i64 {
@@ -200,6 +225,7 @@ mod tests {
         let rec = Record {
             id: 3,
             path: "/tmp/f".into(),
+            path_resolved: true,
             dev: Some(2049),
             ino: Some(12),
             size: Some(5),
@@ -214,6 +240,7 @@ mod tests {
             holders: vec![Holder { pid: 8, comm: "sleep".into(), kind: HolderKind::Fd }],
             captured_at: None,
             checksum: None,
+            access: None,
         };
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["deleted_at"], "2023-11-14T22:13:20.123456Z");

@@ -33,6 +33,12 @@ pub fn read(fd: impl AsFd) -> Vec<Xattr> {
         .collect()
 }
 
+/// Keeps only what an unprivileged reader of the file could read itself:
+/// `trusted.*` needs CAP_SYS_ADMIN, and unrm reads as root.
+pub fn keep_unprivileged(attrs: &mut Vec<Xattr>) {
+    attrs.retain(|a| ["user.", "system.", "security."].iter().any(|ns| a.name.starts_with(ns)));
+}
+
 /// Writes `attrs` onto `fd`; returns the names it could not set (a user
 /// may not set `security.*` or `trusted.*`; a filesystem may refuse some).
 pub fn write(fd: impl AsFd, attrs: &[Xattr]) -> Vec<String> {

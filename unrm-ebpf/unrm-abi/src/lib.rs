@@ -253,7 +253,11 @@ pub mod stat {
     pub const LOST_EVENTS: u32 = 0;
     /// The per-thread in-flight table was full: a deletion went unseen.
     pub const LOST_INFLIGHT: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// An unlink or rename that failed (nothing was deleted): counted in the
+    /// kernel and never sent, so a loop of failing calls cannot flood the
+    /// ring buffer.
+    pub const FAILED_CALLS: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// `S_IFMT` and `S_IFREG` from `<sys/stat.h>`.

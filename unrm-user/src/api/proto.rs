@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     holders::HeldView,
-    index::RestoreMeta,
-    record::{Record, Status},
+    record::{Record, RestoreMeta, Status},
 };
 
 /// Largest request the daemon accepts.
@@ -27,6 +26,9 @@ pub enum Request {
         path: Option<String>,
         /// 0 for all.
         limit: usize,
+        /// Continue a listing where the previous page stopped.
+        #[serde(default)]
+        after: Option<(i64, i64)>,
     },
     Show {
         id: i64,
@@ -43,7 +45,13 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Records { records: Vec<Record> },
+    /// One page of a listing; `next` says where the following one starts
+    /// (the daemon answers in bounded pages so that no query holds it up).
+    Records {
+        records: Vec<Record>,
+        #[serde(default)]
+        next: Option<(i64, i64)>,
+    },
     Record { record: Record },
     Opened { record: Record, meta: RestoreMeta },
     Status { status: DaemonStatus },
@@ -65,6 +73,53 @@ pub struct DaemonStatus {
     pub records: u64,
     /// Time from a deletion returning to unrm holding its pin.
     pub pin_latency_us: Latency,
+    /// What protects unrm from exhaustion and abuse, and how often it acted.
+    #[serde(default)]
+    pub safety: Safety,
+}
+
+/// The guards that keep one user, or one misbehaving filesystem, from
+/// stopping unrm for everyone, and how often each stepped in.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Safety {
+    /// Pins the descriptor limit allows, and pins (and grabs) open now.
+    pub pin_budget: u64,
+    pub pins_open: u64,
+    /// Held deletions not pinned because the budget was spent.
+    pub over_budget: u64,
+    /// Held deletions not pinned because their owner had too many pins.
+    pub over_user_pins: u64,
+    /// Captures refused because their owner's share of the store was full.
+    pub over_user_store: u64,
+    /// Records of unheld deletions not written: their deleter went over
+    /// `per_user.records_per_minute`.
+    pub rate_limited: u64,
+    /// Failed unlink/rename calls the probes dropped in the kernel.
+    pub failed_calls: u64,
+    /// Inodes or processes the probes' full watch tables could not take.
+    pub watch_full: u64,
+    /// Holder exits watched by pidfd now, the most allowed, and refused.
+    pub pidfds: u64,
+    pub pidfd_budget: u64,
+    pub pidfds_refused: u64,
+    /// Writes the index refused (full disk, I/O error), writes waiting to
+    /// be replayed, and unheld records dropped meanwhile.
+    pub index_errors: u64,
+    pub index_waiting: u64,
+    pub index_dropped: u64,
+    /// Errors the engine logged and went on from.
+    pub engine_errors: u64,
+    /// Client connections open now; refused (over a limit); closed for
+    /// idling or reading too slowly; accept(2) failures.
+    pub connections: u64,
+    pub connections_refused: u64,
+    pub clients_dropped: u64,
+    pub accept_errors: u64,
+    /// Filesystems whose file worker is stuck now, and stuck ever.
+    pub stuck_filesystems: u64,
+    pub stuck_total: u64,
+    /// Captures evicted because something else filled the store's filesystem.
+    pub evicted_for_space: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -147,6 +202,7 @@ mod tests {
                 status: Some(Status::Held),
                 path: Some("*.log".into()),
                 limit: 3,
+                after: Some((7, 8)),
             },
             Request::Show { id: 1 },
             Request::Open { id: 2 },
@@ -188,7 +244,7 @@ mod tests {
         /// Every valid request survives framing and parsing unchanged.
         #[test]
         fn valid_requests_round_trip(id in proptest::num::i64::ANY, limit in 0usize..1_000_000, glob in "[a-z*/]{0,20}") {
-            for req in [Request::Show { id }, Request::Open { id }, Request::List { since_ns: Some(id), status: None, path: Some(glob.clone()), limit }] {
+            for req in [Request::Show { id }, Request::Open { id }, Request::List { since_ns: Some(id), status: None, path: Some(glob.clone()), limit, after: None }] {
                 let bytes = frame(&req);
                 let len = body_len(bytes[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
                 proptest::prop_assert_eq!(len, bytes.len() - 4);

@@ -2,8 +2,16 @@
 //! connection, each answered in order. A malformed request gets an error
 //! response and the connection stays usable; a frame over the size limit
 //! closes the connection, since its remaining bytes cannot be trusted.
+//!
+//! The socket is open to every local user, so nothing a client does may
+//! stop it serving the others: connections are capped in all and per user,
+//! a client that sends nothing, sends slowly or does not read its answer is
+//! dropped after `Limits::client_timeout`, at most `MAX_QUEUED` requests
+//! wait for the engine at once, and a failing accept(2) (no descriptors
+//! left) is retried after a pause instead of ending the server.
 
 use std::{
+    collections::HashMap,
     io::{self, IoSlice},
     mem::MaybeUninit,
     os::{
@@ -11,7 +19,11 @@ use std::{
         unix::fs::{FileTypeExt, PermissionsExt},
     },
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -19,11 +31,24 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg}
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
-    sync::oneshot,
+    sync::{Semaphore, oneshot},
+    time::timeout,
 };
 
 use super::proto::{MAX_REQUEST, Request, Response, body_len, frame, parse_request};
 use crate::access::Caller;
+
+/// Connections open at once, in all and per user (root excepted from the
+/// latter). A CLI command uses one, briefly.
+pub const MAX_CONNECTIONS: usize = 128;
+pub const MAX_PER_USER: usize = 16;
+/// Requests waiting for the engine at once, across all connections.
+const MAX_QUEUED: usize = 32;
+/// How long an answer may take (a held file's restore waits on its
+/// filesystem) before the client is told so.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// After a failed accept(2), how long to wait before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// An answer, and for `Open` the descriptor that goes with it.
 pub struct Reply {
@@ -39,6 +64,23 @@ impl Reply {
 
 /// Hands a request, and who sent it, to whoever answers it.
 pub type Handler = Arc<dyn Fn(Request, Caller) -> oneshot::Receiver<Reply> + Send + Sync>;
+
+/// How long a client may take to send a request or read an answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub client_timeout: Duration,
+}
+
+/// What the server has seen, for `unrm status`.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub open: AtomicU64,
+    /// Connections refused (over a limit).
+    pub refused: AtomicU64,
+    /// Clients dropped for idling or for being too slow.
+    pub dropped: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
 
 /// Binds `path` for every local user (each is told apart by its kernel
 /// credentials), replacing a stale socket but nothing else.
@@ -60,44 +102,151 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, handler: Handler) -> Result<()> {
+/// Who is connected, to keep within the caps.
+#[derive(Default)]
+struct Connected {
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// One connection's place among the connected; given back when dropped.
+struct Slot {
+    connected: Arc<Mutex<Connected>>,
+    stats: Arc<ServerStats>,
+    uid: u32,
+}
+
+impl Slot {
+    fn take(connected: &Arc<Mutex<Connected>>, stats: &Arc<ServerStats>, uid: u32) -> Option<Slot> {
+        let mut c = connected.lock().unwrap();
+        let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
+        if c.total >= MAX_CONNECTIONS || (uid != 0 && mine >= MAX_PER_USER) {
+            return None;
+        }
+        c.total += 1;
+        *c.by_uid.entry(uid).or_default() += 1;
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { connected: connected.clone(), stats: stats.clone(), uid })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.connected.lock().unwrap();
+        c.total -= 1;
+        if let Some(n) = c.by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_uid.remove(&self.uid);
+            }
+        }
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn serve(listener: UnixListener, handler: Handler, limits: Limits, stats: Arc<ServerStats>) {
+    let connected = Arc::new(Mutex::new(Connected::default()));
+    let queue = Arc::new(Semaphore::new(MAX_QUEUED));
     loop {
-        let (stream, _) = listener.accept().await?;
-        let handler = handler.clone();
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                let errors = stats.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if errors.is_power_of_two() {
+                    log::warn!("accepting a client failed ({err}); retrying ({errors} failures so far)");
+                }
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(cred) = stream.peer_cred() else { continue };
+        let Some(slot) = Slot::take(&connected, &stats, cred.uid()) else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            refuse(&stream);
+            continue;
+        };
+        let caller = Caller::of_peer(stream.as_fd(), cred.uid(), cred.gid());
+        let (handler, queue, stats) = (handler.clone(), queue.clone(), stats.clone());
         tokio::spawn(async move {
-            if let Err(err) = connection(stream, handler).await {
-                log::debug!("client connection ended: {err:#}");
+            let _slot = slot;
+            match connection(stream, caller, handler, queue, limits).await {
+                Ok(()) => {}
+                Err(err) if err.downcast_ref::<TooSlow>().is_some() => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("client dropped: {err}");
+                }
+                Err(err) => log::debug!("client connection ended: {err:#}"),
             }
         });
     }
 }
 
-async fn connection(mut stream: UnixStream, handler: Handler) -> Result<()> {
-    let cred = stream.peer_cred()?;
-    let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
+/// Tells a client over a limit why, if it can without waiting.
+fn refuse(stream: &UnixStream) {
+    let message = format!(
+        "too many connections to the unrm daemon (at most {MAX_PER_USER} per user, {MAX_CONNECTIONS} in all); \
+         try again"
+    );
+    let _ = stream.try_write(&frame(&Response::Error { message }));
+}
+
+#[derive(Debug)]
+struct TooSlow(&'static str);
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for TooSlow {}
+
+async fn connection(
+    mut stream: UnixStream,
+    caller: Caller,
+    handler: Handler,
+    queue: Arc<Semaphore>,
+    limits: Limits,
+) -> Result<()> {
+    let within = limits.client_timeout;
     loop {
         let mut header = [0u8; 4];
-        match stream.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(err) => return Err(err.into()),
+        match timeout(within, stream.read_exact(&mut header)).await {
+            Err(_) => return Err(TooSlow("sent no request in time").into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(err)) => return Err(err.into()),
         }
         let len = match body_len(header, MAX_REQUEST) {
             Ok(len) => len,
             Err(err) => {
-                send(&mut stream, Reply::error(format!("{err:#}"))).await?;
+                let _ = timeout(within, send(&mut stream, Reply::error(format!("{err:#}")))).await;
                 return Ok(());
             }
         };
         let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
+        timeout(within, stream.read_exact(&mut body)).await.map_err(|_| TooSlow("sent its request too slowly"))??;
         let reply = match parse_request(&body) {
-            Ok(request) => handler(request, caller.clone())
-                .await
-                .unwrap_or_else(|_| Reply::error("the daemon is shutting down")),
+            Ok(request) => ask(&handler, &queue, request, &caller).await,
             Err(err) => Reply::error(format!("{err:#}")),
         };
-        send(&mut stream, reply).await?;
+        timeout(within, send(&mut stream, reply)).await.map_err(|_| TooSlow("did not read its answer in time"))??;
+    }
+}
+
+/// Queues `request` for the engine, within `MAX_QUEUED`, and waits for the
+/// answer within `ANSWER_WITHIN`.
+async fn ask(handler: &Handler, queue: &Semaphore, request: Request, caller: &Caller) -> Reply {
+    let Ok(Ok(_permit)) = timeout(ANSWER_WITHIN, queue.acquire()).await else {
+        return Reply::error("the daemon is busy; try again");
+    };
+    match timeout(ANSWER_WITHIN, handler(request, caller.clone())).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Reply::error("the daemon is shutting down"),
+        Err(_) => Reply::error(format!(
+            "no answer within {}s (the file's filesystem may not be answering)",
+            ANSWER_WITHIN.as_secs()
+        )),
     }
 }
 

@@ -65,6 +65,12 @@ enum Command {
         /// How often to reconcile with the kernel's state without events.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         rescan_interval: Duration,
+        /// Entries in the probes' watch tables (tests use a small one).
+        #[arg(long, hide = true)]
+        watch_entries: Option<u32>,
+        /// How long a client may take to send a request or read an answer.
+        #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
+        client_timeout: Duration,
     },
     /// Recent deletions, newest first.
     List {
@@ -114,7 +120,16 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon { state_dir, config, max_file_size, ring_size, tier, rescan_interval } => {
+        Command::Daemon {
+            state_dir,
+            config,
+            max_file_size,
+            ring_size,
+            tier,
+            rescan_interval,
+            watch_entries,
+            client_timeout,
+        } => {
             daemon::run(daemon::Options {
                 config,
                 tier,
@@ -123,14 +138,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 max_file_size,
                 ring_bytes: ring_size,
                 rescan_every: rescan_interval,
+                watch_entries,
+                client_timeout,
             })?;
         }
         Command::List { json, since, path, status, limit } => {
             let since_ns = since.map(|ago| nanos(SystemTime::now() - ago));
-            let request = Request::List { since_ns, status, path, limit };
-            let Response::Records { records } = call(&cli.socket, &request)? else {
-                bail!("unexpected answer")
-            };
+            let records = list(&cli.socket, since_ns, status, path, limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -168,6 +182,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
     Ok(Client::connect(socket)?.call(request)?.0)
+}
+
+/// Every record the filters select, up to `limit` (0: all), page by page:
+/// the daemon answers a listing in bounded pages.
+fn list(
+    socket: &std::path::Path,
+    since_ns: Option<i64>,
+    status: Option<Status>,
+    path: Option<String>,
+    limit: usize,
+) -> Result<Vec<crate::record::Record>> {
+    let mut client = Client::connect(socket)?;
+    let mut records = Vec::new();
+    let mut after = None;
+    loop {
+        let want = if limit == 0 { 0 } else { limit - records.len() };
+        let request = Request::List { since_ns, status, path: path.clone(), limit: want, after };
+        let Response::Records { records: page, next } = client.call(&request)?.0 else {
+            bail!("unexpected answer")
+        };
+        records.extend(page);
+        match next {
+            Some(at) if limit == 0 || records.len() < limit => after = Some(at),
+            _ => return Ok(records),
+        }
+    }
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {

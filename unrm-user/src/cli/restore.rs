@@ -28,8 +28,7 @@ use crate::{
         proto::{Request, Response},
     },
     copy,
-    index::RestoreMeta,
-    record::{Record, Status},
+    record::{Record, RestoreMeta, Status},
     xattrs,
 };
 

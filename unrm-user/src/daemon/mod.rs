@@ -1,16 +1,21 @@
 //! `unrm daemon`: wires the data path together.
 //!
-//! probe (kernel) → ring buffer → ingest task → engine thread (pins, index)
-//!                                   pidfds ↗        ↘ capture thread → store
+//! probe (kernel) → ring buffer → reader thread (grabs, ingest) → engine thread
+//!                  pidfds (tokio) ↗      (pins, index) ↘ file workers (lanes) → store
 //! socket server (tokio) ⇄ engine
 //!
-//! The ring buffer is drained on the tokio runtime, which never touches disk;
-//! the engine takes decisions and writes the index; the capture thread does
-//! the copying. Nothing on the way from the kernel to a pin waits on I/O.
+//! The reader only decodes, grabs and forwards; the engine takes decisions
+//! and writes the index; file workers talk to the filesystems (which may
+//! block). Nothing on the way from the kernel to a pin waits on I/O.
+//!
+//! If a thread the daemon cannot work without ends, the process exits
+//! non-zero so that its supervisor restarts it, rather than live on
+//! answering clients while protecting nothing.
 
-mod capture;
 mod engine;
 mod exits;
+mod jobs;
+mod lanes;
 mod sched;
 
 use std::{
@@ -18,7 +23,10 @@ use std::{
     io::Write,
     os::fd::{AsFd, AsRawFd, RawFd},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,29 +34,32 @@ use anyhow::{Context, Result, bail};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::oneshot,
+    sync::{mpsc::UnboundedSender, oneshot},
 };
 
-pub use engine::monotonic_ns;
-use engine::{Config, Engine, Msg};
+use engine::{Config, Engine, Msg, Parts};
 
 use crate::{
-    api::server::{self, Handler},
+    api::server::{self, Handler, Limits, ServerStats},
+    budget::{Budget, Shares},
     index::Index,
     ingest,
     policy::{self, Policy},
-    probe::{LoadOptions, Probes},
-    store::Store,
+    probe::{self, LoadOptions, Probes},
+    store::{StateDir, Store},
 };
 
 pub struct Options {
     pub config: Option<PathBuf>,
-    pub tier: crate::probe::Tier,
+    pub tier: probe::Tier,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub max_file_size: Option<u64>,
     pub ring_bytes: u32,
     pub rescan_every: Duration,
+    /// Entries in the probes' watch tables (default: the object's).
+    pub watch_entries: Option<u32>,
+    pub client_timeout: Duration,
 }
 
 /// One daemon per machine: two would each see the other's pins as holders
@@ -56,7 +67,7 @@ pub struct Options {
 pub const LOCK: &str = "/run/unrm.lock";
 
 pub fn run(opts: Options) -> Result<()> {
-    crate::require_root("the daemon")?;
+    probe::require_root("the daemon")?;
     let load_policy = {
         let (path, explicit) = match &opts.config {
             Some(path) => (path.clone(), true),
@@ -76,37 +87,55 @@ pub fn run(opts: Options) -> Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock()?;
     sched::room_for_pins();
-    let store = Arc::new(Store::open(&opts.state_dir)?);
-    let index = Index::open(&opts.state_dir.join("index.sqlite"))?;
-    let mut probes =
-        Probes::load(&LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true })?;
+    let shares = Shares::current();
+    let budget = Budget::new(shares.pins);
+    let state = StateDir::open(&opts.state_dir)?;
+    let store = Arc::new(Store::open(&state)?);
+    let first_id = store.ids()?.into_iter().max().unwrap_or(0) + 1;
+    let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
+    let load = LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true, watch_entries: opts.watch_entries };
+    let mut probes = Probes::load(&load)?;
     log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
+    log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);
     let ring = probes.take_events()?;
     let logger = probes.logger();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (capture_tx, capture_rx) = std::sync::mpsc::channel();
-    capture::spawn(store.clone(), capture_rx, tx.clone());
-    let ring_tx = tx.clone();
-    std::thread::Builder::new().name("unrm-ingest".into()).spawn(move || {
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let exit_stats = Arc::new(exits::ExitStats::default());
+    let server_stats = Arc::new(ServerStats::default());
+
+    let (ring_tx, reader_budget) = (tx.clone(), budget.clone());
+    supervised("the ring buffer reader", &fatal_tx, &stopping, move || {
         sched::urgent();
-        if let Err(err) = ingest::forward(ring, ring_tx) {
-            log::error!("the ring buffer reader stopped: {err:#}");
-        }
+        ingest::forward(ring, ring_tx, reader_budget)
     })?;
-    runtime.spawn(exits::watch(exit_rx, tx.clone()));
+    runtime.spawn(exits::watch(exit_rx, tx.clone(), shares.pidfds, exit_stats.clone()));
     if let Some(logger) = logger {
         runtime.spawn(forward_probe_logs(logger));
     }
 
-    let cfg = Config { state_dir: opts.state_dir.clone(), policy, rescan_every: opts.rescan_every };
-    let mut engine = Engine::new(cfg, probes, index, store, exit_tx, capture_tx)?;
+    let cfg = Config { state_dir: state.path.clone(), policy, rescan_every: opts.rescan_every };
+    let parts = Parts {
+        probes,
+        index,
+        store,
+        budget,
+        tx: tx.clone(),
+        exits: exit_tx,
+        exit_stats,
+        pidfd_budget: shares.pidfds,
+        server_stats: server_stats.clone(),
+    };
+    let mut engine = Engine::new(cfg, parts)?;
     engine.start().context("the start-up scan")?;
-    let engine = std::thread::Builder::new().name("unrm-engine".into()).spawn(move || {
+    let engine = supervised("the engine", &fatal_tx, &stopping, move || {
         sched::background();
-        engine.run(rx)
+        engine.run(rx);
+        Ok(())
     })?;
 
     let served = runtime.block_on(async {
@@ -123,11 +152,13 @@ pub fn run(opts: Options) -> Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
-        let serving = server::serve(listener, handler);
+        let limits = Limits { client_timeout: opts.client_timeout };
+        let serving = server::serve(listener, handler, limits, server_stats);
         tokio::pin!(serving);
         loop {
             tokio::select! {
-                result = &mut serving => return result,
+                () = &mut serving => bail!("the socket server stopped"),
+                Some(why) = fatal_rx.recv() => bail!("{why}; exiting so that a supervisor can restart unrm"),
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
                 // A bad file is reported and the running policy kept.
@@ -141,17 +172,59 @@ pub fn run(opts: Options) -> Result<()> {
             }
         }
     });
+    stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
-    let stopped = engine.join().map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    if served.is_ok() {
+        let _ = engine.join();
+    }
     let _ = std::fs::remove_file(&opts.socket);
-    served.and(stopped)
+    served
+}
+
+/// Reports, unless the daemon is stopping, that a thread it cannot work
+/// without has ended (returned, failed or panicked).
+struct Watchdog {
+    name: &'static str,
+    fatal: UnboundedSender<String>,
+    stopping: Arc<AtomicBool>,
+    why: Option<String>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let why = self.why.take().unwrap_or_else(|| "panicked".into());
+        log::error!("{} stopped: {why}", self.name);
+        let _ = self.fatal.send(format!("{} stopped: {why}", self.name));
+    }
+}
+
+fn supervised(
+    name: &'static str,
+    fatal: &UnboundedSender<String>,
+    stopping: &Arc<AtomicBool>,
+    work: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let watchdog = Watchdog { name, fatal: fatal.clone(), stopping: stopping.clone(), why: None };
+    let thread = std::thread::Builder::new().name(format!("unrm-{}", name.trim_start_matches("the ")));
+    Ok(thread.spawn(move || {
+        let mut watchdog = watchdog;
+        watchdog.why = Some(match work() {
+            Ok(()) => "it returned".into(),
+            Err(err) => format!("{err:#}"),
+        });
+    })?)
 }
 
 fn lock() -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(LOCK)
         .with_context(|| format!("opening {LOCK}"))?;
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {

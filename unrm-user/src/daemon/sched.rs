@@ -1,8 +1,8 @@
 //! Who runs first. The ring buffer reader races holders about to let go, so
-//! it must run the moment it wakes; the engine and the capture thread keep
+//! it must run the moment it wakes; the engine and the file workers keep
 //! books and copy files, work that should yield to the machine's own.
 
-/// For the ring buffer reader: the highest nice value, and the shortest
+/// For the ring buffer reader: the highest priority (nice -20), and the shortest
 /// slice the scheduler allows, which (EEVDF, Linux 6.12+) lets a waking task
 /// preempt one with a longer slice instead of waiting for it to run to
 /// parity. Its work per wake-up is small and bounded, so others lose little.
@@ -51,10 +51,13 @@ pub fn room_for_pins() {
         log::warn!("could not raise the descriptor limit to {hard}: {err}; pins are limited");
     }
     let top = hard.min(1 << 16).saturating_sub(1) as i32;
-    // SAFETY: duplicating stdin onto a free high number, then closing it.
+    let Ok(null) = std::fs::File::open("/dev/null") else { return };
+    // SAFETY: duplicating our own descriptor onto the lowest free number at
+    // or above `top`, then closing that very duplicate (never one in use).
     unsafe {
-        if libc::fcntl(0, libc::F_DUPFD_CLOEXEC, top) >= 0 {
-            libc::close(top);
+        let dup = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&null), libc::F_DUPFD_CLOEXEC, top);
+        if dup >= 0 {
+            libc::close(dup);
         }
     }
 }

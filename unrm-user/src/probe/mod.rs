@@ -119,6 +119,9 @@ pub struct LoadOptions {
     /// Whether to load the deletion and release probes (the daemon) or only
     /// the iterators (`unrm scan`).
     pub hooks: bool,
+    /// Entries in the watch tables (inodes and processes), when not the
+    /// object's own sizes.
+    pub watch_entries: Option<u32>,
 }
 
 pub struct Probes {
@@ -159,6 +162,9 @@ impl Probes {
             .override_global("EXT4_RENAME", &ext4_rename, true)
             .override_global("VFS_ARGS", &vfs_globals, true)
             .map_max_entries("EVENTS", opts.ring_bytes);
+        if let Some(entries) = opts.watch_entries {
+            loader.map_max_entries("WATCHED_TGIDS", entries).map_max_entries("WATCHED_INODES", entries);
+        }
         if !opts.hooks {
             // The iterators use none of the hooks' tables: keep them tiny.
             for map in ["WATCHED_TGIDS", "WATCHED_INODES", "INFLIGHT", "RELEASES", "FS_CALLS", "FS_RENAMED"] {
@@ -363,6 +369,9 @@ impl ProbeStats {
     pub fn lost_inflight(&self) -> u64 {
         self.sum(stat::LOST_INFLIGHT)
     }
+    pub fn failed_calls(&self) -> u64 {
+        self.sum(stat::FAILED_CALLS)
+    }
 }
 
 pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -433,6 +442,14 @@ fn ensure_tracefs() -> Result<()> {
     }
     rustix::mount::mount("tracefs", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None)
         .with_context(|| format!("mounting tracefs on {TRACEFS}"))?;
+    Ok(())
+}
+
+/// Loading probes and reading other processes' files take root.
+pub fn require_root(what: &str) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("{what} must run as root (it loads eBPF programs and reads other processes' files)");
+    }
     Ok(())
 }
 

@@ -1,27 +1,57 @@
 //! Answers to the socket API, given after the batch they arrived in is
 //! committed: a client that saw a deletion return also sees its record.
+//!
+//! Each answer is bounded: a listing looks at `SCAN_ROWS` rows at most and
+//! says where to go on; a scan reuses a snapshot younger than `SCAN_REUSE`;
+//! a held file's restore is opened by its filesystem's file worker, since
+//! opening may block. Records a caller may not see (see `access`) do not
+//! exist as far as it can tell.
 
-use std::{collections::VecDeque, os::fd::OwnedFd};
-
-use anyhow::{Context, Result};
-
-use super::Engine;
-use crate::{
-    access::Caller,
-    api::{
-        proto::{DaemonStatus, Latency, ProbeStatus, Request, Response},
-        server::Reply,
-    },
-    holders::Snapshot,
-    index::ListQuery,
-    pins,
-    record::{Record, Status, from_nanos},
+use std::{
+    collections::VecDeque,
+    os::{fd::AsFd, fd::OwnedFd, unix::fs::MetadataExt},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
 };
 
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+
+use super::{Engine, table::PinTable};
+use crate::{
+    access::{Caller, PathFacts, Seen, Visibility},
+    api::{
+        proto::{DaemonStatus, Latency, ProbeStatus, Request, Response, Safety},
+        server::Reply,
+    },
+    daemon::jobs,
+    holders::{HeldView, InodeId, Snapshot},
+    index::ListQuery,
+    pins::Meta,
+    record::{Record, Status, from_nanos},
+    xattrs,
+};
+
+/// Rows one listing request looks at before answering with a page.
+const SCAN_ROWS: usize = 20_000;
+/// How long a snapshot taken for `unrm scan` answers the next ones too.
+const SCAN_REUSE: Duration = Duration::from_millis(250);
+
 impl Engine {
-    pub(super) fn answer(&mut self, request: Request, caller: &Caller) -> Result<Reply> {
+    pub(super) fn answer(&mut self, request: Request, caller: &Caller, reply: oneshot::Sender<Reply>) {
+        if let Request::Open { id } = request {
+            if let Err(err) = self.open(id, caller, reply) {
+                log::debug!("open of record {id}: {err:#}");
+            }
+            return;
+        }
+        let answer = self.answer_now(request, caller).unwrap_or_else(|err| Reply::error(format!("{err:#}")));
+        let _ = reply.send(answer);
+    }
+
+    fn answer_now(&mut self, request: Request, caller: &Caller) -> Result<Reply> {
         let response = match request {
-            Request::List { since_ns, status, path, limit } => {
+            Request::List { since_ns, status, path, limit, after } => {
                 let path = match path {
                     Some(glob) => Some(
                         globset::Glob::new(&glob)
@@ -30,64 +60,162 @@ impl Engine {
                     ),
                     None => None,
                 };
-                let query = ListQuery { since: since_ns.map(from_nanos), status, path, limit };
-                let visible = |r: &Record| caller.may_read(r.uid, r.gid, r.mode);
-                Response::Records { records: self.index.list(&query, visible)? }
+                let query =
+                    ListQuery { since: since_ns.map(from_nanos), status, path, limit, after, scan: SCAN_ROWS };
+                let visibility = self.cfg.policy.visible_to;
+                let mut stale = Vec::new();
+                let page = self.index.list(&query, |r| may_see(&self.pins, visibility, caller, r, &mut stale))?;
+                self.reread_acls(stale);
+                Response::Records { records: page.records, next: page.next }
             }
             Request::Show { id } => Response::Record { record: self.record(id, caller)? },
-            Request::Open { id } => return self.open(id, caller),
+            Request::Open { .. } => unreachable!("answered by open"),
             Request::Status => Response::Status { status: self.status()? },
-            Request::Scan => {
-                let mut snapshot = Snapshot::take(&mut self.probes)?;
-                for file in snapshot.files.values_mut() {
-                    if let Some(pin) = self.pins.get(&file.inode) {
-                        file.path.clone_from(&pin.path);
-                    }
-                }
-                snapshot.files.retain(|_, f| caller.may_read(Some(f.uid), Some(f.gid), Some(f.mode)));
-                Response::Scan { files: snapshot.views() }
-            }
+            Request::Scan => Response::Scan { files: self.scan(caller)? },
         };
         Ok(Reply { response, fd: None })
     }
 
     /// A record the caller may see; others do not exist, as far as it can tell.
-    pub(super) fn record(&self, id: i64, caller: &Caller) -> Result<Record> {
-        self.index
-            .get(id)?
-            .filter(|r| caller.may_read(r.uid, r.gid, r.mode))
-            .with_context(|| format!("no record with id {id}"))
+    fn record(&mut self, id: i64, caller: &Caller) -> Result<Record> {
+        let mut stale = Vec::new();
+        let visibility = self.cfg.policy.visible_to;
+        let record = self.index.get(id)?.filter(|r| may_see(&self.pins, visibility, caller, r, &mut stale));
+        self.reread_acls(stale);
+        record.with_context(|| format!("no record with id {id}"))
     }
 
-    pub(super) fn open(&mut self, id: i64, caller: &Caller) -> Result<Reply> {
-        let record = self.record(id, caller)?;
-        let file = match record.status {
-            Status::Held => {
-                let pin = self
-                    .pins
-                    .values()
-                    .find(|p| p.record == id)
-                    .with_context(|| format!("record {id} is held but not pinned by this daemon"))?;
-                pins::reopen_pin(&pin.file)?
-            }
-            Status::Captured => self.store.open_capture(id)?,
-            status => {
-                let why = record.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-                anyhow::bail!("record {id} is {status}{why}: unrm has no content to restore");
+    /// Has file workers read the ACLs of held files whose ctime moved.
+    fn reread_acls(&mut self, inodes: Vec<InodeId>) {
+        for inode in inodes {
+            let Some(pin) = self.pins.get_mut(&inode).filter(|pin| !pin.acl_asked) else { continue };
+            pin.acl_asked = true;
+            let job = jobs::reread_acl(pin.fd.clone(), inode, self.tx.clone());
+            self.lanes.run(inode.dev, job);
+        }
+    }
+
+    /// Sends a readable descriptor of record `id`'s content with the record.
+    fn open(&mut self, id: i64, caller: &Caller, reply: oneshot::Sender<Reply>) -> Result<()> {
+        let record = match self.record(id, caller) {
+            Ok(record) => record,
+            Err(err) => {
+                let _ = reply.send(Reply::error(format!("{err:#}")));
+                return Ok(());
             }
         };
-        let meta = self.index.restore_meta(id)?.unwrap_or_default();
-        Ok(Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) })
+        let mut meta = self.index.restore_meta(id)?.unwrap_or_default();
+        match record.status {
+            Status::Held => {
+                let Some((inode, pin)) = self.pins.of_record(id) else {
+                    let _ = reply.send(Reply::error(format!("record {id} is held but not pinned by this daemon")));
+                    return Ok(());
+                };
+                let job = jobs::open_held(pin.fd.clone(), record, meta, caller.is_root(), reply);
+                self.lanes.run(inode.dev, job);
+            }
+            Status::Captured => {
+                let answer = self.store.open_capture(id).map(|file| {
+                    if !caller.is_root() {
+                        xattrs::keep_unprivileged(&mut meta.xattrs);
+                    }
+                    Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) }
+                });
+                let _ = reply.send(answer.unwrap_or_else(|err| Reply::error(format!("{err:#}"))));
+            }
+            status => {
+                let why = record.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                let _ = reply.send(Reply::error(format!(
+                    "record {id} is {status}{why}: unrm has no content to restore"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deleted files held right now that the caller may see. Holders'
+    /// descriptor numbers and mapping addresses are shown only for the
+    /// caller's own processes (they would tell anyone else where a process
+    /// keeps its memory).
+    fn scan(&mut self, caller: &Caller) -> Result<Vec<HeldView>> {
+        let fresh = self.last_scan.as_ref().is_some_and(|(at, _)| at.elapsed() < SCAN_REUSE);
+        if !fresh {
+            let snapshot = Snapshot::take(&mut self.probes)?;
+            self.counters.scans += 1;
+            self.last_scan = Some((Instant::now(), snapshot));
+        }
+        let (_, snapshot) = self.last_scan.as_ref().expect("just taken");
+        let visibility = self.cfg.policy.visible_to;
+        let mut files = Vec::new();
+        let mut stale = Vec::new();
+        for file in snapshot.files.values() {
+            let visible = match self.pins.get(&file.inode) {
+                Some(pin) => self
+                    .index
+                    .get(pin.record)?
+                    .is_some_and(|r| may_see(&self.pins, visibility, caller, &r, &mut stale)),
+                // Not pinned: what its directories allowed is not known.
+                None => caller.may_see(
+                    &Seen { uid: Some(file.uid), gid: Some(file.gid), mode: Some(file.mode), facts: None },
+                    visibility,
+                ),
+            };
+            if visible {
+                let mut file = file.clone();
+                if let Some(pin) = self.pins.get(&file.inode) {
+                    file.path.clone_from(&pin.path);
+                }
+                files.push(file);
+            }
+        }
+        self.reread_acls(stale);
+        let mut views = Snapshot::views_of(files);
+        if !caller.is_root() {
+            for hold in views.iter_mut().flat_map(|v| v.holders.iter_mut()) {
+                if !owns_process(caller, hold.pid) {
+                    hold.fd = None;
+                    hold.map = None;
+                }
+            }
+        }
+        Ok(views)
     }
 
     pub(super) fn lost_events(&self) -> u64 {
         self.probe_stats.lost_events() + self.probe_stats.lost_inflight()
     }
 
-    pub(super) fn status(&self) -> Result<DaemonStatus> {
+    pub(super) fn status(&mut self) -> Result<DaemonStatus> {
         let mut counters = self.counters.clone();
         counters.lost_events = self.lost_events();
-        let held_bytes = self.pins.values().filter_map(|p| p.file.metadata().ok()).map(|m| m.len()).sum();
+        let held_bytes = self.pins.iter().map(|(_, p)| p.size).sum();
+        let stuck = self.lanes.tick();
+        let index = self.index.health();
+        let server = &self.server_stats;
+        let safety = Safety {
+            pin_budget: self.budget.limit() as u64,
+            pins_open: self.budget.used() as u64,
+            over_budget: self.guards.over_budget,
+            over_user_pins: self.guards.over_user_pins,
+            over_user_store: self.guards.over_user_store,
+            rate_limited: self.rate.refused,
+            failed_calls: self.probe_stats.failed_calls(),
+            watch_full: self.watches.full,
+            pidfds: self.exit_stats.watched.load(Ordering::Relaxed),
+            pidfd_budget: self.pidfd_budget as u64,
+            pidfds_refused: self.exit_stats.refused.load(Ordering::Relaxed),
+            index_errors: index.errors,
+            index_waiting: index.waiting as u64,
+            index_dropped: index.dropped,
+            engine_errors: self.guards.engine_errors,
+            connections: server.open.load(Ordering::Relaxed),
+            connections_refused: server.refused.load(Ordering::Relaxed),
+            clients_dropped: server.dropped.load(Ordering::Relaxed),
+            accept_errors: server.accept_errors.load(Ordering::Relaxed),
+            stuck_filesystems: stuck as u64,
+            stuck_total: self.lanes.stuck_total(),
+            evicted_for_space: self.guards.evicted_for_space,
+        };
         Ok(DaemonStatus {
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -102,11 +230,47 @@ impl Engine {
             counters,
             held_files: self.pins.len() as u64,
             held_bytes,
-            store_bytes: self.store.bytes(),
+            store_bytes: self.usage.total(),
             records: self.index.rows(),
             pin_latency_us: latency(&self.latencies_ns),
+            safety,
         })
     }
+}
+
+/// Whether `caller` may see record `r`: as the file was when deleted, and,
+/// for a file still held, as it is now (a chmod after the deletion counts).
+/// A held file whose ACL changed since it was last read is seen by its
+/// owner only until a file worker has read it again (`stale` asks for it).
+fn may_see(pins: &PinTable, visibility: Visibility, caller: &Caller, r: &Record, stale: &mut Vec<InodeId>) -> bool {
+    let then = Seen { uid: r.uid, gid: r.gid, mode: r.mode, facts: r.access.as_ref() };
+    if !caller.may_see(&then, visibility) {
+        return false;
+    }
+    if caller.is_root() || r.status != Status::Held {
+        return true;
+    }
+    let Some((inode, pin)) = pins.of_record(r.id) else { return true };
+    let Ok(now) = Meta::of(pin.fd.as_fd()) else { return false };
+    let acl = match &pin.acl {
+        Some((ctime, acl)) if *ctime == now.ctime_ns => Some(acl.clone()),
+        _ => {
+            if visibility == Visibility::Readers && now.uid != caller.uid {
+                stale.push(inode);
+            }
+            None
+        }
+    };
+    let dirs = r.access.as_ref().map(|facts| facts.dirs.clone());
+    let facts = acl.zip(dirs).map(|(acl, dirs)| PathFacts { acl, dirs });
+    let seen = Seen { uid: Some(now.uid), gid: Some(now.gid), mode: Some(now.mode), facts: facts.as_ref() };
+    caller.may_see(&seen, visibility)
+}
+
+/// Whether `pid` runs as `caller` (its /proc directory is the caller's: a
+/// process that is not dumpable has a root-owned one, and stays hidden).
+fn owns_process(caller: &Caller, pid: u32) -> bool {
+    std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == caller.uid)
 }
 
 fn latency(samples_ns: &VecDeque<u64>) -> Latency {
@@ -126,7 +290,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn latency_percentiles() {
+    fn latency_percentiles() {
         let samples: VecDeque<u64> = (1..=100).map(|us| us * 1000).collect();
         let l = latency(&samples);
         assert_eq!((l.samples, l.p50, l.p99, l.max), (100, Some(51), Some(99), Some(100)));

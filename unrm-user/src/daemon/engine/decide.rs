@@ -3,23 +3,32 @@
 //! a snapshot of the kernel's state or through a descriptor the probe named.
 
 use std::{
-    fs::File,
-    os::unix::ffi::OsStrExt,
+    collections::HashSet,
+    os::{fd::AsFd, unix::ffi::OsStrExt},
     path::PathBuf,
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::SystemTime,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use super::{Engine, LATENCY_SAMPLES, Pending, Pin, capture, monotonic_ns};
+use super::{Engine, LATENCY_SAMPLES, Pending, Pin, RECHECK_DELAY};
 use crate::{
+    clock::{monotonic_ns, wall_time_of},
+    daemon::jobs::{self, Done},
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::NewRecord,
     ingest::{DeleteOp, Deletion},
-    pins::{self, Meta},
+    pins::{self, Meta, PinFd, Refused},
     policy::Scratch,
-    record::{Deleter, Status, holders_of},
+    record::{Deleter, Status, holders_of, nanos},
 };
+
+/// Why a held file was not pinned, as its record says.
+enum NotPinned {
+    Budget,
+    UserPins(String),
+}
 
 impl Engine {
     pub(super) fn on_deletion(&mut self, d: Deletion) -> Result<()> {
@@ -51,13 +60,20 @@ impl Engine {
         }
         let deleted_at = wall_time_of(d.ktime_ns);
         if held_hint == Some(false) {
+            if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
+                return Ok(());
+            }
             self.counters.unheld += 1;
-            let record = deletion_record(&d, deleted_at, Status::Unheld, None);
-            self.index.insert(&record)?;
+            self.index.insert(&deletion_record(&d, deleted_at, Status::Unheld, None));
             return Ok(());
         }
         let mut pending = Pending { deletion: d, deleted_at, held_hint };
         if self.pin_through_probe_holder(&mut pending)? {
+            return Ok(());
+        }
+        if pending.deletion.over_budget || self.budget.exhausted() {
+            // No snapshot can help: there is no descriptor to pin with.
+            self.not_pinned(None, Some(&pending), NotPinned::Budget);
             return Ok(());
         }
         log::debug!(
@@ -72,88 +88,94 @@ impl Engine {
     }
 
     /// The fast path: the reader already holds the inode through the
-    /// descriptor the probe named. Open it for reading and record it; a
-    /// snapshot follows once fast pins pause, to learn every holder.
-    pub(super) fn pin_through_probe_holder(&mut self, p: &mut Pending) -> Result<bool> {
-        let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
+    /// descriptor the probe named. Record it; a snapshot follows once fast
+    /// pins pause, to learn every holder.
+    fn pin_through_probe_holder(&mut self, p: &mut Pending) -> Result<bool> {
         let Some(victim) = p.deletion.victim else { return Ok(false) };
-        let Some((pid, fd)) = victim.holder else { return Ok(false) };
-        if self.pins.contains_key(&victim.inode) {
-            self.adopt(victim.inode, p)?;
+        if self.pins.contains(&victim.inode) {
+            self.adopt(victim.inode, p);
             return Ok(true);
         }
-        let Ok((file, meta)) = pins::open_grabbed(&grab.handle) else { return Ok(false) };
+        let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
+        let Some((pid, fd)) = victim.holder else { return Ok(false) };
+        if let Some(why) = self.over_user_pins(grab.meta.uid) {
+            self.not_pinned(None, Some(p), why);
+            return Ok(true);
+        }
         self.record_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let hold =
             Hold { kind: HolderKind::Fd, pid, comm: comm.trim_end().to_owned(), fd, vm_start: 0, vm_end: 0 };
-        let held = HeldFile {
-            inode: victim.inode,
-            path: p.deletion.path.clone(),
-            size: meta.size,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            holds: vec![hold],
-        };
-        self.add_pin(&held, file, &meta, Some(p))?;
+        let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold]);
+        self.add_pin(&held, grab.pin, &grab.meta, Some(p));
         self.counters.fast_pins += 1;
         // Watch the holder we know now; the snapshot adds the others.
-        self.watches_stale = true;
-        self.want_holders();
+        self.watches.stale = true;
+        self.timers.want_holders();
         Ok(true)
     }
 
     pub(super) fn reconcile(&mut self) -> Result<()> {
         let snapshot = Snapshot::take(&mut self.probes)?;
         self.counters.scans += 1;
-        self.reconcile_with(snapshot)
+        self.reconcile_with(snapshot);
+        Ok(())
     }
 
-    pub(super) fn reconcile_with(&mut self, snapshot: Snapshot) -> Result<()> {
+    pub(super) fn reconcile_with(&mut self, snapshot: Snapshot) {
         for pending in std::mem::take(&mut self.pending) {
-            self.resolve(pending, &snapshot)?;
+            self.resolve(pending, &snapshot);
         }
         // Held files no event told us about: deleted before the daemon
         // started, on paths no probe covers, or lost events.
         for held in snapshot.files.values() {
-            if !self.pins.contains_key(&held.inode) && self.cfg.policy.wants(&held.path, Some(held.uid)) {
-                self.pin(held, None)?;
+            let known = self.pins.contains(&held.inode) || self.pins.was_refused(&held.inode);
+            if !known && self.cfg.policy.wants(&held.path, Some(held.uid)) {
+                self.pin(held, None);
             }
         }
+        self.pins.retain_refused(|inode| snapshot.files.contains_key(inode));
         let mut finished = Vec::new();
-        for (inode, pin) in &mut self.pins {
+        let mut changed = Vec::new();
+        for (inode, pin) in self.pins.iter_mut() {
             match snapshot.files.get(inode) {
-                Some(held) if held.holds != pin.holds => {
-                    pin.holds = held.holds.clone();
-                    pin.others_held |= pin.holds.iter().any(|h| Some(h.pid) != pin.deleter);
-                    self.index.set_holders(pin.record, &holders_of(&pin.holds))?;
+                Some(held) => {
+                    pin.size = held.size;
+                    if held.holds != pin.holds {
+                        pin.holds = held.holds.clone();
+                        pin.others_held |= pin.holds.iter().any(|h| Some(h.pid) != pin.deleter);
+                        changed.push((pin.record, holders_of(&pin.holds)));
+                    }
                 }
-                Some(_) => {}
                 None if !pin.capturing => finished.push(*inode),
                 None => {}
             }
         }
-        for inode in finished {
-            self.capture(inode)?;
+        for (record, holders) in changed {
+            self.index.set_holders(record, &holders);
         }
-        self.sync_watches()
+        for inode in finished {
+            if let Err(err) = self.capture(inode) {
+                self.fault("starting a capture", &err);
+            }
+        }
+        self.sync_watches();
     }
 
     /// Decides what a deletion was, now that the snapshot says who holds what.
-    pub(super) fn resolve(&mut self, p: Pending, snapshot: &Snapshot) -> Result<()> {
+    fn resolve(&mut self, p: Pending, snapshot: &Snapshot) {
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
             None => snapshot.by_path(&p.deletion.path, |inode| {
-                self.pins.contains_key(inode) && !self.pins[inode].from_scan
+                self.pins.get(inode).is_some_and(|pin| !pin.from_scan)
             }),
         };
         if let Some(held) = found {
-            if self.pins.contains_key(&held.inode) {
+            if self.pins.contains(&held.inode) {
                 return self.adopt(held.inode, &p);
             }
-            if self.pin(held, Some(&p))? {
-                return Ok(());
+            if self.pin(held, Some(&p)) {
+                return;
             }
         }
         let d = &p.deletion;
@@ -163,44 +185,102 @@ impl Engine {
             (None, _, _) if d.op == DeleteOp::Unlink => Status::Unheld,
             // A rename on a filesystem without hooks, over nothing held:
             // there is no telling whether it replaced a file at all.
-            (None, _, _) => return Ok(()),
+            (None, _, _) => return,
         };
         let reason = (status == Status::Missed).then_some("released before unrm could pin it");
         match status {
             Status::Missed => self.counters.missed += 1,
+            _ if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) => return,
             _ => self.counters.unheld += 1,
         }
-        self.index.insert(&deletion_record(d, p.deleted_at, status, reason))?;
-        Ok(())
+        self.index.insert(&deletion_record(d, p.deleted_at, status, reason));
     }
 
     /// A deletion whose inode is pinned already: if a scan pinned it first,
     /// the event tells the record who deleted it, when, and under what name.
-    fn adopt(&mut self, inode: InodeId, p: &Pending) -> Result<()> {
-        let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.from_scan) else { return Ok(()) };
+    fn adopt(&mut self, inode: InodeId, p: &Pending) {
+        let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.from_scan) else { return };
         let d = &p.deletion;
         pin.from_scan = false;
         pin.path = d.path.clone();
         pin.deleter = Some(d.pid);
         pin.others_held = pin.holds.iter().any(|h| h.pid != d.pid);
-        self.index.set_deletion(
-            pin.record,
-            d.path.as_os_str().as_bytes(),
-            p.deleted_at,
-            &deleter(d),
-            op_name(d.op),
-        )
+        let record = pin.record;
+        self.index.set_deletion(record, &deletion_record(d, p.deleted_at, Status::Held, None));
     }
 
     /// Takes a pin on `held` and records it. Returns false if every hold had
-    /// gone by the time unrm reached for it.
-    pub(super) fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> Result<bool> {
-        let Some((file, meta)) = pins::take(held) else { return Ok(false) };
-        if let Some(p) = pending {
-            self.record_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
+    /// gone by the time unrm reached for it (true when it was recorded as
+    /// not pinned, over a limit).
+    fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> bool {
+        if let Some(why) = self.over_user_pins(held.uid) {
+            self.not_pinned(Some(held), pending, why);
+            return true;
         }
-        self.add_pin(held, file, &meta, pending)?;
-        Ok(true)
+        match pins::take(held, &self.budget) {
+            Ok((fd, meta)) => {
+                if let Some(p) = pending {
+                    self.record_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
+                }
+                self.add_pin(held, fd, &meta, pending);
+                true
+            }
+            Err(Refused::Budget) => {
+                self.not_pinned(Some(held), pending, NotPinned::Budget);
+                true
+            }
+            Err(Refused::Gone(_)) => false,
+        }
+    }
+
+    /// Why `owner` may not have another pin, if so (`per_user.pins`; root
+    /// has no per-user limits).
+    fn over_user_pins(&self, owner: u32) -> Option<NotPinned> {
+        let cap = self.cfg.policy.per_user.pins.of(self.budget.limit() as u64) as usize;
+        let has = self.pins.owned_by(owner);
+        (owner != 0 && has >= cap).then(|| {
+            NotPinned::UserPins(format!("uid {owner} already has {has} pinned files (per_user.pins allows {cap})"))
+        })
+    }
+
+    /// Records a held file unrm would not pin, and why.
+    fn not_pinned(&mut self, held: Option<&HeldFile>, pending: Option<&Pending>, why: NotPinned) {
+        let reason = match why {
+            NotPinned::Budget => {
+                self.guards.over_budget += 1;
+                if self.guards.over_budget == 1 {
+                    log::warn!(
+                        "the descriptor budget ({} pins) is spent: held files are recorded as skipped \
+                         until pins are let go (raise LimitNOFILE for more)",
+                        self.budget.limit()
+                    );
+                }
+                format!("not pinned: unrm's descriptor budget ({} pins) is spent", self.budget.limit())
+            }
+            NotPinned::UserPins(why) => {
+                self.guards.over_user_pins += 1;
+                format!("not pinned: {why}")
+            }
+        };
+        self.counters.skipped += 1;
+        let mut record = match pending {
+            Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Skipped, Some(&reason)),
+            None => NewRecord { op: "scan", status: Some(Status::Skipped), reason: Some(reason), ..Default::default() },
+        };
+        if let Some(held) = held {
+            if pending.is_none() {
+                record.path = held.path.as_os_str().as_bytes().to_vec();
+            }
+            record.holders = holders_of(&held.holds);
+            record.dev = Some(held.inode.dev);
+            record.ino = Some(held.inode.ino);
+            record.size = Some(held.size);
+            record.mode = Some(held.mode);
+            record.uid = Some(held.uid);
+            record.gid = Some(held.gid);
+            self.pins.refuse(held.inode);
+        }
+        self.index.insert(&record);
     }
 
     pub(super) fn record_latency(&mut self, ns: u64) {
@@ -211,19 +291,15 @@ impl Engine {
     }
 
     /// Records a new pin: from a deletion event, or (`pending` None) found
-    /// by a scan at `held.path`.
-    pub(super) fn add_pin(
-        &mut self,
-        held: &HeldFile,
-        file: File,
-        meta: &Meta,
-        pending: Option<&Pending>,
-    ) -> Result<()> {
+    /// by a scan at `held.path`; then has a file worker inspect it.
+    fn add_pin(&mut self, held: &HeldFile, fd: PinFd, meta: &Meta, pending: Option<&Pending>) {
         let (inode, holds) = (held.inode, held.holds.clone());
         let mut record = match pending {
             Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Held, None),
             None => NewRecord {
                 path: held.path.as_os_str().as_bytes().to_vec(),
+                // Checked by the file worker's inspection, as every pin's is.
+                path_resolved: true,
                 op: "scan",
                 status: Some(Status::Held),
                 ..Default::default()
@@ -231,30 +307,42 @@ impl Engine {
         };
         fill_meta(&mut record, inode, meta);
         record.holders = holders_of(&holds);
-        let id = self.index.insert(&record)?;
+        let id = self.index.insert(&record);
+        // A capture an earlier run made under this id belongs to a record
+        // the index lost: it must not pass for this one's.
+        let _ = self.store.remove(id);
         self.counters.pins += 1;
         log::info!("pinned {} ({} bytes) as record {id}", String::from_utf8_lossy(&record.path), meta.size);
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
         let deleter = pending.map(|p| p.deletion.pid);
-        let others_held = holds.iter().any(|h| Some(h.pid) != deleter);
         let pin = Pin {
-            file,
+            fd: Arc::new(fd),
             record: id,
-            path,
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(&record.path)),
+            owner: meta.uid,
+            size: meta.size,
             deleter,
-            others_held,
+            others_held: holds.iter().any(|h| Some(h.pid) != deleter),
             holds,
             from_scan: pending.is_none(),
             capturing: false,
+            acl: None,
+            acl_asked: false,
         };
+        self.inspect(inode, &pin, record.path_resolved);
         self.pins.insert(inode, pin);
-        Ok(())
+    }
+
+    /// Has a file worker learn what the access check and a restore need.
+    pub(super) fn inspect(&mut self, inode: InodeId, pin: &Pin, host_path: bool) {
+        let job = jobs::inspect(pin.fd.clone(), pin.record, inode, pin.path.clone(), host_path, self.tx.clone());
+        self.lanes.run(inode.dev, job);
     }
 
     /// Only our pin is left: the content is final. Copy it, then let go.
     pub(super) fn capture(&mut self, inode: InodeId) -> Result<()> {
         let pin = self.pins.get(&inode).expect("capturing a pinned inode");
-        let (record, size) = (pin.record, pin.file.metadata()?.len());
+        let (record, owner) = (pin.record, pin.owner);
+        let size = Meta::of(pin.fd.as_fd()).map_or(pin.size, |m| m.size);
         let policy = &self.cfg.policy;
         let refused = if policy.scratch == Scratch::Ignore && !pin.others_held && pin.deleter.is_some() {
             Some(
@@ -264,49 +352,94 @@ impl Engine {
         } else if size > policy.max_file_size {
             Some(format!("{size} bytes is over the per-file cap of {} (max_file_size)", policy.max_file_size))
         } else {
-            self.make_room(size)?
+            self.make_room(size, owner)?
         };
         if let Some(reason) = refused {
             self.counters.skipped += 1;
-            self.index.set_status(record, Status::Skipped, Some(&reason))?;
+            self.index.set_status(record, Status::Skipped, Some(&reason));
             self.unpin(&inode);
             return Ok(());
         }
         let pin = self.pins.get_mut(&inode).expect("still pinned");
-        let job = capture::Job { record, inode, file: pin.file.try_clone()?, size };
         pin.capturing = true;
-        self.captures.send(job).context("the capture worker stopped")?;
+        let job = jobs::capture(self.store.clone(), pin.fd.clone(), record, inode, self.tx.clone());
+        self.lanes.run(inode.dev, job);
         Ok(())
     }
 
-    pub(super) fn on_captured(&mut self, done: capture::Done) -> Result<()> {
+    pub(super) fn on_done(&mut self, done: Done) -> Result<()> {
         match done {
-            capture::Done::Captured { record, inode, result, took, at } => {
+            Done::Inspected { record, inode, found } => {
+                if let Some(facts) = found.facts() {
+                    self.index.set_access(record, &facts);
+                }
+                if !found.path_resolved {
+                    self.index.set_path_resolved(record, false);
+                }
+                if let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.record == record) {
+                    pin.acl = found.acl;
+                }
+            }
+            Done::AclRead { inode, acl } => {
+                if let Some(pin) = self.pins.get_mut(&inode) {
+                    pin.acl = acl;
+                    pin.acl_asked = false;
+                }
+            }
+            Done::Captured { record, inode, result, took, at } => {
+                let owner = self.pins.get(&inode).map_or(0, |pin| pin.owner);
                 self.unpin(&inode);
                 match result {
-                    Ok(stored) => {
+                    Ok(captured) => {
                         self.counters.captured += 1;
+                        let stored = &captured.stored;
                         log::info!(
                             "captured record {record} ({} bytes, {:?}, {took:?})",
                             stored.size,
                             stored.method
                         );
-                        self.index.mark_captured(record, stored.size, at)
+                        self.index.mark_captured(record, stored.size, at);
+                        self.index.set_xattrs(record, &captured.xattrs);
+                        self.usage.add(record, owner, nanos(at), captured.cost);
                     }
                     Err(reason) => {
                         self.counters.failed += 1;
                         log::warn!("capture of record {record} failed: {reason}");
-                        self.index.set_status(record, Status::Failed, Some(&reason))
+                        self.index.set_status(record, Status::Failed, Some(&reason));
                     }
                 }
             }
-            capture::Done::Checksummed { record, checksum: Ok(sum) } => self.index.set_checksum(record, &sum),
-            capture::Done::Checksummed { record, checksum: Err(err) } => {
+            Done::Checksummed { record, checksum: Ok(sum) } => self.index.set_checksum(record, &sum),
+            Done::Checksummed { record, checksum: Err(err) } => {
                 log::warn!("checksumming record {record}: {err}");
-                Ok(())
             }
         }
+        Ok(())
     }
+
+    /// Points the kernel-side filters at what is pinned now.
+    pub(super) fn sync_watches(&mut self) {
+        let inodes: HashSet<InodeId> = self.pins.inodes().copied().collect();
+        let tgids: HashSet<u32> = self
+            .pins
+            .iter()
+            .filter(|(_, p)| !p.capturing)
+            .flat_map(|(_, p)| p.holds.iter().map(|h| h.pid))
+            .collect();
+        if self.watches.sync(inodes, tgids, &mut self.probes) {
+            self.timers.recheck(RECHECK_DELAY);
+        }
+    }
+
+    /// Lets go of a pin, the kernel-side watch first (see `Watches::forget_inode`).
+    pub(super) fn unpin(&mut self, inode: &InodeId) {
+        self.watches.forget_inode(inode);
+        self.pins.remove(inode);
+    }
+}
+
+fn held_file(inode: InodeId, path: PathBuf, meta: &Meta, holds: Vec<Hold>) -> HeldFile {
+    HeldFile { inode, path, size: meta.size, mode: meta.mode, uid: meta.uid, gid: meta.gid, holds }
 }
 
 fn deleter(d: &Deletion) -> Deleter {
@@ -329,6 +462,7 @@ fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<
     let v = d.victim.as_ref();
     NewRecord {
         path: d.path.as_os_str().as_bytes().to_vec(),
+        path_resolved: d.host_path && d.path_complete,
         dev: v.map(|v| v.inode.dev),
         ino: v.map(|v| v.inode.ino),
         size: v.map(|v| v.size),
@@ -353,11 +487,4 @@ fn fill_meta(record: &mut NewRecord, inode: InodeId, meta: &Meta) {
     record.gid = Some(meta.gid);
     record.atime_ns = Some(meta.atime_ns);
     record.mtime_ns = Some(meta.mtime_ns);
-    record.xattrs.clone_from(&meta.xattrs);
-}
-
-/// The wall-clock time of a kernel monotonic timestamp.
-fn wall_time_of(ktime_ns: u64) -> SystemTime {
-    let ago = monotonic_ns().saturating_sub(ktime_ns);
-    SystemTime::now() - Duration::from_nanos(ago)
 }

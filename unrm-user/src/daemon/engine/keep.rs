@@ -1,7 +1,21 @@
-//! Keeping the store within its bounds (principle 8): a total size, a floor
-//! of free space on its filesystem, and an age past which records and their
-//! captures go. When room runs short, the oldest captures are let go first,
-//! each recorded as `evicted` with the reason.
+//! Keeping the store within its bounds, fairly. unrm must never fill a
+//! disk someone is trying to free, and no user may push everyone else's
+//! captures out:
+//!
+//! 1. A capture of U's file never takes U past `per_user.store`: U's own
+//!    oldest captures make room, never anyone else's (root has no per-user
+//!    limit).
+//! 2. The store never exceeds `max_store_size`: U's own oldest captures go
+//!    first, then the oldest of whoever is charged more than U will be.
+//! 3. A capture that would take the store's filesystem below `min_free`
+//!    may evict U's own older captures, and is otherwise skipped, unless the
+//!    whole store stays within `store_reserve`.
+//! 4. When something else fills the filesystem below `min_free`, captures
+//!    are given back, the biggest consumer's oldest first, but never below
+//!    `store_reserve`: filling a disk cannot wipe everyone's captures.
+//!
+//! Sizes are what captures cost on disk, reflinked extents counted once
+//! (`store::usage`). Each eviction is recorded as `evicted` with its reason.
 
 use std::time::SystemTime;
 
@@ -11,9 +25,20 @@ use super::Engine;
 use crate::record::Status;
 
 impl Engine {
-    /// Makes room for a capture of `size` bytes, evicting older captures if
-    /// that suffices. Returns why not, when it cannot.
-    pub(super) fn make_room(&mut self, size: u64) -> Result<Option<String>> {
+    /// Counts what the store holds, at start.
+    pub(super) fn count_store(&mut self) -> Result<()> {
+        for (id, owner, at) in self.index.captures()? {
+            match self.store.cost(id) {
+                Ok(cost) => self.usage.add(id, owner.unwrap_or(0), at, cost),
+                Err(err) => log::warn!("capture {id} is not in the store: {err:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes room for a capture of `size` bytes of `owner`'s, evicting
+    /// what the rules allow. Returns why not, when it cannot.
+    pub(super) fn make_room(&mut self, size: u64, owner: u32) -> Result<Option<String>> {
         let policy = self.cfg.policy.clone();
         if size > policy.max_store_size {
             return Ok(Some(format!(
@@ -21,47 +46,91 @@ impl Engine {
                 policy.max_store_size
             )));
         }
+        if owner != 0 {
+            let share = policy.per_user.store.of(policy.max_store_size);
+            while self.usage.of(owner) + size > share {
+                let Some(id) = self.usage.oldest_of(owner) else { break };
+                self.evict(id, "to make room for a newer capture of its owner's (per_user.store)");
+            }
+            if self.usage.of(owner) + size > share {
+                self.guards.over_user_store += 1;
+                return Ok(Some(format!(
+                    "{size} bytes would take uid {owner} over its share of the store ({share} bytes, per_user.store)"
+                )));
+            }
+        }
+        while self.usage.total() + size > policy.max_store_size {
+            let after = self.usage.of(owner) + size;
+            let victim = self.usage.oldest_of(owner).or_else(|| {
+                self.usage.biggest_above(after).and_then(|biggest| self.usage.oldest_of(biggest))
+            });
+            let Some(id) = victim else {
+                return Ok(Some("the store is full of other users' captures (max_store_size)".into()));
+            };
+            self.evict(id, "to make room for a newer capture");
+        }
         let (total, _) = self.store.space()?;
-        if size > total.saturating_sub(policy.min_free.bytes(total)) {
+        let floor = policy.min_free.bytes(total);
+        if size > total.saturating_sub(floor) {
             return Ok(Some(format!(
                 "{size} bytes would leave the store's filesystem below its free-space floor (min_free)"
             )));
         }
-        let fits = |engine: &Self| -> Result<bool> {
-            let (total, avail) = engine.store.space()?;
-            let over_cap = engine.store.bytes() + size > policy.max_store_size;
-            let under_floor = avail.saturating_sub(size) < policy.min_free.bytes(total);
-            Ok(!over_cap && !under_floor)
-        };
-        self.evict_until(fits, "to make room for a newer capture")?;
-        Ok((!fits(self)?).then(|| "no room in the store, even after evicting older captures".into()))
+        let reserve = policy.store_reserve.bytes(total);
+        loop {
+            let (_, avail) = self.store.space()?;
+            if avail.saturating_sub(size) >= floor || (self.usage.total() + size <= reserve && size < avail) {
+                return Ok(None);
+            }
+            let Some(id) = self.usage.oldest_of(owner) else {
+                return Ok(Some(
+                    "the store's filesystem is below its free-space floor (min_free), and the store is \
+                     past its reserve (store_reserve)"
+                        .into(),
+                ));
+            };
+            self.evict(id, "to make room for a newer capture of its owner's (min_free)");
+        }
     }
 
-    /// Periodically: records older than `keep_for` go, and if the store's
-    /// filesystem has dropped below its floor (someone else filled it), the
-    /// oldest captures are let go until it is back above.
+    /// Periodically: records older than `keep_for` go; then the store is
+    /// brought back within its bounds (which a reload may have lowered),
+    /// and, if something else has filled its filesystem below the floor,
+    /// gives back captures down to its reserve.
     pub(super) fn keep_within_bounds(&mut self) -> Result<()> {
         let policy = self.cfg.policy.clone();
         if let Some(cutoff) = SystemTime::now().checked_sub(policy.keep_for) {
             for id in self.index.expire(cutoff)? {
+                self.usage.remove(id);
                 self.store.remove(id)?;
             }
         }
-        let above_floor = |engine: &Self| -> Result<bool> {
-            let (total, avail) = engine.store.space()?;
-            Ok(avail >= policy.min_free.bytes(total) && engine.store.bytes() <= policy.max_store_size)
-        };
-        self.evict_until(above_floor, "the store's filesystem fell below its free-space floor")
-    }
-
-    fn evict_until(&mut self, done: impl Fn(&Self) -> Result<bool>, why: &str) -> Result<()> {
-        while !done(self)? {
-            let Some(id) = self.index.oldest_capture()? else { return Ok(()) };
-            self.store.remove(id)?;
-            self.index.set_status(id, Status::Evicted, Some(why))?;
-            self.counters.evicted += 1;
-            log::info!("evicted capture {id}: {why}");
+        while self.usage.total() > policy.max_store_size {
+            let Some(id) = self.biggest_oldest() else { break };
+            self.evict(id, "the store is over its cap (max_store_size)");
+        }
+        let (total, _) = self.store.space()?;
+        let (floor, reserve) = (policy.min_free.bytes(total), policy.store_reserve.bytes(total));
+        while self.store.space()?.1 < floor && self.usage.total() > reserve {
+            let Some(id) = self.biggest_oldest() else { break };
+            self.guards.evicted_for_space += 1;
+            self.evict(id, "the store's filesystem fell below its free-space floor (min_free)");
         }
         Ok(())
+    }
+
+    /// The oldest capture of the user charged the most.
+    fn biggest_oldest(&self) -> Option<i64> {
+        self.usage.biggest_above(0).and_then(|uid| self.usage.oldest_of(uid))
+    }
+
+    fn evict(&mut self, id: i64, why: &str) {
+        self.usage.remove(id);
+        if let Err(err) = self.store.remove(id) {
+            log::warn!("removing capture {id}: {err:#}");
+        }
+        self.index.set_status(id, Status::Evicted, Some(why));
+        self.counters.evicted += 1;
+        log::info!("evicted capture {id}: {why}");
     }
 }

@@ -3,23 +3,27 @@
 //!
 //! Deletion and release events only say *where to look*; every decision
 //! ("pin this", "only our pin is left: capture", "nobody held it") is taken
-//! against a fresh `Snapshot` of the kernel's state (principle 2). Events
-//! that arrive together are handled in one batch: one snapshot, one index
-//! transaction. API requests are answered at the end of the batch they
-//! arrived in, after its writes are committed.
+//! against a fresh `Snapshot` of the kernel's state. Events that arrive
+//! together are handled in one batch: one snapshot, one index transaction.
+//! API requests are answered at the end of the batch they arrived in, after
+//! its writes are committed.
 //!
-//! Here: the loop. `decide` holds the decisions, `watch` the kernel-side
-//! filters, `answer` the API.
+//! Nothing a user can cause stops the loop: an error while handling one
+//! message is logged and counted, and the loop goes on with the next. The
+//! engine never touches a file's filesystem itself (that may block); file
+//! workers do (`lanes`, `jobs`).
+//!
+//! Here: the loop. `decide` holds the decisions, `table` the pins, `watch`
+//! the kernel-side filters, `keep` the store's bounds, `answer` the API.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    fs::File,
+    collections::VecDeque,
     path::PathBuf,
     sync::{
         Arc,
         mpsc::{Receiver, RecvTimeoutError, Sender},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -28,29 +32,38 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 mod answer;
 mod decide;
 mod keep;
+mod limits;
+mod table;
 mod watch;
 
-use super::{capture, exits::Exited};
+use super::{
+    exits::{ExitStats, Exited, Watch},
+    jobs::Done,
+    lanes::Lanes,
+};
 use crate::{
     access::Caller,
     api::{
         proto::{Counters, Request},
-        server::Reply,
+        server::{Reply, ServerStats},
     },
-    holders::{Hold, InodeId, Snapshot},
+    budget::Budget,
+    holders::{InodeId, Snapshot},
     index::Index,
     ingest::{Deletion, Event},
-    pins,
     policy::Policy,
-    probe::{ProbeStats, Probes, WatchMaps},
+    probe::{ProbeStats, Probes},
     record::{Status, holders_of},
-    store::Store,
+    store::{Store, usage::Usage},
 };
+use limits::RateLimiter;
+use table::{Pin, PinTable};
+use watch::Watches;
 
 pub enum Msg {
     Event(Event),
     HolderExited(u32),
-    Captured(capture::Done),
+    Done(Done),
     Api(Request, Caller, oneshot::Sender<Reply>),
     /// A new policy, validated, from SIGHUP.
     Reload(Box<Policy>),
@@ -69,9 +82,9 @@ impl From<Exited> for Msg {
     }
 }
 
-impl From<capture::Done> for Msg {
-    fn from(done: capture::Done) -> Self {
-        Msg::Captured(done)
+impl From<Done> for Msg {
+    fn from(done: Done) -> Self {
+        Msg::Done(done)
     }
 }
 
@@ -83,38 +96,35 @@ pub struct Config {
     pub rescan_every: Duration,
 }
 
-/// unrm's own reference to a deleted inode.
-struct Pin {
-    file: File,
-    record: i64,
-    /// Where it was; snapshots leave pinned files' paths out.
-    path: PathBuf,
-    /// The process that deleted it, when an event said so.
-    deleter: Option<u32>,
-    /// Some process other than the deleter held it at some point: not a
-    /// scratch file.
-    others_held: bool,
-    holds: Vec<Hold>,
-    /// Found by a scan before (or without) its deletion event.
-    from_scan: bool,
-    capturing: bool,
+/// What the engine is given to work with.
+pub struct Parts {
+    pub probes: Probes,
+    pub index: Index,
+    pub store: Arc<Store>,
+    pub budget: Arc<Budget>,
+    /// Where file workers and the exit watcher report back.
+    pub tx: Sender<Msg>,
+    pub exits: UnboundedSender<Watch>,
+    pub exit_stats: Arc<ExitStats>,
+    pub pidfd_budget: usize,
+    pub server_stats: Arc<ServerStats>,
 }
 
 /// A deletion waiting for the next snapshot to say whether it is held.
 struct Pending {
     deletion: Deletion,
-    deleted_at: SystemTime,
+    deleted_at: std::time::SystemTime,
     /// The filesystem hook's view when the name was removed; None if unknown.
     held_hint: Option<bool>,
 }
 
 /// Messages handled per batch before the engine reconciles and commits.
 const BATCH: usize = 4096;
+/// API requests answered per batch: events come first, and no caller can
+/// keep the engine from them for long.
+const REQUESTS_PER_BATCH: usize = 8;
 /// How long index writes may wait to share one commit.
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
-/// How long the release probes stay attached with nothing to watch, so
-/// that pins coming and going do not attach and detach them each time.
-const RELEASE_LINGER: Duration = Duration::from_secs(5);
 /// How long a re-check may wait so that hints close together share one
 /// snapshot. The pin already protects the content meanwhile.
 const RECHECK_DELAY: Duration = Duration::from_millis(10);
@@ -128,210 +138,18 @@ const HOLDERS_MAX_WAIT: Duration = Duration::from_secs(2);
 /// Pin latencies kept for `unrm status`.
 const LATENCY_SAMPLES: usize = 8192;
 
-pub struct Engine {
-    cfg: Config,
-    probes: Probes,
-    watch: WatchMaps,
-    probe_stats: ProbeStats,
-    index: Index,
-    store: Arc<Store>,
-    pins: HashMap<InodeId, Pin>,
-    pending: Vec<Pending>,
+/// When the engine next has something to do without being asked.
+#[derive(Default)]
+struct Timers {
     /// When the next snapshot is due, beyond the periodic one.
     recheck_at: Option<Instant>,
     /// First and latest fast pin whose other holders are not known yet.
     holders_wanted: Option<(Instant, Instant)>,
     /// When the open index transaction began.
     txn_since: Option<Instant>,
-    /// Pins changed since the kernel-side filters were last updated.
-    watches_stale: bool,
-    /// Since when no pinned file has had holders (release probes idle).
-    release_idle_since: Option<Instant>,
-    watched_inodes: HashSet<InodeId>,
-    watched_tgids: HashSet<u32>,
-    exit_watch: UnboundedSender<u32>,
-    captures: Sender<capture::Job>,
-    counters: Counters,
-    /// Probe-side losses already acted on.
-    lost_seen: u64,
-    latencies_ns: VecDeque<u64>,
-    started: Instant,
 }
 
-impl Engine {
-    pub fn new(
-        cfg: Config,
-        mut probes: Probes,
-        index: Index,
-        store: Arc<Store>,
-        exit_watch: UnboundedSender<u32>,
-        captures: Sender<capture::Job>,
-    ) -> Result<Self> {
-        let watch = probes.take_watch_maps()?;
-        let probe_stats = probes.take_stats()?;
-        Ok(Self {
-            cfg,
-            probes,
-            watch,
-            probe_stats,
-            index,
-            store,
-            pins: HashMap::new(),
-            pending: Vec::new(),
-            recheck_at: None,
-            holders_wanted: None,
-            txn_since: None,
-            watches_stale: false,
-            release_idle_since: None,
-            watched_inodes: HashSet::new(),
-            watched_tgids: HashSet::new(),
-            exit_watch,
-            captures,
-            counters: Counters::default(),
-            lost_seen: 0,
-            latencies_ns: VecDeque::new(),
-            started: Instant::now(),
-        })
-    }
-
-    /// Picks up where the last run stopped, then pins everything deleted
-    /// and still held, whenever it was deleted.
-    pub fn start(&mut self) -> Result<()> {
-        self.index.begin()?;
-        let snapshot = Snapshot::take(&mut self.probes)?;
-        self.counters.scans += 1;
-        for (id, dev, ino) in self.index.held()? {
-            self.resume(id, dev.zip(ino).map(|(dev, ino)| InodeId { dev, ino }), &snapshot)?;
-        }
-        self.reconcile_with(snapshot)?;
-        self.index.commit()
-    }
-
-    /// A record that was `held` when the daemon stopped.
-    fn resume(&mut self, id: i64, inode: Option<InodeId>, snapshot: &Snapshot) -> Result<()> {
-        if self.store.has(id) {
-            // The copy was durable but the index had not been told.
-            let size = self.store.open_capture(id)?.metadata()?.len();
-            self.index.mark_captured(id, size, SystemTime::now())?;
-            return self.index.set_checksum(id, &self.store.checksum(id)?);
-        }
-        let held = inode.and_then(|inode| snapshot.files.get(&inode));
-        match held.and_then(|held| pins::take(held).map(|(file, _)| (held, file))) {
-            Some((held, file)) if !self.pins.contains_key(&held.inode) => {
-                self.index.set_holders(id, &holders_of(&held.holds))?;
-                // Who deleted it is no longer known: not judged a scratch file.
-                let pin = Pin {
-                    file,
-                    record: id,
-                    path: held.path.clone(),
-                    deleter: None,
-                    others_held: true,
-                    holds: held.holds.clone(),
-                    from_scan: false,
-                    capturing: false,
-                };
-                self.pins.insert(held.inode, pin);
-                Ok(())
-            }
-            _ => {
-                self.counters.missed += 1;
-                self.index.set_status(id, Status::Missed, Some("released while unrm was not running"))
-            }
-        }
-    }
-
-    pub fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
-        let mut next_rescan = Instant::now() + self.cfg.rescan_every;
-        loop {
-            let mut deadline = next_rescan;
-            if let Some(at) = self.recheck_at {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = self.holders_due() {
-                deadline = deadline.min(at);
-            }
-            if let Some(since) = self.txn_since {
-                deadline = deadline.min(since + COMMIT_EVERY);
-            }
-            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(msg) => Some(msg),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            let mut requests = Vec::new();
-            let mut shutdown = false;
-            for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH)) {
-                match msg {
-                    Msg::Api(request, caller, reply) => requests.push((request, caller, reply)),
-                    Msg::Shutdown => shutdown = true,
-                    other => {
-                        self.begin()?;
-                        if let Err(err) = self.handle(other) {
-                            log::error!("{err:#}");
-                        }
-                    }
-                }
-            }
-            let lost = self.lost_events();
-            if lost > self.lost_seen {
-                // Whatever the lost events said, a snapshot will find.
-                log::warn!("{} events lost in the kernel; reconciling", lost - self.lost_seen);
-                self.lost_seen = lost;
-                self.schedule_recheck(Duration::ZERO);
-            }
-            let now = Instant::now();
-            let rescan = now >= next_rescan;
-            let holders = self.holders_due().is_some_and(|at| now >= at);
-            if rescan || holders || self.recheck_at.is_some_and(|at| now >= at) || !self.pending.is_empty() {
-                self.recheck_at = None;
-                self.holders_wanted = None;
-                self.begin()?;
-                if let Err(err) = self.reconcile() {
-                    log::error!("reconciling with the kernel: {err:#}");
-                }
-                if rescan {
-                    if let Err(err) = self.keep_within_bounds() {
-                        log::error!("enforcing the store's bounds: {err:#}");
-                    }
-                    next_rescan = Instant::now() + self.cfg.rescan_every;
-                }
-            }
-            if self.watches_stale {
-                self.sync_watches()?;
-            }
-            // Writes share a commit for a few milliseconds; a reader sees
-            // them all before it gets its answer.
-            let stale = self.txn_since.is_some_and(|since| since.elapsed() >= COMMIT_EVERY);
-            if stale || !requests.is_empty() || shutdown {
-                self.commit()?;
-            }
-            for (request, caller, reply) in requests {
-                let answer =
-                    self.answer(request, &caller).unwrap_or_else(|err| Reply::error(format!("{err:#}")));
-                let _ = reply.send(answer);
-            }
-            if shutdown {
-                log::info!("shutting down; {} pinned files stay held by their processes", self.pins.len());
-                return Ok(());
-            }
-        }
-    }
-
-    fn begin(&mut self) -> Result<()> {
-        if self.txn_since.is_none() {
-            self.index.begin()?;
-            self.txn_since = Some(Instant::now());
-        }
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<()> {
-        if self.txn_since.take().is_some() {
-            self.index.commit()?;
-        }
-        Ok(())
-    }
-
+impl Timers {
     /// A fast pin's other holders are wanted (see `HOLDERS_QUIET`).
     fn want_holders(&mut self) {
         let now = Instant::now();
@@ -343,9 +161,240 @@ impl Engine {
     }
 
     /// Asks for a snapshot within `delay`; requests close together share one.
-    fn schedule_recheck(&mut self, delay: Duration) {
+    fn recheck(&mut self, delay: Duration) {
         let at = Instant::now() + delay;
         self.recheck_at = Some(self.recheck_at.map_or(at, |old| old.min(at)));
+    }
+}
+
+/// Counters that are not the API's `Counters`: the guards' figures.
+#[derive(Default)]
+struct Guards {
+    over_budget: u64,
+    over_user_pins: u64,
+    over_user_store: u64,
+    engine_errors: u64,
+    evicted_for_space: u64,
+}
+
+pub struct Engine {
+    cfg: Config,
+    probes: Probes,
+    watches: Watches,
+    probe_stats: ProbeStats,
+    index: Index,
+    store: Arc<Store>,
+    usage: Usage,
+    pins: PinTable,
+    pending: Vec<Pending>,
+    timers: Timers,
+    /// The snapshot the last `unrm scan` was answered from.
+    last_scan: Option<(Instant, Snapshot)>,
+    lanes: Lanes,
+    budget: Arc<Budget>,
+    rate: RateLimiter,
+    tx: Sender<Msg>,
+    exit_stats: Arc<ExitStats>,
+    pidfd_budget: usize,
+    server_stats: Arc<ServerStats>,
+    counters: Counters,
+    guards: Guards,
+    /// Probe-side losses already acted on.
+    lost_seen: u64,
+    latencies_ns: VecDeque<u64>,
+    started: Instant,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, mut parts: Parts) -> Result<Self> {
+        let watches = Watches::new(parts.probes.take_watch_maps()?, parts.exits);
+        let probe_stats = parts.probes.take_stats()?;
+        Ok(Self {
+            cfg,
+            probes: parts.probes,
+            watches,
+            probe_stats,
+            index: parts.index,
+            store: parts.store,
+            usage: Usage::default(),
+            pins: PinTable::default(),
+            pending: Vec::new(),
+            timers: Timers::default(),
+            last_scan: None,
+            lanes: Lanes::new(),
+            budget: parts.budget,
+            rate: RateLimiter::default(),
+            tx: parts.tx,
+            exit_stats: parts.exit_stats,
+            pidfd_budget: parts.pidfd_budget,
+            server_stats: parts.server_stats,
+            counters: Counters::default(),
+            guards: Guards::default(),
+            lost_seen: 0,
+            latencies_ns: VecDeque::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Picks up where the last run stopped, then pins everything deleted
+    /// and still held, whenever it was deleted.
+    pub fn start(&mut self) -> Result<()> {
+        self.count_store()?;
+        self.index.begin();
+        let snapshot = Snapshot::take(&mut self.probes)?;
+        self.counters.scans += 1;
+        for (id, dev, ino) in self.index.held()? {
+            self.resume(id, dev.zip(ino).map(|(dev, ino)| InodeId { dev, ino }), &snapshot)?;
+        }
+        self.reconcile_with(snapshot);
+        self.index.commit();
+        Ok(())
+    }
+
+    /// A record that was `held` when the daemon stopped.
+    fn resume(&mut self, id: i64, inode: Option<InodeId>, snapshot: &Snapshot) -> Result<()> {
+        if self.store.has(id) {
+            // The copy was durable but the index had not been told.
+            let size = self.store.open_capture(id)?.metadata()?.len();
+            self.index.mark_captured(id, size, std::time::SystemTime::now());
+            let sum = self.store.checksum(id)?;
+            self.index.set_checksum(id, &sum);
+            if let Some(record) = self.index.get(id)? {
+                self.usage.add(id, record.uid.unwrap_or(0), crate::record::nanos(std::time::SystemTime::now()), self.store.cost(id)?);
+            }
+            return Ok(());
+        }
+        let held = inode.and_then(|inode| snapshot.files.get(&inode));
+        let pinned = held.and_then(|held| crate::pins::take(held, &self.budget).ok().map(|p| (held, p)));
+        match pinned {
+            Some((held, (fd, meta))) if !self.pins.contains(&held.inode) => {
+                self.index.set_holders(id, &holders_of(&held.holds));
+                // Who deleted it is no longer known: not judged a scratch file.
+                let pin = Pin {
+                    fd: Arc::new(fd),
+                    record: id,
+                    path: held.path.clone(),
+                    owner: meta.uid,
+                    size: meta.size,
+                    deleter: None,
+                    others_held: true,
+                    holds: held.holds.clone(),
+                    from_scan: false,
+                    capturing: false,
+                    acl: None,
+                    acl_asked: false,
+                };
+                self.inspect(held.inode, &pin, self.index.get(id)?.is_some_and(|r| r.path_resolved));
+                self.pins.insert(held.inode, pin);
+            }
+            _ => {
+                self.counters.missed += 1;
+                self.index.set_status(id, Status::Missed, Some("released while unrm was not running"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        let mut next_rescan = Instant::now() + self.cfg.rescan_every;
+        let mut requests = VecDeque::new();
+        loop {
+            let mut deadline = next_rescan;
+            for at in [self.timers.recheck_at, self.timers.holders_due()].into_iter().flatten() {
+                deadline = deadline.min(at);
+            }
+            if let Some(since) = self.timers.txn_since {
+                deadline = deadline.min(since + COMMIT_EVERY);
+            }
+            if !requests.is_empty() {
+                deadline = Instant::now();
+            }
+            let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut shutdown = false;
+            for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH)) {
+                match msg {
+                    Msg::Api(request, caller, reply) => requests.push_back((request, caller, reply)),
+                    Msg::Shutdown => shutdown = true,
+                    other => {
+                        self.begin();
+                        if let Err(err) = self.handle(other) {
+                            self.fault("handling an event", &err);
+                        }
+                    }
+                }
+            }
+            self.notice_losses();
+            let now = Instant::now();
+            let rescan = now >= next_rescan;
+            let holders = self.timers.holders_due().is_some_and(|at| now >= at);
+            let recheck = self.timers.recheck_at.is_some_and(|at| now >= at);
+            if rescan || holders || recheck || !self.pending.is_empty() {
+                self.timers.recheck_at = None;
+                self.timers.holders_wanted = None;
+                self.begin();
+                if let Err(err) = self.reconcile() {
+                    self.fault("reconciling with the kernel", &err);
+                }
+                if rescan {
+                    if let Err(err) = self.keep_within_bounds() {
+                        self.fault("enforcing the store's bounds", &err);
+                    }
+                    self.lanes.tick();
+                    next_rescan = Instant::now() + self.cfg.rescan_every;
+                }
+            }
+            if self.watches.stale {
+                self.sync_watches();
+            }
+            // Writes share a commit for a few milliseconds; a reader sees
+            // them all before it gets its answer.
+            let stale = self.timers.txn_since.is_some_and(|since| since.elapsed() >= COMMIT_EVERY);
+            if stale || !requests.is_empty() || shutdown || self.index.health().waiting > 0 {
+                self.commit();
+            }
+            for (request, caller, reply) in requests.drain(..requests.len().min(REQUESTS_PER_BATCH)) {
+                self.answer(request, &caller, reply);
+            }
+            if shutdown {
+                log::info!("shutting down; {} pinned files stay held by their processes", self.pins.len());
+                return;
+            }
+        }
+    }
+
+    /// An error the engine logs, counts and goes on from.
+    fn fault(&mut self, doing: &str, err: &anyhow::Error) {
+        self.guards.engine_errors += 1;
+        log::error!("{doing}: {err:#}");
+    }
+
+    /// Events the probes had to drop: whatever they said, a snapshot finds.
+    fn notice_losses(&mut self) {
+        let lost = self.lost_events();
+        if lost > self.lost_seen {
+            log::warn!(
+                "{} events lost in the kernel (ring buffer full: a larger --ring-size helps); reconciling",
+                lost - self.lost_seen
+            );
+            self.lost_seen = lost;
+            self.timers.recheck(Duration::ZERO);
+        }
+    }
+
+    fn begin(&mut self) {
+        if self.timers.txn_since.is_none() {
+            self.index.begin();
+            self.timers.txn_since = Some(Instant::now());
+        }
+    }
+
+    fn commit(&mut self) {
+        self.timers.txn_since = None;
+        self.index.commit();
     }
 
     fn handle(&mut self, msg: Msg) -> Result<()> {
@@ -364,15 +413,15 @@ impl Engine {
                     release.inode,
                     release.ktime_ns
                 );
-                self.schedule_recheck(RECHECK_DELAY);
+                self.timers.recheck(RECHECK_DELAY);
                 Ok(())
             }
             Msg::HolderExited(pid) => {
                 log::debug!("holder {pid} exited");
-                self.schedule_recheck(RECHECK_DELAY);
+                self.timers.recheck(RECHECK_DELAY);
                 Ok(())
             }
-            Msg::Captured(done) => self.on_captured(done),
+            Msg::Done(done) => self.on_done(done),
             Msg::Reload(policy) => {
                 self.cfg.policy = *policy;
                 Ok(())
@@ -380,9 +429,4 @@ impl Engine {
             Msg::Api(..) | Msg::Shutdown => unreachable!("handled by run"),
         }
     }
-}
-
-pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

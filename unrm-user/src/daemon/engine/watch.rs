@@ -1,70 +1,146 @@
-//! Pointing the kernel-side filters at what is pinned: the inodes and
-//! holder processes the release probes watch, the holders' pidfds, and the
-//! release probes themselves, attached only while there is something to
-//! watch.
+//! The kernel-side watches: which inodes and holder processes the release
+//! probes filter on, the holders' pidfds, and whether the release probes
+//! are attached at all (only while some pinned file still has holders).
+//!
+//! A watch is a hint, never the truth: when a map is full (any user can
+//! make many processes hold many files) the inode or process goes
+//! unwatched, which is counted and logged, and its release is noticed by
+//! the next snapshot instead.
 
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use tokio::sync::mpsc::UnboundedSender;
 use unrm_abi::InodeKey;
 
-use super::{Engine, RECHECK_DELAY, RELEASE_LINGER};
-use crate::{holders::InodeId, probe::Tier};
+use crate::{
+    daemon::exits::Watch,
+    holders::InodeId,
+    probe::{Probes, Tier, WatchMaps},
+};
 
-impl Engine {
-    /// Points the kernel-side filters at what is pinned now, watches every
+/// How long the release probes stay attached with nothing to watch, so
+/// that pins coming and going do not attach and detach them each time.
+const RELEASE_LINGER: Duration = Duration::from_secs(5);
+
+pub struct Watches {
+    maps: WatchMaps,
+    /// What the probes' maps hold.
+    inodes: HashSet<InodeId>,
+    tgids: HashSet<u32>,
+    /// Holders whose exit is watched (by pidfd, within its share).
+    exit_watched: HashSet<u32>,
+    /// Pins changed since the kernel-side filters were last updated.
+    pub stale: bool,
+    /// Since when no pinned file has had holders (release probes idle).
+    release_idle_since: Option<Instant>,
+    exits: UnboundedSender<Watch>,
+    /// Inserts a full map refused.
+    pub full: u64,
+    /// Release probes that could not be attached or detached.
+    pub attach_errors: u64,
+}
+
+impl Watches {
+    pub fn new(maps: WatchMaps, exits: UnboundedSender<Watch>) -> Self {
+        Watches {
+            maps,
+            inodes: HashSet::new(),
+            tgids: HashSet::new(),
+            exit_watched: HashSet::new(),
+            stale: false,
+            release_idle_since: None,
+            exits,
+            full: 0,
+            attach_errors: 0,
+        }
+    }
+
+    /// Points the kernel-side filters at `inodes` and `tgids`, watches every
     /// holder's exit, and keeps the release probes attached only while some
-    /// pinned file still has holders.
-    pub(super) fn sync_watches(&mut self) -> Result<()> {
-        self.watches_stale = false;
-        let inodes: HashSet<InodeId> = self.pins.keys().copied().collect();
-        let tgids: HashSet<u32> =
-            self.pins.values().filter(|p| !p.capturing).flat_map(|p| p.holds.iter().map(|h| h.pid)).collect();
-        for gone in self.watched_inodes.difference(&inodes) {
-            let _ = self.watch.inodes.remove(&inode_key(gone));
+    /// pinned file still has holders. Returns true when the release probes
+    /// were just attached: a release since the last snapshot went unseen.
+    pub fn sync(&mut self, inodes: HashSet<InodeId>, tgids: HashSet<u32>, probes: &mut Probes) -> bool {
+        self.stale = false;
+        for gone in self.inodes.difference(&inodes) {
+            let _ = self.maps.inodes.remove(&inode_key(gone));
         }
-        for new in inodes.difference(&self.watched_inodes) {
-            self.watch.inodes.insert(inode_key(new), 1, 0)?;
+        let mut watched = HashSet::with_capacity(inodes.len());
+        let mut refused = 0;
+        for inode in inodes {
+            if self.inodes.contains(&inode) || self.maps.inodes.insert(inode_key(&inode), 1, 0).is_ok() {
+                watched.insert(inode);
+            } else {
+                refused += 1;
+            }
         }
-        for gone in self.watched_tgids.difference(&tgids) {
-            let _ = self.watch.tgids.remove(gone);
+        self.inodes = watched;
+        for gone in self.exit_watched.difference(&tgids) {
+            let _ = self.exits.send(Watch::Stop(*gone));
         }
-        for new in tgids.difference(&self.watched_tgids) {
-            self.watch.tgids.insert(*new, 1, 0)?;
-            let _ = self.exit_watch.send(*new);
+        for new in tgids.difference(&self.exit_watched) {
+            let _ = self.exits.send(Watch::Start(*new));
         }
-        self.watched_inodes = inodes;
-        if !tgids.is_empty() {
+        self.exit_watched.clone_from(&tgids);
+        for gone in self.tgids.difference(&tgids) {
+            let _ = self.maps.tgids.remove(gone);
+        }
+        let mut watched = HashSet::with_capacity(tgids.len());
+        for tgid in tgids {
+            if self.tgids.contains(&tgid) || self.maps.tgids.insert(tgid, 1, 0).is_ok() {
+                watched.insert(tgid);
+            } else {
+                refused += 1;
+            }
+        }
+        let had_holders = !watched.is_empty() || refused > 0;
+        self.tgids = watched;
+        if refused > 0 {
+            if self.full == 0 {
+                log::warn!(
+                    "the probes' watch tables are full: {refused} pinned files or holders are watched by \
+                     snapshots only (every --rescan-interval)"
+                );
+            }
+            self.full += refused;
+        }
+        if had_holders {
             self.release_idle_since = None;
         } else if self.release_idle_since.get_or_insert_with(Instant::now).elapsed() >= RELEASE_LINGER {
-            self.probes.detach_release()?;
+            if let Err(err) = probes.detach_release() {
+                self.attach_errors += 1;
+                log::warn!("detaching the release probes: {err:#}");
+            }
         }
         // The release probes are syscall tracepoints: in the fs tier they
         // would put every task back on the slow path whenever anything is
         // pinned. There, exits (pidfds) and snapshots decide alone; a close
         // is noticed by the next snapshot, and the pin keeps the content
         // safe until then.
-        if !tgids.is_empty() && self.probes.tier() == Tier::Tracepoint && !self.probes.release_attached() {
-            self.probes.attach_release()?;
-            // A release between the snapshot and now went unseen: look again.
-            self.schedule_recheck(RECHECK_DELAY);
+        if had_holders && probes.tier() == Tier::Tracepoint && !probes.release_attached() {
+            return match probes.attach_release() {
+                Ok(()) => true,
+                Err(err) => {
+                    self.attach_errors += 1;
+                    log::warn!("attaching the release probes: {err:#}; releases are noticed by snapshots");
+                    false
+                }
+            };
         }
-        self.watched_tgids = tgids;
-        Ok(())
+        false
     }
-}
 
-impl Engine {
-    /// Lets go of a pin. The kernel-side watch goes first: once unrm's
-    /// reference is dropped the inode may be freed and its number given to
-    /// a new file at once, which a stale watch would hide from the
-    /// iterators' paths and the release probes' filters.
-    pub(super) fn unpin(&mut self, inode: &InodeId) {
-        if self.watched_inodes.remove(inode) {
-            let _ = self.watch.inodes.remove(&inode_key(inode));
+    /// Stops watching `inode` at once. Once unrm's reference is dropped the
+    /// inode may be freed and its number given to a new file, which a stale
+    /// watch would hide from the iterators' paths and the release probes'
+    /// filters: so this goes first, before the pin.
+    pub fn forget_inode(&mut self, inode: &InodeId) {
+        if self.inodes.remove(inode) {
+            let _ = self.maps.inodes.remove(&inode_key(inode));
         }
-        self.pins.remove(inode);
-        self.watches_stale = true;
+        self.stale = true;
     }
 }
 

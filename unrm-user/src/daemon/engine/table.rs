@@ -1,0 +1,128 @@
+//! The engine's pins: unrm's references to deleted inodes, by inode and by
+//! record, and how many each owner has (per-user limits count them).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
+
+use crate::{
+    access::AclEntry,
+    holders::{Hold, InodeId},
+    pins::Pinned,
+};
+
+/// One pinned file.
+pub struct Pin {
+    pub fd: Pinned,
+    pub record: i64,
+    /// Where it was; snapshots leave pinned files' paths out.
+    pub path: PathBuf,
+    /// The owner when pinned: whose per-user limits it counts against.
+    pub owner: u32,
+    /// Last known size (snapshots refresh it).
+    pub size: u64,
+    /// The process that deleted it, when an event said so.
+    pub deleter: Option<u32>,
+    /// Some process other than the deleter held it at some point: not a
+    /// scratch file.
+    pub others_held: bool,
+    pub holds: Vec<Hold>,
+    /// Found by a scan before (or without) its deletion event.
+    pub from_scan: bool,
+    pub capturing: bool,
+    /// The access ACL as read when the file's ctime was the first value
+    /// (inner None: it has none); None until a file worker has read it.
+    pub acl: Option<(i64, Option<Vec<AclEntry>>)>,
+    /// A file worker is reading the ACL again.
+    pub acl_asked: bool,
+}
+
+#[derive(Default)]
+pub struct PinTable {
+    by_inode: HashMap<InodeId, Pin>,
+    by_record: HashMap<i64, InodeId>,
+    per_owner: HashMap<u32, usize>,
+    /// Held files a scan found and unrm recorded as not pinned (over a
+    /// limit): recorded once, not at every scan while they stay held.
+    refused: HashSet<InodeId>,
+}
+
+impl PinTable {
+    pub fn insert(&mut self, inode: InodeId, pin: Pin) {
+        *self.per_owner.entry(pin.owner).or_default() += 1;
+        self.by_record.insert(pin.record, inode);
+        if let Some(old) = self.by_inode.insert(inode, pin) {
+            self.forget(&old);
+        }
+    }
+
+    pub fn remove(&mut self, inode: &InodeId) -> Option<Pin> {
+        let pin = self.by_inode.remove(inode)?;
+        self.forget(&pin);
+        Some(pin)
+    }
+
+    fn forget(&mut self, pin: &Pin) {
+        self.by_record.remove(&pin.record);
+        if let Some(n) = self.per_owner.get_mut(&pin.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_owner.remove(&pin.owner);
+            }
+        }
+    }
+
+    pub fn get(&self, inode: &InodeId) -> Option<&Pin> {
+        self.by_inode.get(inode)
+    }
+
+    pub fn get_mut(&mut self, inode: &InodeId) -> Option<&mut Pin> {
+        self.by_inode.get_mut(inode)
+    }
+
+    pub fn contains(&self, inode: &InodeId) -> bool {
+        self.by_inode.contains_key(inode)
+    }
+
+    /// The pin of record `id`, and its inode.
+    pub fn of_record(&self, id: i64) -> Option<(InodeId, &Pin)> {
+        let inode = self.by_record.get(&id)?;
+        Some((*inode, &self.by_inode[inode]))
+    }
+
+    /// Pins held for `owner`'s files.
+    pub fn owned_by(&self, owner: u32) -> usize {
+        self.per_owner.get(&owner).copied().unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_inode.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&InodeId, &Pin)> {
+        self.by_inode.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&InodeId, &mut Pin)> {
+        self.by_inode.iter_mut()
+    }
+
+    pub fn inodes(&self) -> impl Iterator<Item = &InodeId> {
+        self.by_inode.keys()
+    }
+
+    /// Whether `inode` was already recorded as refused.
+    pub fn was_refused(&self, inode: &InodeId) -> bool {
+        self.refused.contains(inode)
+    }
+
+    pub fn refuse(&mut self, inode: InodeId) {
+        self.refused.insert(inode);
+    }
+
+    /// Keeps refusals only for files still held.
+    pub fn retain_refused(&mut self, still_held: impl Fn(&InodeId) -> bool) {
+        self.refused.retain(|inode| still_held(inode));
+    }
+}
