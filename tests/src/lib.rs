@@ -92,8 +92,30 @@ impl Daemon {
 
     /// Starts a daemon whose state lives in `dir` (so a second daemon can
     /// pick up where a first one stopped).
+    /// Starts a daemon with the policy file `config`; returns the directory
+    /// holding that file too (rewrite it and send SIGHUP to reload).
+    pub fn with_config(config: &str, extra: &[&str]) -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unrm.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut args = vec!["--config", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let daemon = Self::start_in(tempfile::tempdir().unwrap(), &args);
+        (dir, daemon)
+    }
+
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let state_dir = dir.path().join("state");
+        Self::start_at(dir, state_dir, extra)
+    }
+
+    /// Starts a daemon whose state lives in `state_dir`, anywhere (its
+    /// socket and log stay in a directory of their own).
+    pub fn start_with_state(state_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(tempfile::tempdir().unwrap(), state_dir.to_path_buf(), extra)
+    }
+
+    fn start_at(dir: tempfile::TempDir, state_dir: PathBuf, extra: &[&str]) -> Self {
         let socket = dir.path().join("unrm.sock");
         let log = dir.path().join("daemon.log");
         let mut child = Command::new(unrm_bin())
@@ -136,6 +158,19 @@ impl Daemon {
         let mut cmd = Command::new(unrm_bin());
         user.apply(&mut cmd);
         cmd.arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// `unrm status --json`.
+    pub fn status(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
+    /// Waits until the daemon has taken `n` more snapshots than now: every
+    /// decision a snapshot makes has been made by then.
+    pub fn wait_scans(&self, n: u64) {
+        let scans = |d: &Self| d.status()["counters"]["scans"].as_u64().unwrap();
+        let want = scans(self) + n;
+        wait_until(&format!("{n} more snapshots"), || scans(self) >= want);
     }
 
     /// Runs the CLI expecting success and JSON on stdout.
@@ -262,14 +297,32 @@ impl Holder {
         Self::spawn("fd", path, Some(user))
     }
 
+    /// Creates `n` files in `dir`, holds each and deletes it (as `user`).
+    pub fn scratch_many(dir: &Path, n: usize, user: Option<&User>) -> Self {
+        Self::spawn_with(&["scratch-many", dir.to_str().unwrap(), &n.to_string()], user)
+    }
+
+    /// Opens `n` connections to `socket` and sends nothing (as `user`).
+    pub fn connect(socket: &Path, n: usize, user: Option<&User>) -> Self {
+        Self::spawn_with(&["connect", socket.to_str().unwrap(), &n.to_string()], user)
+    }
+
+    /// Calls unlink(2) `n` times on a path that does not exist (as `user`).
+    pub fn fail_unlink(n: usize, user: Option<&User>) -> Self {
+        Self::spawn_with(&["fail-unlink", "-", &n.to_string()], user)
+    }
+
     fn spawn(mode: &str, path: &Path, user: Option<&User>) -> Self {
+        Self::spawn_with(&[mode, path.to_str().unwrap()], user)
+    }
+
+    fn spawn_with(args: &[&str], user: Option<&User>) -> Self {
         let mut cmd = Command::new(holder_bin());
         if let Some(user) = user {
             user.apply(&mut cmd);
         }
         let mut child = cmd
-            .arg(mode)
-            .arg(path)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -288,6 +341,12 @@ impl Holder {
     pub fn append(&mut self, text: &str) {
         writeln!(self.stdin, "append {text}").unwrap();
         expect_line(&self.out, "ok", "holder append");
+    }
+
+    /// Changes the held file's mode through its descriptor (fd mode).
+    pub fn chmod(&mut self, mode: u32) {
+        writeln!(self.stdin, "chmod {mode:o}").unwrap();
+        expect_line(&self.out, "ok", "holder chmod");
     }
 
     /// Lets go of the file by exiting, and waits until the process is gone.
@@ -333,6 +392,37 @@ impl User {
         use std::os::unix::process::CommandExt;
         cmd.uid(self.uid).gid(self.gid).env("HOME", "/");
     }
+
+    /// Runs `cmd` as this user; its output.
+    pub fn run(&self, cmd: &mut Command) -> Output {
+        self.apply(cmd);
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    }
+}
+
+/// The `e_tag` values of POSIX ACL entries (`acl(5)`).
+pub mod acl {
+    pub const USER_OBJ: u16 = 0x01;
+    pub const USER: u16 = 0x02;
+    pub const GROUP_OBJ: u16 = 0x04;
+    pub const MASK: u16 = 0x10;
+    pub const OTHER: u16 = 0x20;
+}
+
+/// Sets `path`'s access ACL to `entries` (tag, permission bits, id), as
+/// setfacl(1) would: the `system.posix_acl_access` attribute.
+pub fn set_acl(path: &Path, entries: &[(u16, u16, u32)]) {
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        value.extend(tag.to_le_bytes());
+        value.extend(perm.to_le_bytes());
+        value.extend(id.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new("system.posix_acl_access").unwrap();
+    // SAFETY: valid C strings and a buffer of the length given.
+    let ret = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(ret, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 /// A filesystem mounted for one test, unmounted when dropped.
@@ -355,11 +445,16 @@ impl Mount {
 
     /// An ext4 of `size` bytes, its image in `dir`.
     pub fn ext4_sized(dir: &Path, size: u64) -> Self {
+        Self::ext4_with(dir, size, &[])
+    }
+
+    /// The same, made with extra `mkfs.ext4` options.
+    pub fn ext4_with(dir: &Path, size: u64, mkfs: &[&str]) -> Self {
         let dir = tempfile::tempdir_in(dir).unwrap();
         let image = dir.path().join("ext4.img");
         let file = std::fs::File::create(&image).unwrap();
         file.set_len(size).unwrap();
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).args(mkfs).arg(&image));
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
         run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&path));
@@ -425,6 +520,12 @@ pub fn rm(path: &Path, cwd: Option<&Path>) -> u32 {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "rm {}", path.display());
     pid
+}
+
+/// Deletes `path` with the real `rm`, as `user`.
+pub fn rm_as(user: &User, path: &Path) {
+    let out = user.run(Command::new("rm").arg(path));
+    assert!(out.status.success(), "rm {} as uid {}: {}", path.display(), user.uid, String::from_utf8_lossy(&out.stderr));
 }
 
 /// Content unlikely to survive a wrong copy: every byte value, then text.

@@ -1,58 +1,104 @@
-//! A process that holds a file the way real programs do, driven line by
-//! line on stdin so a test decides exactly when it lets go:
+//! A process that holds files the way real programs do (or misbehaves the
+//! way an attacker would), driven line by line on stdin so a test decides
+//! exactly when it lets go:
 //!
-//!   holder fd PATH      open read-write and keep the descriptor
-//!   holder mmap PATH    map the file shared, then close the descriptor
-//!   holder scratch PATH open it, then delete it itself (a scratch file)
+//!   holder fd PATH             open read-write and keep the descriptor
+//!   holder mmap PATH           map the file shared, then close the descriptor
+//!   holder scratch PATH        open it, then delete it itself (a scratch file)
+//!   holder scratch-many DIR N  create N files in DIR, open each, delete each
+//!   holder connect SOCKET N    open N connections to a Unix socket, send nothing
+//!   holder fail-unlink N       call unlink(2) N times on a path that does not exist
 //!
-//! It prints `ready` once it holds the file. Commands: `append TEXT` (fd
-//! mode: write at the end), `exit`. End of input also exits.
+//! It prints `ready` once it holds what it holds. Commands: `append TEXT` (fd mode: write at the end), `chmod OCTAL` (fd
+//! mode: fchmod the held descriptor), `exit`. End of input also exits.
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     io::{BufRead, Write},
-    os::{fd::AsRawFd, unix::fs::FileExt},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::FileExt, net::UnixStream},
+    },
 };
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (mode, path) = match args.as_slice() {
-        [_, mode, path] => (mode.as_str(), path.as_str()),
-        _ => {
-            eprintln!("usage: holder fd|mmap|scratch PATH");
-            std::process::exit(2);
-        }
+    let (mode, arg) = match args.as_slice() {
+        [_, mode, arg, ..] => (mode.as_str(), arg.as_str()),
+        _ => usage(),
     };
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open");
-    let mut held = Some(file);
-    if mode == "scratch" {
-        std::fs::remove_file(path).expect("unlink");
-    }
-    if mode == "mmap" {
-        let file = held.take().unwrap();
-        let len = file.metadata().unwrap().len() as usize;
-        // SAFETY: a fresh shared read mapping of a file we opened; never unmapped.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len.max(1),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(addr, libc::MAP_FAILED, "mmap");
-        drop(file);
+    let count = || args.get(3).and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| usage());
+    let mut held = None;
+    let mut many = Vec::new();
+    match mode {
+        "fd" | "scratch" => {
+            held = Some(OpenOptions::new().read(true).write(true).open(arg).expect("open"));
+            if mode == "scratch" {
+                std::fs::remove_file(arg).expect("unlink");
+            }
+        }
+        "mmap" => map(arg),
+        "scratch-many" => {
+            for i in 0..count() {
+                let path = format!("{arg}/f{i}");
+                let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path);
+                let mut file = file.expect("create");
+                file.write_all(b"scratch").unwrap();
+                std::fs::remove_file(&path).expect("unlink");
+                many.push(file);
+            }
+        }
+        "connect" => {
+            let conns: Vec<UnixStream> = (0..count()).filter_map(|_| UnixStream::connect(arg).ok()).collect();
+            println!("ready");
+            std::io::stdout().flush().unwrap();
+            wait_for_exit(None);
+            drop(conns);
+            return;
+        }
+        "fail-unlink" => {
+            let path = std::ffi::CString::new("/nonexistent/unrm-test").unwrap();
+            for _ in 0..count() {
+                // SAFETY: a valid C string; the call fails with ENOENT.
+                unsafe { libc::unlink(path.as_ptr()) };
+            }
+        }
+        _ => usage(),
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
+    wait_for_exit(held.as_ref());
+    drop(many);
+}
+
+fn usage() -> ! {
+    eprintln!("usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N");
+    std::process::exit(2);
+}
+
+/// Maps `path` shared and closes its descriptor; the mapping stays.
+fn map(path: &str) {
+    let file = OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh shared read mapping of a file we opened; never unmapped.
+    let addr = unsafe {
+        libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0)
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "mmap");
+}
+
+fn wait_for_exit(held: Option<&File>) {
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         if let Some(text) = line.strip_prefix("append ") {
-            let file = held.as_ref().expect("append needs fd mode");
+            let file = held.expect("append needs fd mode");
             let end = file.metadata().unwrap().len();
             file.write_all_at(text.as_bytes(), end).unwrap();
+        } else if let Some(mode) = line.strip_prefix("chmod ") {
+            let file = held.expect("chmod needs fd mode");
+            let mode = u32::from_str_radix(mode, 8).expect("octal mode");
+            // SAFETY: fchmod on a descriptor we own.
+            assert_eq!(unsafe { libc::fchmod(file.as_raw_fd(), mode) }, 0, "fchmod");
         } else if line == "exit" {
             break;
         }
