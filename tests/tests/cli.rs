@@ -163,3 +163,40 @@ fn restore_destinations_with_dot_dot_and_symlinks() {
     assert_eq!(std::fs::read(&link).unwrap(), b"content");
     drop(holder);
 }
+
+#[test]
+fn a_state_directory_another_user_could_touch_is_refused() {
+    let bob = unrm_tests::User::ensure("unrm-test-bob");
+    let dir = tempfile::tempdir().unwrap();
+    let start = |state: &std::path::Path| {
+        Command::new(unrm_bin())
+            .args(["daemon", "--state-dir"])
+            .arg(state)
+            .arg("--socket")
+            .arg(dir.path().join("sock"))
+            .output()
+            .unwrap()
+    };
+    // Made first by an ordinary user (say under /tmp).
+    let theirs = dir.path().join("bobs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(bob.uid), Some(bob.gid)).unwrap();
+    assert_one_line_error(&start(&theirs), &format!("owned by uid {}", bob.uid));
+    // Root's, but open to others.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o770)).unwrap();
+    assert_one_line_error(&start(&open), "mode 0770");
+    // Inside a directory a user may rename things in.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(bob.uid), Some(bob.gid)).unwrap();
+    assert_one_line_error(&start(&shared.join("state")), "owned by uid");
+    // A link to a good one is not followed.
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    assert_one_line_error(&start(&link), "symbolic link");
+}

@@ -1,6 +1,20 @@
 //! Small text helpers for human output.
 
-use std::time::SystemTime;
+use std::{borrow::Cow, time::SystemTime};
+
+/// Text from the outside world (paths, command names, reasons), safe to
+/// print on a terminal: control characters are shown escaped, so a file
+/// named with escape sequences cannot rewrite what the user sees.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+            .collect(),
+    )
+}
 
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
@@ -37,5 +51,7 @@ mod tests {
         assert_eq!(size(3 << 30), "3.0G");
         assert_eq!(mode(0o100640), "-rw-r-----");
         assert_eq!(time(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(clean("plain/path"), "plain/path");
+        assert_eq!(clean("a\x1b[31mred\nline\u{9b}"), "a\\u{1b}[31mred\\nline\\u{9b}");
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per command.
 
 mod format;
+mod privilege;
 mod restore;
 mod scan;
 mod show;

@@ -7,21 +7,25 @@
 
 use std::{
     ffi::OsStr,
-    fs::{File, OpenOptions},
+    fs::File,
     os::{
-        fd::AsFd,
-        unix::{ffi::OsStrExt, fs::OpenOptionsExt},
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use rustix::{
-    fs::{CWD, RenameFlags, Timespec, Timestamps, fchmod, fchown, futimens, renameat_with},
+    fs::{
+        AtFlags, CWD, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps, fchmod, fchown, fsync,
+        futimens, openat, openat2, renameat_with, statat, unlinkat,
+    },
     io::Errno,
     process::{Gid, Uid},
 };
 
+use super::{format::clean, privilege::AsUser};
 use crate::{
     api::{
         client::Client,
@@ -37,54 +41,108 @@ pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<(
     let Response::Opened { record, meta } = response else { bail!("unexpected answer from the daemon") };
     let content = File::from(fd.context("the daemon sent no content")?);
     let original = PathBuf::from(OsStr::from_bytes(&meta.path));
-    let target = destination(&original, to)?;
-    let size = write(&content, &target, &record, &meta, force)?;
-    println!("restored record {id} to {} ({size} bytes)", target.display());
+    let where_it_was = to.is_none();
+    if where_it_was && !record.path_resolved {
+        bail!(
+            "record {id} was deleted at {}, a path unrm could not verify on this host (deleted in another \
+             mount namespace, or named through a symbolic link); restore it elsewhere with --to",
+            clean(&original.to_string_lossy())
+        );
+    }
+    let root = rustix::process::geteuid().is_root();
+    // A recorded path is the deleter's say, and root may write anywhere:
+    // then no symbolic link on the way is followed.
+    let strict = where_it_was || root;
+    let target = destination(&original, to, strict)?;
+    // Root putting another user's file back where it was writes with that
+    // user's rights (--force: with root's).
+    let owner = record.uid.filter(|&uid| root && where_it_was && !force && uid != 0);
+    let as_owner = owner.map(|uid| AsUser::become_(uid, record.gid.unwrap_or(uid))).transpose()?;
+    let written = write(&content, &target, &record, &meta, force, strict);
+    drop(as_owner);
+    let size = match (written, owner) {
+        (Err(err), Some(uid)) if is_permission(&err) => bail!(
+            "{err:#}: uid {uid}, the file's owner, may not write there (unrm restores another user's file \
+             with its owner's rights); use --to, or --force to write it there as root"
+        ),
+        (written, _) => written?,
+    };
+    println!("restored record {id} to {} ({size} bytes)", clean(&target.to_string_lossy()));
     Ok(())
 }
 
-fn destination(original: &Path, to: Option<PathBuf>) -> Result<PathBuf> {
+fn is_permission(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<Errno>().is_some_and(|e| matches!(*e, Errno::ACCESS | Errno::PERM))
+            || e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
+fn destination(original: &Path, to: Option<PathBuf>, strict: bool) -> Result<PathBuf> {
     let name = original.file_name().context("the record's path names no file")?;
     Ok(match to {
-        Some(dir) if dir.is_dir() => dir.join(name),
+        Some(dir) if open_dir(&dir, strict).is_ok() => dir.join(name),
         Some(path) => path,
         None => original.to_path_buf(),
     })
 }
 
-fn write(content: &File, target: &Path, record: &Record, meta: &RestoreMeta, force: bool) -> Result<u64> {
-    let name = target.file_name().with_context(|| format!("{} names no file", target.display()))?;
-    let dir = match target.parent() {
+/// The directory at `path`, resolved without following a symbolic link
+/// anywhere on the way when `strict`.
+fn open_dir(path: &Path, strict: bool) -> Result<OwnedFd> {
+    let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = if strict { ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS } else { ResolveFlags::empty() };
+    openat2(CWD, path, how, Mode::empty(), resolve).map_err(|err| {
+        let at = clean(&path.to_string_lossy()).into_owned();
+        match err {
+            Errno::LOOP if strict => anyhow::anyhow!(
+                "a symbolic link is on the way to {at}; unrm follows none when restoring to a recorded path \
+                 or as root (give the path without it, with --to)"
+            ),
+            Errno::NOENT => anyhow::anyhow!("directory {at} does not exist"),
+            Errno::NOTDIR => anyhow::anyhow!("{at} is not a directory"),
+            err => anyhow::Error::new(err).context(format!("opening directory {at}")),
+        }
+    })
+}
+
+fn write(
+    content: &File,
+    target: &Path,
+    record: &Record,
+    meta: &RestoreMeta,
+    force: bool,
+    strict: bool,
+) -> Result<u64> {
+    let shown = clean(&target.to_string_lossy()).into_owned();
+    let name = target.file_name().with_context(|| format!("{shown} names no file"))?;
+    let dir_path = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
-        bail!("cannot restore to {}: directory {} does not exist", target.display(), dir.display());
+    let dir = open_dir(dir_path, strict).with_context(|| format!("cannot restore to {shown}"))?;
+    if !force && statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        bail!("{shown} already exists; use --force to replace it");
     }
-    if !force && target.symlink_metadata().is_ok() {
-        bail!("{} already exists; use --force to replace it", target.display());
-    }
-    let temp = dir.join(format!(".{}.unrm-{}", name.to_string_lossy(), std::process::id()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&temp)
-        .with_context(|| format!("creating {}", temp.display()))?;
+    let temp = format!(".{}.unrm-{}", name.to_string_lossy(), std::process::id());
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = openat(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))
+        .map(File::from)
+        .with_context(|| format!("creating a file in {}", clean(&dir_path.to_string_lossy())))?;
     let result = fill(content, &file, record, meta).and_then(|size| {
-        let flags = if force { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
-        match renameat_with(CWD, &temp, CWD, target, flags) {
+        let how = if force { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+        match renameat_with(&dir, temp.as_str(), &dir, name, how) {
             Ok(()) => Ok(size),
-            Err(Errno::EXIST) => bail!("{} already exists; use --force to replace it", target.display()),
-            Err(err) => Err(err).with_context(|| format!("renaming into {}", target.display())),
+            Err(Errno::EXIST) => bail!("{shown} already exists; use --force to replace it"),
+            Err(err) => Err(err).with_context(|| format!("renaming into {shown}")),
         }
     });
     if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    } else {
-        File::open(dir)?.sync_all()?;
+        let _ = unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    } else if let Ok(listing) = openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+        // Make the new name durable (a directory one may write but not read
+        // cannot be synced, and the file itself already is).
+        fsync(&listing)?;
     }
     result
 }
@@ -160,10 +218,18 @@ mod tests {
     fn destinations() {
         let dir = tempfile::tempdir().unwrap();
         let original = Path::new("/home/a/notes.txt");
-        assert_eq!(destination(original, None).unwrap(), original);
-        assert_eq!(destination(original, Some(dir.path().into())).unwrap(), dir.path().join("notes.txt"));
+        assert_eq!(destination(original, None, true).unwrap(), original);
+        let into = destination(original, Some(dir.path().into()), true).unwrap();
+        assert_eq!(into, dir.path().join("notes.txt"));
         let file = dir.path().join("other");
-        assert_eq!(destination(original, Some(file.clone())).unwrap(), file);
-        assert!(destination(Path::new("/"), None).is_err());
+        assert_eq!(destination(original, Some(file.clone()), true).unwrap(), file);
+        assert!(destination(Path::new("/"), None, true).is_err());
+        // A directory reached through a link is one only when links are followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert_eq!(destination(original, Some(link.clone()), false).unwrap(), link.join("notes.txt"));
+        assert_eq!(destination(original, Some(link.clone()), true).unwrap(), link);
+        let err = format!("{:#}", open_dir(&link, true).unwrap_err());
+        assert!(err.contains("symbolic link"), "{err}");
     }
 }

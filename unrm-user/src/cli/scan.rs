@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use super::format;
+use super::format::{self, clean};
 use crate::{
     api::{
         client::Client,
@@ -42,12 +42,12 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
             println!(
                 "{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  {}",
                 h.pid,
-                h.comm,
+                clean(&h.comm),
                 kind(h.kind),
                 at,
                 format::size(f.size),
                 format!("{}:{}/{}", libc::major(f.dev), libc::minor(f.dev), f.ino),
-                f.path
+                clean(&f.path)
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Human-readable output of records and status.
 
-use super::format;
+use super::format::{self, clean};
 use crate::{api::proto::DaemonStatus, record::Record};
 
 pub fn table(records: &[Record]) {
@@ -19,16 +19,19 @@ pub fn table(records: &[Record]) {
             format::time(r.deleted_at),
             r.status.as_str(),
             size,
-            by,
-            r.path
+            clean(&by),
+            clean(&r.path)
         );
     }
 }
 
 pub fn detail(r: &Record) {
-    let field = |name: &str, value: String| println!("{:<10} {value}", format!("{name}:"));
+    let field = |name: &str, value: String| println!("{:<10} {}", format!("{name}:"), clean(&value));
     field("id", r.id.to_string());
     field("path", r.path.clone());
+    if !r.path_resolved {
+        field("", "(not verified as a path on this host: restore it with --to)".into());
+    }
     field(
         "status",
         match &r.reason {
@@ -82,7 +85,7 @@ pub fn detail(r: &Record) {
 
 pub fn status(s: &DaemonStatus) {
     let c = &s.counters;
-    println!("unrm daemon pid {} up {}s, state in {}", s.pid, s.uptime_secs, s.state_dir);
+    println!("unrm daemon pid {} up {}s, state in {}", s.pid, s.uptime_secs, clean(&s.state_dir));
     println!(
         "probes: {} tier, {}; filesystem hooks: {}; release probes {}",
         s.probes.tier,
@@ -91,7 +94,7 @@ pub fn status(s: &DaemonStatus) {
         if s.probes.release_attached { "attached" } else { "idle (nothing to watch)" },
     );
     if let Some(why) = &s.probes.fallback {
-        println!("tier chosen by fallback: {why}");
+        println!("tier chosen by fallback: {}", clean(why));
     }
     println!(
         "events: {} ({} deletions, {} releases), lost: {}, scans: {}",
@@ -112,4 +115,28 @@ pub fn status(s: &DaemonStatus) {
     if let (Some(p50), Some(p99)) = (l.p50, l.p99) {
         println!("pin latency: p50 {p50} µs, p99 {p99} µs over {} pins", l.samples);
     }
+    safety(&s.safety);
+}
+
+/// The guards, and how often each stepped in.
+fn safety(g: &crate::api::proto::Safety) {
+    println!(
+        "budget: {} of {} pins open; not pinned: {} over the budget, {} over per-user pins; \
+         {} captures over per-user store; {} unheld records rate-limited",
+        g.pins_open, g.pin_budget, g.over_budget, g.over_user_pins, g.over_user_store, g.rate_limited
+    );
+    println!(
+        "kernel: {} failed calls dropped, {} watches refused by full tables; pidfds: {} of {} ({} refused)",
+        g.failed_calls, g.watch_full, g.pidfds, g.pidfd_budget, g.pidfds_refused
+    );
+    println!(
+        "index: {} errors, {} writes waiting, {} records dropped; engine errors: {}; \
+         store evictions for space: {}",
+        g.index_errors, g.index_waiting, g.index_dropped, g.engine_errors, g.evicted_for_space
+    );
+    println!(
+        "clients: {} connected, {} refused, {} dropped (idle or slow), {} accept errors; \
+         filesystems not answering: {} now, {} ever",
+        g.connections, g.connections_refused, g.clients_dropped, g.accept_errors, g.stuck_filesystems, g.stuck_total
+    );
 }
