@@ -2,14 +2,19 @@
 //! While unrm holds it, no close by anyone else can free the inode, and its
 //! content can be copied or handed to a restore at leisure.
 //!
-//! A pin is one `O_PATH` descriptor and nothing else. Taking it opens
+//! A pin is one descriptor. It is first taken as `O_PATH`: that opens
 //! nothing (no `->open`, so it cannot block on a FUSE server or trigger a
-//! device's open) and its metadata is read with `AT_STATX_DONT_SYNC`, the
+//! device's open), and its metadata is read with `AT_STATX_DONT_SYNC`, the
 //! kernel's cached view, which never waits for a FUSE server or a network
-//! filesystem either. So the ring-buffer reader and the engine may take
-//! pins without ever blocking; whatever must really talk to the filesystem
-//! (opening for reading, extended attributes, copying) is done by the file
-//! workers (`daemon::lanes`), one per filesystem.
+//! filesystem either. So the ring-buffer reader and the engine take pins
+//! without ever blocking. On a local filesystem that reference alone keeps
+//! the content. A FUSE server or an NFS client, though, discards a deleted
+//! file once its last *open* goes (libfuse's hidden files, NFS's
+//! silly-renamed ones), so a file worker (`daemon::lanes`) then trades the
+//! `O_PATH` pin for a reading descriptor, opened through it, as soon as it
+//! can; it does the same everywhere, so that a pin is the same thing on
+//! every filesystem. Whatever else must talk to the filesystem (extended
+//! attributes, copying) is the file workers' too.
 
 use std::{
     fs::{File, OpenOptions},
@@ -78,6 +83,8 @@ impl Meta {
 pub struct PinFd {
     fd: OwnedFd,
     _ticket: Ticket,
+    /// Open for reading (not just `O_PATH`).
+    reading: bool,
 }
 
 /// A pin shared between the engine and the file workers using it: the
@@ -100,6 +107,22 @@ impl PinFd {
     /// filesystem's `->open`, which may block (FUSE, NFS): file workers only.
     pub fn open_for_reading(&self) -> io::Result<File> {
         reopen(&self.proc_path())
+    }
+
+    /// This pin as an open file, with a budget share of its own (None when
+    /// it already is one). May block like `open_for_reading`.
+    pub fn opened(&self, budget: &Arc<Budget>) -> Option<io::Result<PinFd>> {
+        if self.reading {
+            return None;
+        }
+        let Some(ticket) = budget.take() else { return Some(Err(io::Error::other("budget spent"))) };
+        Some(self.open_for_reading().and_then(|file| {
+            let (was, now) = (Meta::of(self.as_fd())?, Meta::of(file.as_fd())?);
+            if (was.dev, was.ino) != (now.dev, now.ino) {
+                return Err(io::Error::other("reopened a different file"));
+            }
+            Ok(PinFd { fd: OwnedFd::from(file), _ticket: ticket, reading: true })
+        }))
     }
 }
 
@@ -162,7 +185,7 @@ pub fn grab(link: &Path, want: InodeId, budget: &Arc<Budget>) -> Result<(PinFd, 
             want.ino
         ))));
     }
-    Ok((PinFd { fd, _ticket: ticket }, meta))
+    Ok((PinFd { fd, _ticket: ticket, reading: false }, meta))
 }
 
 /// The mount a descriptor was reached through, by its id in mountinfo.
@@ -206,13 +229,22 @@ mod tests {
         let link = PathBuf::from(format!("/proc/self/fd/{}", holder.as_raw_fd()));
         let budget = Budget::new(1);
         let want = InodeId { dev: st.dev, ino: st.ino };
-        let (pin, meta) = grab(&link, want, &budget).unwrap();
+        let (first, meta) = grab(&link, want, &budget).unwrap();
         assert_eq!((meta.size, meta.nlink), (4, 0));
         assert!(matches!(grab(&link, want, &budget), Err(Refused::Budget)), "one ticket only");
         drop(holder);
-        assert_eq!(std::fs::read(pin.proc_path()).unwrap(), b"kept");
-        drop(pin);
+        assert_eq!(std::fs::read(first.proc_path()).unwrap(), b"kept");
+        // Traded for a reading descriptor, the pin still holds the file.
+        let bigger = Budget::new(2);
+        let (pin, _) = grab(&first.proc_path(), want, &bigger).unwrap();
+        drop(first);
         assert_eq!(budget.used(), 0);
+        let opened = pin.opened(&bigger).unwrap().unwrap();
+        assert!(opened.opened(&bigger).is_none(), "already open");
+        drop(pin);
+        assert_eq!(std::fs::read(opened.proc_path()).unwrap(), b"kept");
+        drop(opened);
+        assert_eq!(bigger.used(), 0);
         // A different inode behind the link is refused.
         let other = InodeId { dev: st.dev, ino: st.ino + 1 };
         let f = File::open(dir.path()).unwrap();

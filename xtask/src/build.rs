@@ -116,8 +116,16 @@ pub fn test_binaries(root: &Path, bin: &Path) -> Result<Vec<PathBuf>> {
 
 /// Unit tests of every crate, then the integration tests against `bin`.
 pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
-    // The integration tests make their own ext4 images and mounts.
-    toolchain::ensure_commands(&[("mkfs.ext4", "e2fsprogs"), ("mount", "mount"), ("losetup", "mount")])?;
+    // The integration tests make their own ext4 and xfs images and mounts,
+    // and a FUSE filesystem (bindfs) to play one that stops answering.
+    toolchain::ensure_commands(&[
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.xfs", "xfsprogs"),
+        ("mount", "mount"),
+        ("losetup", "mount"),
+        ("bindfs", "bindfs"),
+        ("unshare", "util-linux"),
+    ])?;
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)

@@ -20,9 +20,20 @@ use crate::{build::run, toolchain};
 
 /// Modules the guest needs that Debian builds as modules (crc32c is ext4's
 /// soft dependency: the kernel would ask for it from a root filesystem that
-/// has no modules for this kernel).
-const MODULES: &[&str] =
-    &["virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay", "loop", "crc32c_generic", "ext4"];
+/// has no modules for this kernel); xfs and fuse for the tests that mount
+/// them.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "loop",
+    "crc32c_generic",
+    "ext4",
+    "xfs",
+    "fuse",
+];
 
 /// The guest's /init: mount the host's root read-only under a tmpfs
 /// overlay, chroot into it, give the tests fresh tmpfs on /tmp, /run and

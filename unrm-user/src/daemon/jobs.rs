@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::lanes::Job;
 use crate::{
     access::{ACL_XATTR, AclEntry, PathFacts, Perms, parse_acl},
+    budget::Budget,
     api::{proto::Response, server::Reply},
     holders::InodeId,
     pins::{Meta, PinFd, Pinned, mount_id},
@@ -29,6 +30,8 @@ use crate::{
 };
 
 pub enum Done {
+    /// The pin as a reading descriptor, to replace its `O_PATH` one.
+    Opened { record: i64, inode: InodeId, pin: PinFd },
     /// What the access check and a restore need to know about a pin.
     Inspected { record: i64, inode: InodeId, found: Inspection },
     /// A pinned file's ACL, read again because its ctime moved.
@@ -65,11 +68,12 @@ impl Inspection {
     }
 }
 
-/// Learns the file's ACL, the directories on its path, and whether the
-/// recorded path (`host_path`: the probes said it is the host's) really
-/// leads to where it was.
+/// Opens the pinned file (see `pins`), then learns its ACL, the
+/// directories on its path, and whether the recorded path (`host_path`:
+/// the probes said it is the host's) really leads to where it was.
 pub fn inspect<M: From<Done> + Send + 'static>(
     pin: Pinned,
+    budget: Arc<Budget>,
     record: i64,
     inode: InodeId,
     path: PathBuf,
@@ -77,6 +81,13 @@ pub fn inspect<M: From<Done> + Send + 'static>(
     done: Sender<M>,
 ) -> Job {
     Box::new(move || {
+        match pin.opened(&budget) {
+            Some(Ok(opened)) => {
+                let _ = done.send(Done::Opened { record, inode, pin: opened }.into());
+            }
+            Some(Err(err)) => log::debug!("record {record}: pin not opened for reading: {err}"),
+            None => {}
+        }
         let found = Inspection {
             acl: read_acl(&pin),
             dirs: dirs_of(&path),

@@ -334,7 +334,8 @@ impl Engine {
 
     /// Has a file worker learn what the access check and a restore need.
     pub(super) fn inspect(&mut self, inode: InodeId, pin: &Pin, host_path: bool) {
-        let job = jobs::inspect(pin.fd.clone(), pin.record, inode, pin.path.clone(), host_path, self.tx.clone());
+        let (fd, budget, tx) = (pin.fd.clone(), self.budget.clone(), self.tx.clone());
+        let job = jobs::inspect(fd, budget, pin.record, inode, pin.path.clone(), host_path, tx);
         self.lanes.run(inode.dev, job);
     }
 
@@ -369,6 +370,12 @@ impl Engine {
 
     pub(super) fn on_done(&mut self, done: Done) -> Result<()> {
         match done {
+            Done::Opened { record, inode, pin: opened } => {
+                if let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.record == record) {
+                    // The O_PATH descriptor goes once no file worker uses it.
+                    pin.fd = Arc::new(opened);
+                }
+            }
             Done::Inspected { record, inode, found } => {
                 if let Some(facts) = found.facts() {
                     self.index.set_access(record, &facts);

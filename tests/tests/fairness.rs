@@ -1,0 +1,122 @@
+//! A fair store: filling the store's filesystem from outside cannot wipe
+//! every capture, one user's captures make room from that user's own
+//! first, and reflinked captures are counted by what they really cost.
+
+use std::{
+    fs,
+    os::unix::fs::{PermissionsExt, chown},
+    path::Path,
+    process::Command,
+};
+
+use serde_json::Value;
+use unrm_tests::{Daemon, Holder, Mount, User, content};
+
+/// Holds `path`, deletes it, lets go, and waits for `status`.
+fn captured(daemon: &Daemon, path: &Path, status: &str) -> Value {
+    let holder = Holder::fd(path);
+    unrm_tests::rm(path, None);
+    daemon.wait_record(path, "held");
+    holder.exit();
+    daemon.wait_record(path, status)
+}
+
+/// A file of `size` bytes owned by `owner`.
+fn owned(dir: &Path, name: &str, owner: Option<&User>, size: usize) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let data: Vec<u8> = content(name).into_iter().cycle().take(size).collect();
+    fs::write(&path, data).unwrap();
+    if let Some(user) = owner {
+        chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    path
+}
+
+#[test]
+fn filling_the_stores_filesystem_cannot_wipe_every_capture() {
+    let bob = User::ensure("unrm-test-bob");
+    let files = Mount::ext4();
+    let tiny = Mount::ext4_with(&std::env::temp_dir(), 64 << 20, &["-m", "0"]);
+    fs::set_permissions(tiny.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let config = "min_free = \"20%\"\nstore_reserve = \"4M\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("unrm.toml"), config).unwrap();
+    let config = dir.path().join("unrm.toml");
+    let daemon = Daemon::start_with_state(
+        &tiny.path.join("state"),
+        &["--config", config.to_str().unwrap(), "--rescan-interval", "200ms"],
+    );
+    let kept = captured(&daemon, &owned(&files.path, "roots", None, 1 << 20), "captured");
+
+    // Bob fills the filesystem to the last block, from a directory of his.
+    let his = tiny.path.join("bob");
+    fs::create_dir(&his).unwrap();
+    chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
+    let out = bob.run(Command::new("dd").args(["if=/dev/zero", "bs=1M", "status=none"]).arg(format!(
+        "of={}",
+        his.join("fill").display()
+    )));
+    assert!(!out.status.success(), "dd should have run out of room");
+    daemon.wait_scans(3);
+    let rec = daemon.json(&["show", &kept["id"].to_string(), "--json"]);
+    assert_eq!(rec["status"], "captured", "a filled disk evicted what the reserve keeps: {rec}");
+    let back = files.path.join("roots.back");
+    assert_eq!(daemon.restore_to(&kept["id"], &back).len(), 1 << 20);
+}
+
+#[test]
+fn a_users_captures_make_room_from_their_own_first() {
+    let (alice, bob) = (User::ensure("unrm-test-alice"), User::ensure("unrm-test-bob"));
+    let fs = Mount::ext4();
+    let config = "max_store_size = \"2M\"\n[per_user]\nstore = \"1500K\"\n";
+    let (_config, daemon) = Daemon::with_config(config, &[]);
+    let size = 600 << 10;
+    let a1 = captured(&daemon, &owned(&fs.path, "a1", Some(&alice), size), "captured");
+    let b1 = captured(&daemon, &owned(&fs.path, "b1", Some(&bob), size), "captured");
+    captured(&daemon, &owned(&fs.path, "b2", Some(&bob), size), "captured");
+    // Bob's third would take him past his share: his oldest goes, not alice's.
+    captured(&daemon, &owned(&fs.path, "b3", Some(&bob), size), "captured");
+    let show = |rec: &Value| daemon.json(&["show", &rec["id"].to_string(), "--json"]);
+    let b1 = show(&b1);
+    assert_eq!(b1["status"], "evicted");
+    assert!(b1["reason"].as_str().unwrap().contains("per_user.store"), "{b1}");
+    assert_eq!(show(&a1)["status"], "captured", "bob's capture evicted alice's");
+    // Alice's second fills the store: her own oldest makes room.
+    captured(&daemon, &owned(&fs.path, "a2", Some(&alice), size), "captured");
+    assert_eq!(show(&a1)["status"], "evicted");
+    let kept = daemon.json(&["list", "--json", "--status", "captured"]);
+    let names: Vec<&str> = kept.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn reflinked_captures_are_counted_once() {
+    let Some(xfs) = Mount::image("xfs", 512 << 20) else {
+        panic!("mkfs.xfs is missing (cargo xtask test installs xfsprogs)");
+    };
+    let config = tempfile::tempdir().unwrap();
+    fs::write(config.path().join("unrm.toml"), "max_store_size = \"20M\"\n").unwrap();
+    let config = config.path().join("unrm.toml");
+    let daemon = Daemon::start_with_state(&xfs.path.join("state"), &["--config", config.to_str().unwrap()]);
+    let original = owned(&xfs.path, "original", None, 8 << 20);
+    let copies: Vec<_> = (0..4)
+        .map(|i| {
+            let copy = xfs.path.join(format!("copy{i}"));
+            let out = Command::new("cp").arg("--reflink=always").arg(&original).arg(&copy).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            copy
+        })
+        .collect();
+    // Four captures of the same 8 MiB on disk: 32 MiB if each were counted
+    // whole, over the 20 MiB cap.
+    let records: Vec<Value> = copies.iter().map(|copy| captured(&daemon, copy, "captured")).collect();
+    let status = daemon.status();
+    assert_eq!(status["counters"]["evicted"], 0, "{status}");
+    let store = status["store_bytes"].as_u64().unwrap();
+    assert!(store < 12 << 20, "the store counts {store} bytes for one 8 MiB extent");
+    for rec in &records {
+        assert_eq!(daemon.json(&["show", &rec["id"].to_string(), "--json"])["status"], "captured");
+    }
+    let back = xfs.path.join("back");
+    assert_eq!(daemon.restore_to(&records[3]["id"], &back), fs::read(&original).unwrap());
+}
