@@ -312,6 +312,11 @@ impl Holder {
         Self::spawn_with(&["fail-unlink", "-", &n.to_string()], user)
     }
 
+    /// A process holding nothing yet (see `scratch_more`).
+    pub fn idle() -> Self {
+        Self::spawn_with(&["idle", "-"], None)
+    }
+
     fn spawn(mode: &str, path: &Path, user: Option<&User>) -> Self {
         Self::spawn_with(&[mode, path.to_str().unwrap()], user)
     }
@@ -341,6 +346,18 @@ impl Holder {
     pub fn append(&mut self, text: &str) {
         writeln!(self.stdin, "append {text}").unwrap();
         expect_line(&self.out, "ok", "holder append");
+    }
+
+    /// Opens `path`, deletes it and keeps it open (any mode).
+    pub fn scratch_more(&mut self, path: &Path) {
+        writeln!(self.stdin, "scratch {}", path.display()).unwrap();
+        expect_line(&self.out, "ok", "holder scratch");
+    }
+
+    /// Closes what `scratch_more` opened.
+    pub fn close_scratch(&mut self) {
+        writeln!(self.stdin, "close").unwrap();
+        expect_line(&self.out, "ok", "holder close");
     }
 
     /// Changes the held file's mode through its descriptor (fd mode).

@@ -183,3 +183,25 @@ fn fill_up(path: &Path) {
     while file.write_all(&chunk[..512]).is_ok() {}
     let _ = file.sync_all();
 }
+
+#[test]
+fn a_long_lived_holder_watched_again_and_again_costs_no_descriptors() {
+    let fs = Mount::ext4();
+    let daemon = Daemon::start();
+    let descriptors = || fs::read_dir(format!("/proc/{}/fd", daemon.pid())).unwrap().count();
+    let mut holder = Holder::idle();
+    let warm = |holder: &mut Holder, i: usize| {
+        let path = fs.file(&format!("cycle{i}"), b"c");
+        holder.scratch_more(&path);
+        daemon.wait_record(&path, "held");
+        holder.close_scratch();
+        daemon.wait_record(&path, "skipped");
+    };
+    warm(&mut holder, 0);
+    let before = descriptors();
+    for i in 1..=100 {
+        warm(&mut holder, i);
+    }
+    let after = descriptors();
+    assert!(after < before + 10, "{} descriptors more after 100 cycles of one holder", after - before);
+}

@@ -120,3 +120,45 @@ fn reflinked_captures_are_counted_once() {
     let back = xfs.path.join("back");
     assert_eq!(daemon.restore_to(&records[3]["id"], &back), fs::read(&original).unwrap());
 }
+
+#[test]
+fn one_user_cannot_take_every_pin_nor_flood_the_index() {
+    let bob = User::ensure("unrm-test-bob");
+    let fs = Mount::ext4();
+    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let his = fs.path.join("bob");
+    fs::create_dir(&his).unwrap();
+    chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
+    let config = "[per_user]\npins = 5\nrecords_per_minute = 100\n";
+    let (_config, daemon) = Daemon::with_config(config, &[]);
+    // Eight held files of bob's: five pinned, three recorded as not.
+    let holder = Holder::scratch_many(&his, 8, Some(&bob));
+    unrm_tests::wait_until("bob's deletions decided", || {
+        let s = daemon.status();
+        s["counters"]["pins"].as_u64().unwrap() + s["safety"]["over_user_pins"].as_u64().unwrap() >= 8
+    });
+    let s = daemon.status();
+    assert_eq!(s["held_files"], 5, "{s}");
+    assert_eq!(s["safety"]["over_user_pins"], 3, "{s}");
+    let skipped = daemon.json(&["list", "--json", "--status", "skipped"]);
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("per_user.pins"), "{skipped}");
+    // Root's files are not bob's to crowd out.
+    let root_file = fs.file("roots", b"root's");
+    let root_holder = Holder::fd(&root_file);
+    unrm_tests::rm(&root_file, None);
+    daemon.wait_record(&root_file, "held");
+
+    // Three hundred unheld deletions: about a hundred recorded.
+    let out = bob.run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && for i in $(seq 300); do : > u$i; done && rm u*",
+        his.display()
+    )));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let marker = fs.file("marker", b"m");
+    unrm_tests::rm(&marker, None);
+    daemon.wait_record(&marker, "unheld");
+    let s = daemon.status();
+    let limited = s["safety"]["rate_limited"].as_u64().unwrap();
+    assert!((180..=200).contains(&limited), "{limited} of 300 records dropped: {s}");
+    drop((holder, root_holder));
+}

@@ -8,6 +8,7 @@
 //!   holder scratch-many DIR N  create N files in DIR, open each, delete each
 //!   holder connect SOCKET N    open N connections to a Unix socket, send nothing
 //!   holder fail-unlink N       call unlink(2) N times on a path that does not exist
+//!   holder idle -              hold nothing (until told to, see `scratch`)
 //!
 //! It prints `ready` once it holds what it holds. Commands: `append TEXT` (fd mode: write at the end), `chmod OCTAL` (fd
 //! mode: fchmod the held descriptor), `exit`. End of input also exits.
@@ -56,6 +57,7 @@ fn main() {
             drop(conns);
             return;
         }
+        "idle" => {}
         "fail-unlink" => {
             let path = std::ffi::CString::new("/nonexistent/unrm-test").unwrap();
             for _ in 0..count() {
@@ -72,7 +74,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N");
+    eprintln!("usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N | idle -");
     std::process::exit(2);
 }
 
@@ -88,9 +90,15 @@ fn map(path: &str) {
 }
 
 fn wait_for_exit(held: Option<&File>) {
+    let mut scratch = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
-        if let Some(text) = line.strip_prefix("append ") {
+        if let Some(path) = line.strip_prefix("scratch ") {
+            scratch.push(OpenOptions::new().read(true).write(true).open(path).expect("open"));
+            std::fs::remove_file(path).expect("unlink");
+        } else if line == "close" {
+            scratch.clear();
+        } else if let Some(text) = line.strip_prefix("append ") {
             let file = held.expect("append needs fd mode");
             let end = file.metadata().unwrap().len();
             file.write_all_at(text.as_bytes(), end).unwrap();
