@@ -133,15 +133,16 @@ fn one_user_cannot_take_every_pin_nor_flood_the_index() {
     let (_config, daemon) = Daemon::with_config(config, &[]);
     // Eight held files of bob's: five pinned, three recorded as not.
     let holder = Holder::scratch_many(&his, 8, Some(&bob));
-    unrm_tests::wait_until("bob's deletions decided", || {
-        let s = daemon.status();
-        s["counters"]["pins"].as_u64().unwrap() + s["safety"]["over_user_pins"].as_u64().unwrap() >= 8
-    });
-    let s = daemon.status();
-    assert_eq!(s["held_files"], 5, "{s}");
-    assert_eq!(s["safety"]["over_user_pins"], 3, "{s}");
-    let skipped = daemon.json(&["list", "--json", "--status", "skipped"]);
-    assert!(skipped[0]["reason"].as_str().unwrap().contains("per_user.pins"), "{skipped}");
+    let bobs = |status: &str| {
+        let records = daemon.json(&["list", "--json", "--status", status, "--path", &format!("{}/*", his.display())]);
+        records.as_array().unwrap().clone()
+    };
+    unrm_tests::wait_until("bob's deletions decided", || bobs("held").len() + bobs("skipped").len() >= 8);
+    assert_eq!(bobs("held").len(), 5);
+    let skipped = bobs("skipped");
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(skipped.iter().all(|r| r["reason"].as_str().unwrap().contains("per_user.pins")), "{skipped:?}");
+    assert_eq!(daemon.status()["safety"]["over_user_pins"], 3);
     // Root's files are not bob's to crowd out.
     let root_file = fs.file("roots", b"root's");
     let root_holder = Holder::fd(&root_file);

@@ -149,12 +149,11 @@ impl Engine {
         let mut files = Vec::new();
         let mut stale = Vec::new();
         for file in snapshot.files.values() {
-            let visible = match self.pins.get(&file.inode) {
-                Some(pin) => self
-                    .index
-                    .get(pin.record)?
-                    .is_some_and(|r| may_see(&self.pins, visibility, caller, &r, &mut stale)),
-                // Not pinned: what its directories allowed is not known.
+            let record = self.pins.get(&file.inode).and_then(|pin| self.index.get(pin.record).ok().flatten());
+            let visible = match record {
+                Some(r) => may_see(&self.pins, visibility, caller, &r, &mut stale),
+                // Not pinned (or its record not written yet): what its
+                // directories allowed is not known.
                 None => caller.may_see(
                     &Seen { uid: Some(file.uid), gid: Some(file.gid), mode: Some(file.mode), facts: None },
                     visibility,

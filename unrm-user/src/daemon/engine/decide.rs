@@ -278,7 +278,12 @@ impl Engine {
             record.mode = Some(held.mode);
             record.uid = Some(held.uid);
             record.gid = Some(held.gid);
-            self.pins.refuse(held.inode);
+        }
+        // Recorded once: later snapshots leave it be while it stays held
+        // (first come, first kept).
+        let inode = held.map(|h| h.inode).or_else(|| pending.and_then(|p| p.deletion.victim.map(|v| v.inode)));
+        if let Some(inode) = inode {
+            self.pins.refuse(inode);
         }
         self.index.insert(&record);
     }
