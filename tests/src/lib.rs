@@ -539,6 +539,15 @@ pub fn rm(path: &Path, cwd: Option<&Path>) -> u32 {
     pid
 }
 
+/// A directory in memory for loop images, so that a test's filesystem has
+/// no disk's noise underneath: /dev/shm where it is a tmpfs, else the
+/// temporary directory (a tmpfs in the VM).
+pub fn memory_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let usable = tempfile::tempdir_in(shm).is_ok_and(|d| std::fs::File::create(d.path().join("probe")).is_ok());
+    if usable { shm.to_path_buf() } else { std::env::temp_dir() }
+}
+
 /// Deletes `path` with the real `rm`, as `user`.
 pub fn rm_as(user: &User, path: &Path) {
     let out = user.run(Command::new("rm").arg(path));

@@ -31,7 +31,7 @@ fn thirty_thousand_held_deletions_stay_within_the_descriptor_budget() {
     // (20,000 on the development machines: nothing can raise a hard limit):
     // thirty processes each deleting a thousand files they hold. Where the
     // limit is lower (the VM), twice the budget is enough.
-    let fs = Mount::ext4_sized(Path::new("/dev/shm"), 256 << 20);
+    let fs = Mount::ext4_sized(&unrm_tests::memory_dir(), 256 << 20);
     let daemon = Daemon::start();
     let budget = safety(&daemon)["pin_budget"].as_u64().unwrap();
     // Whatever else on the machine is deleted and held, pinned at start.
@@ -105,11 +105,13 @@ fn thousands_of_idle_connections_do_not_stop_the_daemon() {
     let s = safety(&daemon);
     assert!(s["connections_refused"].as_u64().unwrap() >= limit, "{s}");
     assert!(s["connections"].as_u64().unwrap() <= 17, "bob holds at most 16, plus this one: {s}");
-    // Idle ones are let go; bob is served again.
+    // Idle ones are let go after the client timeout (the kernel's backlog
+    // of bob's queued connections may refill his slots meanwhile).
     wait_until("bob's idle connections dropped", || safety(&daemon)["clients_dropped"].as_u64().unwrap() >= 16);
-    assert!(daemon.cli_as(&bob, &["status"]).status.success());
     still_protects(&daemon, &fs, "after-idle-clients");
+    // Once bob's flood is over, he is served again.
     drop(flood);
+    wait_until("bob served again", || daemon.cli_as(&bob, &["status"]).status.success());
 }
 
 #[test]
