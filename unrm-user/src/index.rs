@@ -372,10 +372,10 @@ impl Index {
     }
 
     /// Records a new deletion; returns its id.
-    pub fn insert(&mut self, r: &NewRecord) -> i64 {
+    pub fn insert(&mut self, r: NewRecord) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.write(Write::Insert(id, Box::new(r.clone())));
+        self.write(Write::Insert(id, Box::new(r)));
         id
     }
 
@@ -539,7 +539,7 @@ fn insert(c: &Connection, id: i64, r: &NewRecord) -> Result<()> {
     let holders = serde_json::to_string(&r.holders)?;
     let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
     let mut stmt = c.prepare_cached(
-        "INSERT OR REPLACE INTO records (id, path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
+        "INSERT INTO records (id, path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
             deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders,
             deleter_path, path_resolved)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
@@ -655,9 +655,9 @@ mod tests {
     #[test]
     fn lists_newest_first_with_filters_and_pages() {
         let (_dir, mut idx) = index();
-        idx.insert(&new("/a/x.log", Status::Unheld, 10));
-        idx.insert(&new("/a/y.txt", Status::Held, 20));
-        idx.insert(&new("/b/z.log", Status::Held, 30));
+        idx.insert(new("/a/x.log", Status::Unheld, 10));
+        idx.insert(new("/a/y.txt", Status::Held, 20));
+        idx.insert(new("/b/z.log", Status::Held, 30));
         let paths = |records: &[Record]| records.iter().map(|r| r.path.clone()).collect::<Vec<_>>();
         assert_eq!(paths(&all(&idx, &ListQuery::default())), ["/b/z.log", "/a/y.txt", "/a/x.log"]);
         let held = all(&idx, &ListQuery { status: Some(Status::Held), ..Default::default() });
@@ -684,7 +684,7 @@ mod tests {
         let id = {
             let mut idx = Index::open(&path, 1).unwrap();
             idx.begin();
-            let id = idx.insert(&new("/f", Status::Held, 1));
+            let id = idx.insert(new("/f", Status::Held, 1));
             assert!(idx.commit());
             assert_eq!(idx.held().unwrap(), vec![(id, Some(7), Some(1))]);
             idx.mark_captured(id, 5, SystemTime::now());
@@ -707,22 +707,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let mut idx = Index::open(&path, 40).unwrap();
-        assert_eq!(idx.insert(&new("/a", Status::Unheld, 1)), 40);
+        assert_eq!(idx.insert(new("/a", Status::Unheld, 1)), 40);
         drop(idx);
         let mut idx = Index::open(&path, 1).unwrap();
-        assert_eq!(idx.insert(&new("/b", Status::Unheld, 2)), 41);
+        assert_eq!(idx.insert(new("/b", Status::Unheld, 2)), 41);
     }
 
     #[test]
     fn failed_writes_are_replayed_at_the_next_commit() {
         let (_dir, mut idx) = index();
         idx.begin();
-        let a = idx.insert(&new("/a", Status::Held, 1));
+        let a = idx.insert(new("/a", Status::Held, 1));
         // Make the next write fail as a full disk would: a table it needs
         // is gone for the length of one transaction.
         idx.conn.execute_batch("ALTER TABLE records RENAME TO hidden").unwrap();
         idx.set_status(a, Status::Captured, None);
-        let b = idx.insert(&new("/b", Status::Held, 2));
+        let b = idx.insert(new("/b", Status::Held, 2));
         idx.conn.execute_batch("ALTER TABLE hidden RENAME TO records").unwrap();
         assert_eq!(idx.health().errors, 1);
         assert!(idx.commit(), "replayed in a new transaction");

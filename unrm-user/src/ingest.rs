@@ -94,7 +94,8 @@ pub struct Deletion {
     /// `path` is relative to the victim's filesystem (fs tier) until the
     /// reader finds where that filesystem is mounted.
     pub fs_relative: bool,
-    pub grabbed: Option<Grab>,
+    /// Boxed: most deletions have none, and events travel by value.
+    pub grabbed: Option<Box<Grab>>,
     /// The reader found the descriptor budget spent when it tried to grab.
     pub over_budget: bool,
 }
@@ -241,7 +242,7 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>) {
     }
     let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
     match pins::grab(&link, victim.inode, budget) {
-        Ok((pin, meta)) => d.grabbed = Some(Grab { pin, meta, at_ns: monotonic_ns() }),
+        Ok((pin, meta)) => d.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
         Err(Refused::Budget) => d.over_budget = true,
         Err(err) => {
             let late_us = monotonic_ns().saturating_sub(d.ktime_ns) / 1000;

@@ -18,7 +18,7 @@ use crate::{
     daemon::jobs::{self, Done},
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::NewRecord,
-    ingest::{DeleteOp, Deletion},
+    ingest::{DeleteOp, Deletion, Grab},
     pins::{self, Meta, PinFd, Refused},
     policy::Scratch,
     record::{Deleter, Status, holders_of, nanos},
@@ -64,7 +64,7 @@ impl Engine {
                 return Ok(());
             }
             self.counters.unheld += 1;
-            self.index.insert(&deletion_record(&d, deleted_at, Status::Unheld, None));
+            self.index.insert(deletion_record(&d, deleted_at, Status::Unheld, None));
             return Ok(());
         }
         let mut pending = Pending { deletion: d, deleted_at, held_hint };
@@ -107,7 +107,8 @@ impl Engine {
         let hold =
             Hold { kind: HolderKind::Fd, pid, comm: comm.trim_end().to_owned(), fd, vm_start: 0, vm_end: 0 };
         let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold]);
-        self.add_pin(&held, grab.pin, &grab.meta, Some(p));
+        let Grab { pin, meta, .. } = *grab;
+        self.add_pin(&held, pin, &meta, Some(p));
         self.counters.fast_pins += 1;
         // Watch the holder we know now; the snapshot adds the others.
         self.watches.stale = true;
@@ -193,7 +194,7 @@ impl Engine {
             _ if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) => return,
             _ => self.counters.unheld += 1,
         }
-        self.index.insert(&deletion_record(d, p.deleted_at, status, reason));
+        self.index.insert(deletion_record(d, p.deleted_at, status, reason));
     }
 
     /// A deletion whose inode is pinned already: if a scan pinned it first,
@@ -285,7 +286,7 @@ impl Engine {
         if let Some(inode) = inode {
             self.pins.refuse(inode);
         }
-        self.index.insert(&record);
+        self.index.insert(record);
     }
 
     pub(super) fn record_latency(&mut self, ns: u64) {
@@ -312,17 +313,19 @@ impl Engine {
         };
         fill_meta(&mut record, inode, meta);
         record.holders = holders_of(&holds);
-        let id = self.index.insert(&record);
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
+        let path_resolved = record.path_resolved;
+        let id = self.index.insert(record);
         // A capture an earlier run made under this id belongs to a record
         // the index lost: it must not pass for this one's.
         let _ = self.store.remove(id);
         self.counters.pins += 1;
-        log::info!("pinned {} ({} bytes) as record {id}", String::from_utf8_lossy(&record.path), meta.size);
+        log::info!("pinned {} ({} bytes) as record {id}", path.display(), meta.size);
         let deleter = pending.map(|p| p.deletion.pid);
         let pin = Pin {
             fd: Arc::new(fd),
             record: id,
-            path: PathBuf::from(std::ffi::OsStr::from_bytes(&record.path)),
+            path,
             owner: meta.uid,
             size: meta.size,
             deleter,
@@ -333,7 +336,7 @@ impl Engine {
             acl: None,
             acl_asked: false,
         };
-        self.inspect(inode, &pin, record.path_resolved);
+        self.inspect(inode, &pin, path_resolved);
         self.pins.insert(inode, pin);
     }
 
