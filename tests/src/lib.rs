@@ -297,6 +297,12 @@ impl Holder {
         Self::spawn("fd", path, Some(user))
     }
 
+    /// Holds `path` through a read-only descriptor, running as `user` (who
+    /// may read it but not write it).
+    pub fn fd_as_reader(path: &Path, user: &User) -> Self {
+        Self::spawn_with(&["read", path.to_str().unwrap()], Some(user))
+    }
+
     /// Creates `n` files in `dir`, holds each and deletes it (as `user`).
     pub fn scratch_many(dir: &Path, n: usize, user: Option<&User>) -> Self {
         Self::spawn_with(&["scratch-many", dir.to_str().unwrap(), &n.to_string()], user)

@@ -171,3 +171,41 @@ fn names_with_control_characters_are_printed_escaped() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'));
     drop(holder);
 }
+
+#[test]
+fn a_directory_made_again_at_the_path_is_not_restored_into() {
+    let (alice, bob) = (User::ensure("unrm-test-alice"), User::ensure("unrm-test-bob"));
+    let fs = Mount::ext4();
+    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A shared, sticky directory, as /tmp is.
+    fs::set_permissions(&fs.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    let work = fs.path.join("work");
+    let out = alice.run(Command::new("mkdir").args(["-m", "700"]).arg(&work));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = work.join("notes");
+    let out = alice.run(Command::new("sh").arg("-c").arg(format!("echo mine > {}", path.display())));
+    assert!(out.status.success());
+    let daemon = Daemon::start();
+    let holder = Holder::fd_as(&path, &alice);
+    rm_as(&alice, &path);
+    let rec = daemon.wait_record(&path, "held");
+    // Alice's directory goes; bob makes one of his own at the same path.
+    assert!(alice.run(Command::new("rmdir").arg(&work)).status.success());
+    assert!(bob.run(Command::new("mkdir").args(["-m", "777"]).arg(&work)).status.success());
+
+    for who in [Some(&alice), None] {
+        let out = match who {
+            Some(user) => daemon.cli_as(user, &["restore", &rec["id"].to_string()]),
+            None => daemon.cli(&["restore", &rec["id"].to_string()]),
+        };
+        assert_one_line_error(&out, "--to");
+        assert!(!path.exists(), "restored into bob's directory");
+    }
+    let to = tempfile::tempdir().unwrap();
+    fs::set_permissions(to.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let back = to.path().join("notes");
+    let out = daemon.cli_as(&alice, &["restore", &rec["id"].to_string(), "--to", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&back).unwrap(), b"mine\n");
+    drop(holder);
+}

@@ -12,13 +12,21 @@ use std::{
 use serde_json::Value;
 use unrm_tests::{Daemon, Holder, Mount, User, content};
 
-/// Holds `path`, deletes it, lets go, and waits for `status`.
-fn captured(daemon: &Daemon, path: &Path, status: &str) -> Value {
-    let holder = Holder::fd(path);
+/// Holds `path` (as `user`, or root), deletes it, lets go, and waits for
+/// `status`.
+fn captured_as(daemon: &Daemon, path: &Path, user: Option<&User>, status: &str) -> Value {
+    let holder = match user {
+        Some(user) => Holder::fd_as(path, user),
+        None => Holder::fd(path),
+    };
     unrm_tests::rm(path, None);
     daemon.wait_record(path, "held");
     holder.exit();
     daemon.wait_record(path, status)
+}
+
+fn captured(daemon: &Daemon, path: &Path, status: &str) -> Value {
+    captured_as(daemon, path, None, status)
 }
 
 /// A file of `size` bytes owned by `owner`.
@@ -70,19 +78,24 @@ fn a_users_captures_make_room_from_their_own_first() {
     let fs = Mount::ext4();
     let config = "max_store_size = \"2M\"\n[per_user]\nstore = \"1500K\"\n";
     let (_config, daemon) = Daemon::with_config(config, &[]);
+    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
     let size = 600 << 10;
-    let a1 = captured(&daemon, &owned(&fs.path, "a1", Some(&alice), size), "captured");
-    let b1 = captured(&daemon, &owned(&fs.path, "b1", Some(&bob), size), "captured");
-    captured(&daemon, &owned(&fs.path, "b2", Some(&bob), size), "captured");
+    // Each user's own files, held by their own programs.
+    let mine = |name: &str, user: &User| {
+        captured_as(&daemon, &owned(&fs.path, name, Some(user), size), Some(user), "captured")
+    };
+    let a1 = mine("a1", &alice);
+    let b1 = mine("b1", &bob);
+    mine("b2", &bob);
     // Bob's third would take him past his share: his oldest goes, not alice's.
-    captured(&daemon, &owned(&fs.path, "b3", Some(&bob), size), "captured");
+    mine("b3", &bob);
     let show = |rec: &Value| daemon.json(&["show", &rec["id"].to_string(), "--json"]);
     let b1 = show(&b1);
     assert_eq!(b1["status"], "evicted");
     assert!(b1["reason"].as_str().unwrap().contains("per_user.store"), "{b1}");
     assert_eq!(show(&a1)["status"], "captured", "bob's capture evicted alice's");
     // Alice's second fills the store: her own oldest makes room.
-    captured(&daemon, &owned(&fs.path, "a2", Some(&alice), size), "captured");
+    mine("a2", &alice);
     assert_eq!(show(&a1)["status"], "evicted");
     let kept = daemon.json(&["list", "--json", "--status", "captured"]);
     let names: Vec<&str> = kept.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
@@ -162,4 +175,41 @@ fn one_user_cannot_take_every_pin_nor_flood_the_index() {
     let limited = s["safety"]["rate_limited"].as_u64().unwrap();
     assert!((180..=200).contains(&limited), "{limited} of 300 records dropped: {s}");
     drop((holder, root_holder));
+}
+
+#[test]
+fn holding_another_users_files_cannot_use_up_that_users_share() {
+    let (alice, mallory) = (User::ensure("unrm-test-alice"), User::ensure("unrm-test-mallory"));
+    let fs = Mount::ext4();
+    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = fs.path.join("alice");
+    fs::create_dir(&home).unwrap();
+    chown(&home, Some(alice.uid), Some(alice.gid)).unwrap();
+    let (_config, daemon) = Daemon::with_config("[per_user]\npins = 3\n", &[]);
+    // Mallory holds five of alice's readable files; alice cleans them up.
+    let held: Vec<(std::path::PathBuf, Holder)> = (0..5)
+        .map(|i| {
+            let path = owned(&home, &format!("readable{i}"), Some(&alice), 100);
+            let holder = Holder::fd_as_reader(&path, &mallory);
+            (path, holder)
+        })
+        .collect();
+    for (path, _) in &held {
+        unrm_tests::rm_as(&alice, path);
+    }
+    for (path, _) in &held {
+        unrm_tests::wait_until("decided", || {
+            let r = daemon.json(&["list", "--json", "--path", path.to_str().unwrap()]);
+            r.as_array().unwrap().iter().any(|r| r["status"] == "held" || r["status"] == "skipped")
+        });
+    }
+    let skipped = daemon.json(&["list", "--json", "--status", "skipped"]);
+    assert_eq!(skipped.as_array().unwrap().len(), 2, "mallory's share, not alice's: {skipped}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains(&format!("uid {}", mallory.uid)), "{skipped}");
+    // Alice's own held files are still hers to pin.
+    let own = owned(&home, "own", Some(&alice), 100);
+    let holder = Holder::fd_as(&own, &alice);
+    unrm_tests::rm_as(&alice, &own);
+    daemon.wait_record(&own, "held");
+    drop((held, holder));
 }

@@ -296,3 +296,25 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| buf[..len as usize].to_vec())
 }
+
+#[test]
+fn a_directory_made_again_says_nothing_of_who_could_read_the_file() {
+    let (alice, bob) = (User::ensure("unrm-test-alice"), User::ensure("unrm-test-bob"));
+    let fs = shared_fs();
+    fs::set_permissions(&fs.path, fs::Permissions::from_mode(0o1777)).unwrap();
+    let work = dir_of(&fs.path, "work", &alice, 0o700);
+    let data = content("private, then not");
+    let path = file_of(&work, "notes.txt", &alice, 0o644, &data);
+    // Deleted in alice's private directory, which she then removes; bob
+    // makes a searchable one at the same path before unrm looks.
+    let holder = Holder::fd_as(&path, &alice);
+    rm_as(&alice, &path);
+    assert!(alice.run(Command::new("rmdir").arg(&work)).status.success());
+    assert!(bob.run(Command::new("mkdir").args(["-m", "755"]).arg(&work)).status.success());
+    let (_config, daemon) = Daemon::with_config(READERS, &[]);
+    let rec = daemon.wait_record(&path, "held");
+    assert_eq!(rec["path_resolved"], false, "{rec}");
+    assert_hidden(&daemon, &bob, &rec);
+    assert_visible(&daemon, &alice, &rec, &data);
+    drop(holder);
+}

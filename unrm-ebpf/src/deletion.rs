@@ -188,11 +188,16 @@ unsafe fn base_dir(dirfd: i32) -> Option<(PathRef, PathRef)> {
     }
 }
 
+/// What the event says of the inode a deletion removed through `dentry`.
 #[inline(always)]
-pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
+pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>, dentry: *const u8) -> Victim {
     let mut flags = victim_flags::KNOWN | victim_flags::FS_HOOKED;
     if refs.is_some() {
         flags |= victim_flags::REFS_VALID;
+    }
+    let parent = unsafe { crate::kernel::parent_dir(dentry) };
+    if parent.is_some() {
+        flags |= victim_flags::PARENT;
     }
     Victim {
         flags,
@@ -207,6 +212,7 @@ pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>) -> Victim {
         holder_tgid: 0,
         holder_fd: 0,
         _pad: 0,
+        parent: parent.unwrap_or_default(),
     }
 }
 
@@ -220,7 +226,7 @@ pub fn unrm_ext4_unlink(ctx: RawTracePointContext) -> u32 {
         let Some(inode) = read_ptr(dentry, off!(dentry_inode)) else { return 0 };
         let Some(facts) = inode_facts(inode) else { return 0 };
         let refs = read::<u32>(dentry, off!(dentry_count));
-        (*call).victim = victim(&facts, facts.nlink, refs);
+        (*call).victim = victim(&facts, facts.nlink, refs, dentry);
         (*call).inode = inode as u64;
     }
     0
@@ -246,7 +252,8 @@ pub fn unrm_ext4_dirty(ctx: RawTracePointContext) -> u32 {
             return 0;
         }
         // The link count before the rename dropped it was one.
-        (*call).victim = victim(&facts, 1, holder::rename_victim_refs(inode));
+        let dentry = crate::kernel::alias_dentry(inode).unwrap_or(core::ptr::null());
+        (*call).victim = victim(&facts, 1, holder::rename_victim_refs(inode), dentry);
         (*call).inode = inode as u64;
     }
     0

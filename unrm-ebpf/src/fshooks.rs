@@ -48,7 +48,7 @@ pub fn unrm_fs_unlink_enter(ctx: RawTracePointContext) -> u32 {
         let call = FsCall {
             dentry: dentry as u64,
             inode: inode as u64,
-            victim: victim(&facts, facts.nlink, refs),
+            victim: victim(&facts, facts.nlink, refs, dentry),
             depth: 0,
             _pad: 0,
             at_ns: bpf_ktime_get_ns(),
@@ -99,9 +99,8 @@ pub fn unrm_fs_rename_victim(ctx: RawTracePointContext) -> u32 {
             return 0;
         }
         let _ = FS_RENAMED.insert(&tid, &(inode as u64), 0);
-        let Some(dentry) = read_ptr(inode, off!(inode_dentry)) else { return 0 };
-        let dentry = dentry.wrapping_sub(off!(dentry_alias));
-        emit(&ctx, delete_op::RENAME, dentry, inode, victim(&facts, 1, rename_victim_refs(inode)));
+        let Some(dentry) = crate::kernel::alias_dentry(inode) else { return 0 };
+        emit(&ctx, delete_op::RENAME, dentry, inode, victim(&facts, 1, rename_victim_refs(inode), dentry));
     }
     0
 }

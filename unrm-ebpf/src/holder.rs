@@ -170,8 +170,7 @@ extern "C" fn next_bit(bit: u64, ctx: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 pub unsafe fn rename_victim_refs(inode: *const u8) -> Option<u32> {
     unsafe {
-        let first = read_ptr(inode, off!(inode_dentry))?;
-        let dentry = first.wrapping_sub(off!(dentry_alias));
+        let dentry = crate::kernel::alias_dentry(inode)?;
         read::<u32>(dentry, off!(dentry_count)).map(|refs| refs.saturating_sub(1))
     }
 }

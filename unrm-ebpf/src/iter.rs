@@ -151,6 +151,9 @@ unsafe fn report(
             gid: facts.gid,
             vm_start,
             vm_end,
+            parent: read_ptr(file, off!(file_path) + off!(path_dentry))
+                .and_then(|dentry| crate::kernel::parent_dir(dentry))
+                .unwrap_or_default(),
         };
         let seq: *const u8 = slot(ctx, ctx::META);
         let seq = core::ptr::read_volatile(seq as *const *mut _);

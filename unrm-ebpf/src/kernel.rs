@@ -61,6 +61,25 @@ pub unsafe fn inode_facts(inode: *const u8) -> Option<InodeFacts> {
     }
 }
 
+/// The directory `dentry` is in: its parent's inode, who owns it and how
+/// it may be searched. A deleted file's dentry keeps its parent.
+#[inline(always)]
+pub unsafe fn parent_dir(dentry: *const u8) -> Option<unrm_abi::DirFacts> {
+    unsafe {
+        let parent = read_ptr(dentry, off!(dentry_parent))?;
+        let inode = read_ptr(parent, off!(dentry_inode))?;
+        let facts = inode_facts(inode)?;
+        Some(unrm_abi::DirFacts { ino: facts.ino, mode: facts.mode, uid: facts.uid, gid: facts.gid, _pad: 0 })
+    }
+}
+
+/// One of `inode`'s dentries (a file with one name has one): what a hook
+/// that is handed only an inode uses to find its name and directory.
+#[inline(always)]
+pub unsafe fn alias_dentry(inode: *const u8) -> Option<*const u8> {
+    unsafe { read_ptr(inode, off!(inode_dentry)).map(|first| first.wrapping_sub(off!(dentry_alias))) }
+}
+
 /// The current task's mount namespace, as `/proc/self/ns/mnt` numbers it;
 /// 0 if unreadable (an exiting task has no nsproxy).
 #[inline(always)]

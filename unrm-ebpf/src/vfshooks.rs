@@ -117,7 +117,7 @@ unsafe fn begin(dentry: *const u8) {
         let call = FsCall {
             dentry: dentry as u64,
             inode: inode as u64,
-            victim: victim(&facts, 1, refs),
+            victim: victim(&facts, 1, refs, dentry),
             depth: 0,
             _pad: 0,
             at_ns: now,

@@ -176,6 +176,29 @@ impl Perms {
     }
 }
 
+/// The directory a file was deleted from, as the probes saw it then: a
+/// directory at the same path is that one only if these still match (one
+/// removed and made again, by anyone, has another inode or owner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub ino: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl Parent {
+    /// From the probes' layout; None when they could not tell.
+    pub fn of(dir: &unrm_abi::DirFacts) -> Option<Self> {
+        (dir.ino != 0).then_some(Parent { ino: dir.ino, uid: dir.uid, gid: dir.gid, mode: dir.mode })
+    }
+
+    /// Whether a directory with this inode and owner is this one.
+    pub fn is(&self, ino: u64, uid: u32, gid: u32) -> bool {
+        (self.ino, self.uid, self.gid) == (ino, uid, gid)
+    }
+}
+
 /// What the access check needs about a file beyond its owner, group and
 /// mode, learned when it was pinned: its ACL and the directories above it,
 /// from `/` down to its parent.

@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use unrm_abi::{HeldRecord, holder_kind};
 
-use crate::probe::Probes;
+use crate::{access::Parent, probe::Probes};
 
 /// An inode, identified as `stat(2)` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -68,6 +68,13 @@ impl Hold {
     }
 }
 
+/// The user a process runs as (the owner of its /proc directory: its
+/// effective uid, or root for a process that may not be inspected).
+pub fn uid_of_process(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
 /// A deleted regular file and everyone who holds it.
 #[derive(Clone, Debug)]
 pub struct HeldFile {
@@ -79,6 +86,8 @@ pub struct HeldFile {
     pub uid: u32,
     pub gid: u32,
     pub holds: Vec<Hold>,
+    /// The directory it was deleted from.
+    pub parent: Option<Parent>,
 }
 
 /// Every deleted-but-held file at one moment.
@@ -143,6 +152,7 @@ impl Snapshot {
             uid: rec.uid,
             gid: rec.gid,
             holds: Vec::new(),
+            parent: Parent::of(&rec.parent),
         });
         // Threads share tables and mappings: one hold per process and kind
         // (and fd); one mapping per process is enough to reach the inode.
@@ -261,6 +271,7 @@ mod tests {
             gid: 1000,
             vm_start: 0x1000,
             vm_end: 0x2000,
+            parent: unrm_abi::DirFacts::default(),
         };
         let mut out =
             unsafe { std::slice::from_raw_parts(&rec as *const _ as *const u8, size_of::<HeldRecord>()) }

@@ -25,7 +25,7 @@ use globset::GlobMatcher;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::{
-    access::PathFacts,
+    access::{Parent, PathFacts},
     record::{Deleter, Holder, Record, RestoreMeta, Status, from_nanos, nanos},
     xattrs::Xattr,
 };
@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS records (
     xattrs         TEXT,
     deleter_path   BLOB,
     access         TEXT,
-    path_resolved  INTEGER
+    path_resolved  INTEGER,
+    parent         TEXT,
+    charged_uid    INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
@@ -64,7 +66,7 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns D
 
 const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
      deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path, \
-     access, path_resolved";
+     access, path_resolved, charged_uid";
 
 /// What the engine knows when it first records a deletion.
 #[derive(Clone, Debug, Default)]
@@ -72,6 +74,10 @@ pub struct NewRecord {
     pub path: Vec<u8>,
     /// The host resolved `path`: it is where the file lived on this host.
     pub path_resolved: bool,
+    /// The directory it was deleted from, as the probes saw it.
+    pub parent: Option<Parent>,
+    /// Whose per-user limits its pin and capture count against.
+    pub charged_to: Option<u32>,
     pub dev: Option<u64>,
     pub ino: Option<u64>,
     pub size: Option<u64>,
@@ -118,7 +124,7 @@ enum Write {
     Insert(i64, Box<NewRecord>),
     Status(i64, Status, Option<String>),
     Holders(i64, String),
-    Deletion { id: i64, path: Vec<u8>, at: i64, by: Deleter, op: &'static str, resolved: bool },
+    Deletion { id: i64, path: Vec<u8>, at: i64, by: Deleter, op: &'static str, resolved: bool, parent: Option<String> },
     Captured(i64, u64, i64),
     Checksum(i64, String),
     Xattrs(i64, Option<String>),
@@ -324,10 +330,11 @@ impl Index {
             Write::Holders(id, holders) => {
                 c.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?.execute(params![id, holders])?;
             }
-            Write::Deletion { id, path, at, by, op, resolved } => {
+            Write::Deletion { id, path, at, by, op, resolved, parent } => {
                 c.prepare_cached(
                     "UPDATE records SET path = ?2, deleted_at_ns = ?3, deleter_pid = ?4, deleter_uid = ?5,
-                        deleter_comm = ?6, op = ?7, deleter_path = ?8, path_resolved = ?9 WHERE id = ?1",
+                        deleter_comm = ?6, op = ?7, deleter_path = ?8, path_resolved = ?9,
+                        parent = COALESCE(?10, parent) WHERE id = ?1",
                 )?
                 .execute(params![
                     id,
@@ -338,7 +345,8 @@ impl Index {
                     by.comm,
                     op,
                     by.path.as_deref().map(str::as_bytes),
-                    resolved
+                    resolved,
+                    parent
                 ])?;
             }
             Write::Captured(id, size, at) => {
@@ -394,7 +402,8 @@ impl Index {
         let Some(by) = r.deleted_by.clone() else { return };
         let at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
         let (path, op, resolved) = (r.path.clone(), r.op, r.path_resolved);
-        self.write(Write::Deletion { id, path, at, by, op, resolved });
+        let parent = r.parent.map(|p| serde_json::to_string(&p).expect("parent serializes"));
+        self.write(Write::Deletion { id, path, at, by, op, resolved, parent });
     }
 
     pub fn mark_captured(&mut self, id: i64, size: u64, at: SystemTime) {
@@ -429,16 +438,19 @@ impl Index {
     }
 
     pub fn restore_meta(&self, id: i64) -> Result<Option<RestoreMeta>> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT path, atime_ns, mtime_ns, xattrs FROM records WHERE id = ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path, atime_ns, mtime_ns, xattrs, parent FROM records WHERE id = ?1")?;
         Ok(stmt
             .query_row([id], |row| {
                 let xattrs: Option<String> = row.get(3)?;
+                let parent: Option<String> = row.get(4)?;
                 Ok(RestoreMeta {
                     path: row.get(0)?,
                     atime_ns: row.get(1)?,
                     mtime_ns: row.get(2)?,
                     xattrs: xattrs.and_then(|x| serde_json::from_str(&x).ok()).unwrap_or_default(),
+                    parent: parent.and_then(|p| serde_json::from_str(&p).ok()),
                 })
             })
             .optional()?)
@@ -508,11 +520,12 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every capture in the store: id, owner, when captured.
+    /// Every capture in the store: id, whom it is charged to, when captured.
     pub fn captures(&self) -> Result<Vec<(i64, Option<u32>, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, uid, COALESCE(captured_at_ns, 0) FROM records WHERE status = 'captured'")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, COALESCE(charged_uid, uid), COALESCE(captured_at_ns, 0) FROM records
+             WHERE status = 'captured'",
+        )?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -541,8 +554,9 @@ fn insert(c: &Connection, id: i64, r: &NewRecord) -> Result<()> {
     let mut stmt = c.prepare_cached(
         "INSERT INTO records (id, path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
             deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders,
-            deleter_path, path_resolved)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            deleter_path, path_resolved, parent, charged_uid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+            ?22)",
     )?;
     stmt.execute(params![
         id,
@@ -565,6 +579,8 @@ fn insert(c: &Connection, id: i64, r: &NewRecord) -> Result<()> {
         holders,
         r.deleted_by.as_ref().and_then(|d| d.path.as_deref()).map(str::as_bytes),
         r.path_resolved,
+        r.parent.map(|p| serde_json::to_string(&p)).transpose()?,
+        r.charged_to,
     ])?;
     Ok(())
 }
@@ -577,7 +593,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
     for (column, kind) in
-        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER")]
+        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER"), ("parent", "TEXT"), ("charged_uid", "INTEGER")]
     {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
@@ -619,6 +635,7 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
         captured_at: row.get::<_, Option<i64>>(16)?.map(from_nanos),
         checksum: row.get(17)?,
         access: access.and_then(|a| serde_json::from_str(&a).ok()),
+        charged_to: row.get(21)?,
     })
 }
 

@@ -19,6 +19,7 @@ use unrm_abi::{
 };
 
 use crate::{
+    access::Parent,
     budget::Budget,
     clock::monotonic_ns,
     holders::{InodeId, comm_string},
@@ -46,6 +47,8 @@ pub struct Victim {
     pub gid: u32,
     /// A process and descriptor holding it, found by the probe.
     pub holder: Option<(u32, u32)>,
+    /// The directory its name was removed from.
+    pub parent: Option<Parent>,
 }
 
 impl Victim {
@@ -169,6 +172,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         uid: v.uid,
         gid: v.gid,
         holder: (v.flags & victim_flags::HOLDER != 0).then_some((v.holder_tgid, v.holder_fd)),
+        parent: (v.flags & victim_flags::PARENT != 0).then(|| Parent::of(&v.parent)).flatten(),
     });
     Ok(Deletion {
         op: if ev.op == delete_op::RENAME { DeleteOp::Rename } else { DeleteOp::Unlink },
@@ -384,6 +388,7 @@ mod tests {
                 holder_tgid: 0,
                 holder_fd: 0,
                 _pad: 0,
+                parent: unrm_abi::DirFacts::default(),
             },
             path_len: path.len() as u32,
             dir_len: dir.len() as u32,

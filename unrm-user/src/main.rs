@@ -59,6 +59,5 @@ fn main() -> ExitCode {
 /// An error and its causes on one line, with no control characters (a
 /// path in it may carry any).
 fn one_line(err: &anyhow::Error) -> String {
-    let text = format!("{err:#}").replace('\n', " ");
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    cli::clean(&format!("{err:#}").replace('\n', " ")).into_owned()
 }

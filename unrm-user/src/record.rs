@@ -10,7 +10,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    access::PathFacts,
+    access::{Parent, PathFacts},
     holders::{Hold, HolderKind},
     xattrs::Xattr,
 };
@@ -151,6 +151,9 @@ pub struct Record {
     /// What the access check needs beyond owner and mode (the daemon's own).
     #[serde(skip)]
     pub access: Option<PathFacts>,
+    /// Whose per-user limits its pin and capture count against (the daemon's own).
+    #[serde(skip)]
+    pub charged_to: Option<u32>,
 }
 
 /// What a restore needs beyond the JSON record: the exact path bytes, and
@@ -162,6 +165,10 @@ pub struct RestoreMeta {
     pub mtime_ns: Option<i64>,
     #[serde(default)]
     pub xattrs: Vec<Xattr>,
+    /// The directory it was deleted from, when known: a restore to the
+    /// recorded path writes only into that very directory.
+    #[serde(default)]
+    pub parent: Option<Parent>,
 }
 
 pub fn nanos(t: SystemTime) -> i64 {
@@ -241,6 +248,7 @@ mod tests {
             captured_at: None,
             checksum: None,
             access: None,
+            charged_to: None,
         };
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["deleted_at"], "2023-11-14T22:13:20.123456Z");

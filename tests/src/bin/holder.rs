@@ -3,6 +3,7 @@
 //! exactly when it lets go:
 //!
 //!   holder fd PATH             open read-write and keep the descriptor
+//!   holder read PATH           open read-only and keep the descriptor
 //!   holder mmap PATH           map the file shared, then close the descriptor
 //!   holder scratch PATH        open it, then delete it itself (a scratch file)
 //!   holder scratch-many DIR N  create N files in DIR, open each, delete each
@@ -38,6 +39,7 @@ fn main() {
                 std::fs::remove_file(arg).expect("unlink");
             }
         }
+        "read" => held = Some(File::open(arg).expect("open")),
         "mmap" => map(arg),
         "scratch-many" => {
             for i in 0..count() {

@@ -39,6 +39,22 @@ pub mod victim_flags {
     pub const REFS_VALID: u32 = 4;
     /// `holder_tgid`/`holder_fd` name a descriptor on the inode.
     pub const HOLDER: u32 = 8;
+    /// `parent` is valid: the directory the name was removed from.
+    pub const PARENT: u32 = 16;
+}
+
+/// A directory as it was when a probe saw it: which inode, and who could
+/// search it. Restoring a file into the directory it was deleted from, and
+/// judging who could have reached it, both need to know that a directory
+/// at the same path now is still that one (not one made again since).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DirFacts {
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
 }
 
 /// `path_flags` of a deletion event.
@@ -114,6 +130,8 @@ pub struct Victim {
     pub holder_tgid: u32,
     pub holder_fd: u32,
     pub _pad: u32,
+    /// The directory the name was removed from (`victim_flags::PARENT`).
+    pub parent: DirFacts,
 }
 
 /// A name was removed (or a rename tried to). Followed in the ring buffer by
@@ -181,6 +199,9 @@ pub struct HeldRecord {
     /// The mapping for `holder_kind::MMAP` and `holder_kind::EXE`.
     pub vm_start: u64,
     pub vm_end: u64,
+    /// The directory the file was deleted from (its dentry's parent, which
+    /// a deleted file keeps); `ino` 0 when unknown.
+    pub parent: DirFacts,
 }
 
 /// Identity of an inode in the probes' maps.
@@ -268,10 +289,11 @@ pub const S_IFREG: u32 = 0o100000;
 pub const MNT_INTERNAL: u32 = 0x4000;
 
 const _: () = {
-    assert!(core::mem::size_of::<Victim>() == 56);
-    assert!(core::mem::size_of::<DeleteEvent>() == 120);
+    assert!(core::mem::size_of::<DirFacts>() == 24);
+    assert!(core::mem::size_of::<Victim>() == 80);
+    assert!(core::mem::size_of::<DeleteEvent>() == 144);
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
-    assert!(core::mem::size_of::<HeldRecord>() == 80);
+    assert!(core::mem::size_of::<HeldRecord>() == 104);
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<KernelOffsets>() == 46 * 4);
 };

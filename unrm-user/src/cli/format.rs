@@ -3,17 +3,22 @@
 use std::{borrow::Cow, time::SystemTime};
 
 /// Text from the outside world (paths, command names, reasons), safe to
-/// print on a terminal: control characters are shown escaped, so a file
-/// named with escape sequences cannot rewrite what the user sees.
+/// print on a terminal: control characters and the marks that reorder text
+/// (bidirectional overrides) are shown escaped, so a file name cannot
+/// rewrite or disguise what the user sees.
 pub fn clean(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(unsafe_to_print) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(
         text.chars()
-            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+            .map(|c| if unsafe_to_print(c) { c.escape_default().to_string() } else { c.to_string() })
             .collect(),
     )
+}
+
+fn unsafe_to_print(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 pub fn size(bytes: u64) -> String {
@@ -53,5 +58,6 @@ mod tests {
         assert_eq!(time(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(clean("plain/path"), "plain/path");
         assert_eq!(clean("a\x1b[31mred\nline\u{9b}"), "a\\u{1b}[31mred\\nline\\u{9b}");
+        assert_eq!(clean("txt.\u{202e}exe"), "txt.\\u{202e}exe");
     }
 }

@@ -2,6 +2,8 @@
 
 mod format;
 mod privilege;
+
+pub use format::clean;
 mod restore;
 mod scan;
 mod show;

@@ -27,6 +27,7 @@ use rustix::{
 
 use super::{format::clean, privilege::AsUser};
 use crate::{
+    access::Parent,
     api::{
         client::Client,
         proto::{Request, Response},
@@ -58,7 +59,16 @@ pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<(
     // user's rights (--force: with root's).
     let owner = record.uid.filter(|&uid| root && where_it_was && !force && uid != 0);
     let as_owner = owner.map(|uid| AsUser::become_(uid, record.gid.unwrap_or(uid))).transpose()?;
-    let written = write(&content, &target, &record, &meta, force, strict);
+    // Where it was means into the very directory it was deleted from: not
+    // one someone made again at that path since.
+    let home = match (where_it_was, meta.parent, record.dev) {
+        (false, ..) => None,
+        (true, Some(parent), Some(dev)) => Some((parent, dev)),
+        (true, ..) => bail!(
+            "unrm does not know which directory record {id} was deleted from; restore it with --to"
+        ),
+    };
+    let written = write(&content, &target, &record, &meta, Options { force, strict, home });
     drop(as_owner);
     let size = match (written, owner) {
         (Err(err), Some(uid)) if is_permission(&err) => bail!(
@@ -106,14 +116,19 @@ fn open_dir(path: &Path, strict: bool) -> Result<OwnedFd> {
     })
 }
 
-fn write(
-    content: &File,
-    target: &Path,
-    record: &Record,
-    meta: &RestoreMeta,
+/// How to write a restored file.
+struct Options {
+    /// Replace what is there.
     force: bool,
+    /// Follow no symbolic link on the way.
     strict: bool,
-) -> Result<u64> {
+    /// The directory it must go into (the one it was deleted from), and
+    /// its filesystem.
+    home: Option<(Parent, u64)>,
+}
+
+fn write(content: &File, target: &Path, record: &Record, meta: &RestoreMeta, how: Options) -> Result<u64> {
+    let Options { force, strict, home } = how;
     let shown = clean(&target.to_string_lossy()).into_owned();
     let name = target.file_name().with_context(|| format!("{shown} names no file"))?;
     let dir_path = match target.parent() {
@@ -121,6 +136,18 @@ fn write(
         _ => Path::new("."),
     };
     let dir = open_dir(dir_path, strict).with_context(|| format!("cannot restore to {shown}"))?;
+    if let Some((parent, dev)) = home {
+        let now = rustix::fs::fstat(&dir)?;
+        if now.st_dev != dev || !parent.is(now.st_ino, now.st_uid, now.st_gid) {
+            bail!(
+                "{} is not the directory record {} was deleted from (it was removed and made again, \
+                 by uid {} now); restore it with --to",
+                clean(&dir_path.to_string_lossy()),
+                record.id,
+                now.st_uid
+            );
+        }
+    }
     if !force && statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
         bail!("{shown} already exists; use --force to replace it");
     }
@@ -183,7 +210,7 @@ fn fill(content: &File, file: &File, record: &Record, meta: &RestoreMeta) -> Res
     // ACLs last: the access ACL is the whole truth about permissions.
     let refused = xattrs::write(file, &meta.xattrs);
     if !refused.is_empty() {
-        eprintln!("unrm: note: could not restore {} (not permitted here)", refused.join(", "));
+        eprintln!("unrm: note: could not restore {} (not permitted here)", clean(&refused.join(", ")));
     }
     let ts = |ns: Option<i64>| match ns {
         Some(ns) => Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) },

@@ -19,11 +19,11 @@ use tokio::sync::oneshot;
 
 use super::lanes::Job;
 use crate::{
-    access::{ACL_XATTR, AclEntry, PathFacts, Perms, parse_acl},
+    access::{ACL_XATTR, AclEntry, Parent, PathFacts, Perms, parse_acl},
     budget::Budget,
     api::{proto::Response, server::Reply},
     holders::InodeId,
-    pins::{Meta, PinFd, Pinned, mount_id},
+    pins::{Meta, PinFd, Pinned},
     record::{Record, RestoreMeta},
     store::{Store, Stored, usage::Cost},
     xattrs::{self, Xattr},
@@ -68,19 +68,31 @@ impl Inspection {
     }
 }
 
+/// A pinned file, as a file worker inspects it.
+pub struct Subject {
+    pub record: i64,
+    pub inode: InodeId,
+    /// Where it was, as recorded.
+    pub path: PathBuf,
+    /// The probes said `path` is the host's.
+    pub host_path: bool,
+    /// The directory it was deleted from, as the probes saw it.
+    pub parent: Option<Parent>,
+    /// Its device, as stat(2) reports it.
+    pub dev: u64,
+}
+
 /// Opens the pinned file (see `pins`), then learns its ACL, the
-/// directories on its path, and whether the recorded path (`host_path`:
-/// the probes said it is the host's) really leads to where it was.
+/// directories on its path, and whether the recorded path really leads to
+/// where it was.
 pub fn inspect<M: From<Done> + Send + 'static>(
     pin: Pinned,
     budget: Arc<Budget>,
-    record: i64,
-    inode: InodeId,
-    path: PathBuf,
-    host_path: bool,
+    it: Subject,
     done: Sender<M>,
 ) -> Job {
     Box::new(move || {
+        let Subject { record, inode, .. } = it;
         match pin.opened(&budget) {
             Some(Ok(opened)) => {
                 let _ = done.send(Done::Opened { record, inode, pin: opened }.into());
@@ -88,10 +100,13 @@ pub fn inspect<M: From<Done> + Send + 'static>(
             Some(Err(err)) => log::debug!("record {record}: pin not opened for reading: {err}"),
             None => {}
         }
+        let home = it.parent.map(|parent| Home { parent, dev: it.dev });
+        let path_resolved = it.host_path && home.is_some_and(|home| leads_to(&pin, &it.path, home));
         let found = Inspection {
             acl: read_acl(&pin),
-            dirs: dirs_of(&path),
-            path_resolved: host_path && leads_to(&pin, &path),
+            // What another path's directories allow says nothing of this file.
+            dirs: home.filter(|_| path_resolved).and_then(|home| dirs_of(&it.path, home)),
+            path_resolved,
         };
         let _ = done.send(Done::Inspected { record, inode, found }.into());
     })
@@ -137,7 +152,8 @@ pub fn capture<M: From<Done> + Send + 'static>(
 }
 
 /// Answers a restore of a held file: a reading descriptor, and the times
-/// and attributes it has now (only those its caller may see).
+/// and attributes it has now (only those its caller may see), and whether
+/// its recorded path still leads to its directory.
 pub fn open_held(
     pin: Pinned,
     mut record: Record,
@@ -156,7 +172,8 @@ pub fn open_held(
             meta.atime_ns = Some(now.atime_ns);
             meta.mtime_ns = Some(now.mtime_ns);
             let path = PathBuf::from(OsStr::from_bytes(&meta.path));
-            record.path_resolved = record.path_resolved && leads_to(&pin, &path);
+            let home = meta.parent.zip(record.dev).map(|(parent, dev)| Home { parent, dev });
+            record.path_resolved = record.path_resolved && home.is_some_and(|home| leads_to(&pin, &path, home));
             Ok(Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) })
         })();
         let _ = reply.send(answer.unwrap_or_else(|err| Reply::error(format!("opening the held file: {err:#}"))));
@@ -179,10 +196,25 @@ fn acl_at(path: &Path) -> Option<Option<Vec<AclEntry>>> {
     }
 }
 
+/// The directory a file was deleted from, and the filesystem it is on.
+#[derive(Clone, Copy)]
+struct Home {
+    parent: Parent,
+    dev: u64,
+}
+
+impl Home {
+    fn is(&self, dir: &Meta) -> bool {
+        dir.dev == self.dev && self.parent.is(dir.ino, dir.uid, dir.gid)
+    }
+}
+
 /// The directories from `/` down to `path`'s, walked without following a
-/// symbolic link; None if any step fails (a directory already removed, a
-/// link on the way: the access check then knows nothing of them).
-fn dirs_of(path: &Path) -> Option<Vec<Perms>> {
+/// symbolic link; None if any step fails, or if the last is not the very
+/// directory the file was deleted from (one removed and made again since,
+/// by anyone, says nothing of who could reach the file). That last one is
+/// judged by its owner and mode when the file was deleted.
+fn dirs_of(path: &Path, home: Home) -> Option<Vec<Perms>> {
     let parent = path.parent()?;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut dir = open("/", flags, Mode::empty()).ok()?;
@@ -197,6 +229,11 @@ fn dirs_of(path: &Path) -> Option<Vec<Perms>> {
             _ => return None,
         }
     }
+    if !home.is(&Meta::of(dir.as_fd()).ok()?) {
+        return None;
+    }
+    let last = out.last_mut()?;
+    (last.uid, last.gid, last.mode) = (home.parent.uid, home.parent.gid, home.parent.mode);
     Some(out)
 }
 
@@ -208,33 +245,22 @@ fn perms_of(dir: &OwnedFd) -> Option<Perms> {
 }
 
 /// Whether `path` names where the pinned file was: its name, in the very
-/// directory it was removed from, reached from the host's root without a
-/// symbolic link, through a mount the host can see. A path made up in
-/// another mount namespace, or spelt through a link and `..`, is not.
-fn leads_to(pin: &PinFd, path: &Path) -> bool {
+/// directory it was deleted from, reached from the host's root without a
+/// symbolic link. A path made up in another mount namespace, spelt through
+/// a link and `..`, or into a directory made again since, is not.
+fn leads_to(pin: &PinFd, path: &Path, home: Home) -> bool {
     let Ok(link) = std::fs::read_link(pin.proc_path()) else { return false };
     let link = link.as_os_str().as_bytes();
     let real = Path::new(OsStr::from_bytes(link.strip_suffix(b" (deleted)").unwrap_or(link)));
-    if real.file_name() != path.file_name() || !mount_visible(pin) {
+    if real.file_name() != path.file_name() {
         return false;
     }
-    match (real.parent().and_then(dir_id), path.parent().and_then(dir_id)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
+    path.parent().and_then(dir_meta).is_some_and(|dir| home.is(&dir))
 }
 
-/// A directory's identity, reached without following symbolic links.
-fn dir_id(path: &Path) -> Option<(u64, u64)> {
+/// A directory, reached without following symbolic links.
+fn dir_meta(path: &Path) -> Option<Meta> {
     let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = openat2(CWD, path, how, Mode::empty(), ResolveFlags::NO_SYMLINKS).ok()?;
-    let meta = Meta::of(fd.as_fd()).ok()?;
-    Some((meta.dev, meta.ino))
-}
-
-/// Whether the mount the pin was reached through is one of the host's.
-fn mount_visible(pin: &PinFd) -> bool {
-    let Some(id) = mount_id(&pin.as_fd()) else { return false };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    mountinfo.lines().any(|line| line.split(' ').next() == Some(id.as_str()))
+    Meta::of(fd.as_fd()).ok()
 }

@@ -14,9 +14,10 @@ use anyhow::Result;
 
 use super::{Engine, LATENCY_SAMPLES, Pending, Pin, RECHECK_DELAY};
 use crate::{
+    access::Parent,
     clock::{monotonic_ns, wall_time_of},
     daemon::jobs::{self, Done},
-    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
+    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot, uid_of_process},
     index::NewRecord,
     ingest::{DeleteOp, Deletion, Grab},
     pins::{self, Meta, PinFd, Refused},
@@ -98,7 +99,7 @@ impl Engine {
         }
         let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
         let Some((pid, fd)) = victim.holder else { return Ok(false) };
-        if let Some(why) = self.over_user_pins(grab.meta.uid) {
+        if let Some(why) = self.over_user_pins(charged_to(grab.meta.uid, &[pid])) {
             self.not_pinned(None, Some(p), why);
             return Ok(true);
         }
@@ -106,7 +107,7 @@ impl Engine {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let hold =
             Hold { kind: HolderKind::Fd, pid, comm: comm.trim_end().to_owned(), fd, vm_start: 0, vm_end: 0 };
-        let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold]);
+        let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold], victim.parent);
         let Grab { pin, meta, .. } = *grab;
         self.add_pin(&held, pin, &meta, Some(p));
         self.counters.fast_pins += 1;
@@ -214,7 +215,8 @@ impl Engine {
     /// gone by the time unrm reached for it (true when it was recorded as
     /// not pinned, over a limit).
     fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> bool {
-        if let Some(why) = self.over_user_pins(held.uid) {
+        let pids: Vec<u32> = held.holds.iter().map(|h| h.pid).collect();
+        if let Some(why) = self.over_user_pins(charged_to(held.uid, &pids)) {
             self.not_pinned(Some(held), pending, why);
             return true;
         }
@@ -234,13 +236,15 @@ impl Engine {
         }
     }
 
-    /// Why `owner` may not have another pin, if so (`per_user.pins`; root
-    /// has no per-user limits).
-    fn over_user_pins(&self, owner: u32) -> Option<NotPinned> {
+    /// Why `uid` may not be charged another pin, if so (`per_user.pins`;
+    /// root has no per-user limits).
+    fn over_user_pins(&self, uid: u32) -> Option<NotPinned> {
         let cap = self.cfg.policy.per_user.pins.of(self.budget.limit() as u64) as usize;
-        let has = self.pins.owned_by(owner);
-        (owner != 0 && has >= cap).then(|| {
-            NotPinned::UserPins(format!("uid {owner} already has {has} pinned files (per_user.pins allows {cap})"))
+        let has = self.pins.charged_to(uid);
+        (uid != 0 && has >= cap).then(|| {
+            NotPinned::UserPins(format!(
+                "uid {uid} is charged with {has} pinned files already (per_user.pins allows {cap})"
+            ))
         })
     }
 
@@ -279,6 +283,7 @@ impl Engine {
             record.mode = Some(held.mode);
             record.uid = Some(held.uid);
             record.gid = Some(held.gid);
+            record.parent = record.parent.or(held.parent);
         }
         // Recorded once: later snapshots leave it be while it stays held
         // (first come, first kept).
@@ -313,8 +318,12 @@ impl Engine {
         };
         fill_meta(&mut record, inode, meta);
         record.holders = holders_of(&holds);
+        let charged = charged_to(meta.uid, &holds.iter().map(|h| h.pid).collect::<Vec<_>>());
+        record.charged_to = Some(charged);
+        // A snapshot knows the directory where an event could not say.
+        record.parent = record.parent.or(held.parent);
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let path_resolved = record.path_resolved;
+        let (path_resolved, parent) = (record.path_resolved, record.parent);
         let id = self.index.insert(record);
         // A capture an earlier run made under this id belongs to a record
         // the index lost: it must not pass for this one's.
@@ -326,7 +335,7 @@ impl Engine {
             fd: Arc::new(fd),
             record: id,
             path,
-            owner: meta.uid,
+            charged,
             size: meta.size,
             deleter,
             others_held: holds.iter().any(|h| Some(h.pid) != deleter),
@@ -335,6 +344,8 @@ impl Engine {
             capturing: false,
             acl: None,
             acl_asked: false,
+            parent,
+            dev: meta.dev,
         };
         self.inspect(inode, &pin, path_resolved);
         self.pins.insert(inode, pin);
@@ -343,14 +354,22 @@ impl Engine {
     /// Has a file worker learn what the access check and a restore need.
     pub(super) fn inspect(&mut self, inode: InodeId, pin: &Pin, host_path: bool) {
         let (fd, budget, tx) = (pin.fd.clone(), self.budget.clone(), self.tx.clone());
-        let job = jobs::inspect(fd, budget, pin.record, inode, pin.path.clone(), host_path, tx);
+        let subject = jobs::Subject {
+            record: pin.record,
+            inode,
+            path: pin.path.clone(),
+            host_path,
+            parent: pin.parent,
+            dev: pin.dev,
+        };
+        let job = jobs::inspect(fd, budget, subject, tx);
         self.lanes.run(inode.dev, job);
     }
 
     /// Only our pin is left: the content is final. Copy it, then let go.
     pub(super) fn capture(&mut self, inode: InodeId) -> Result<()> {
         let pin = self.pins.get(&inode).expect("capturing a pinned inode");
-        let (record, owner) = (pin.record, pin.owner);
+        let (record, charged) = (pin.record, pin.charged);
         let size = Meta::of(pin.fd.as_fd()).map_or(pin.size, |m| m.size);
         let policy = &self.cfg.policy;
         let refused = if policy.scratch == Scratch::Ignore && !pin.others_held && pin.deleter.is_some() {
@@ -361,7 +380,7 @@ impl Engine {
         } else if size > policy.max_file_size {
             Some(format!("{size} bytes is over the per-file cap of {} (max_file_size)", policy.max_file_size))
         } else {
-            self.make_room(size, owner)?
+            self.make_room(size, charged)?
         };
         if let Some(reason) = refused {
             self.counters.skipped += 1;
@@ -402,7 +421,7 @@ impl Engine {
                 }
             }
             Done::Captured { record, inode, result, took, at } => {
-                let owner = self.pins.get(&inode).map_or(0, |pin| pin.owner);
+                let charged = self.pins.get(&inode).map_or(0, |pin| pin.charged);
                 self.unpin(&inode);
                 match result {
                     Ok(captured) => {
@@ -415,7 +434,7 @@ impl Engine {
                         );
                         self.index.mark_captured(record, stored.size, at);
                         self.index.set_xattrs(record, &captured.xattrs);
-                        self.usage.add(record, owner, nanos(at), captured.cost);
+                        self.usage.add(record, charged, nanos(at), captured.cost);
                     }
                     Err(reason) => {
                         self.counters.failed += 1;
@@ -453,8 +472,19 @@ impl Engine {
     }
 }
 
-fn held_file(inode: InodeId, path: PathBuf, meta: &Meta, holds: Vec<Hold>) -> HeldFile {
-    HeldFile { inode, path, size: meta.size, mode: meta.mode, uid: meta.uid, gid: meta.gid, holds }
+/// Whom a pin of a file owned by `owner`, held by processes `holders`,
+/// counts against: the owner, if one of its own processes holds the file;
+/// else the user of a process that does. A user who keeps someone else's
+/// deleted files alive pays for them, not their owner: otherwise anyone
+/// able to read another user's files could use up that user's pins, and
+/// with them evict that user's captures.
+fn charged_to(owner: u32, holders: &[u32]) -> u32 {
+    let users: Vec<u32> = holders.iter().filter_map(|&pid| uid_of_process(pid)).collect();
+    if users.contains(&owner) { owner } else { users.first().copied().unwrap_or(owner) }
+}
+
+fn held_file(inode: InodeId, path: PathBuf, meta: &Meta, holds: Vec<Hold>, parent: Option<Parent>) -> HeldFile {
+    HeldFile { inode, path, size: meta.size, mode: meta.mode, uid: meta.uid, gid: meta.gid, holds, parent }
 }
 
 fn deleter(d: &Deletion) -> Deleter {
@@ -478,6 +508,7 @@ fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<
     NewRecord {
         path: d.path.as_os_str().as_bytes().to_vec(),
         path_resolved: d.host_path && d.path_complete,
+        parent: v.and_then(|v| v.parent),
         dev: v.map(|v| v.inode.dev),
         ino: v.map(|v| v.inode.ino),
         size: v.map(|v| v.size),

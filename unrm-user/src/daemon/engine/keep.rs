@@ -2,7 +2,11 @@
 //! disk someone is trying to free, and no user may push everyone else's
 //! captures out:
 //!
-//! 1. A capture of U's file never takes U past `per_user.store`: U's own
+//! Captures are charged as their pins were: to the file's owner, or to the
+//! user whose processes alone kept the file alive (`decide::charged_to`);
+//! "U's captures" below are those charged to U.
+//!
+//! 1. A capture charged to U never takes U past `per_user.store`: U's own
 //!    oldest captures make room, never anyone else's (root has no per-user
 //!    limit).
 //! 2. The store never exceeds `max_store_size`: U's own oldest captures go
@@ -36,8 +40,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes room for a capture of `size` bytes of `owner`'s, evicting
-    /// what the rules allow. Returns why not, when it cannot.
+    /// Makes room for a capture of `size` bytes charged to `owner` (see
+    /// `decide::charged_to`), evicting what the rules allow. Returns why
+    /// not, when it cannot.
     pub(super) fn make_room(&mut self, size: u64, owner: u32) -> Result<Option<String>> {
         let policy = self.cfg.policy.clone();
         if size > policy.max_store_size {

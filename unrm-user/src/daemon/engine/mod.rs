@@ -274,7 +274,7 @@ impl Engine {
                     fd: Arc::new(fd),
                     record: id,
                     path: held.path.clone(),
-                    owner: meta.uid,
+                    charged: self.index.get(id)?.and_then(|r| r.charged_to).unwrap_or(meta.uid),
                     size: meta.size,
                     deleter: None,
                     others_held: true,
@@ -283,6 +283,8 @@ impl Engine {
                     capturing: false,
                     acl: None,
                     acl_asked: false,
+                    parent: held.parent,
+                    dev: meta.dev,
                 };
                 self.inspect(held.inode, &pin, self.index.get(id)?.is_some_and(|r| r.path_resolved));
                 self.pins.insert(held.inode, pin);

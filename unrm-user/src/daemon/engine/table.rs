@@ -1,5 +1,6 @@
 //! The engine's pins: unrm's references to deleted inodes, by inode and by
-//! record, and how many each owner has (per-user limits count them).
+//! record, and how many each user is charged with (per-user limits count
+//! them).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -7,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    access::AclEntry,
+    access::{AclEntry, Parent},
     holders::{Hold, InodeId},
     pins::Pinned,
 };
@@ -18,8 +19,9 @@ pub struct Pin {
     pub record: i64,
     /// Where it was; snapshots leave pinned files' paths out.
     pub path: PathBuf,
-    /// The owner when pinned: whose per-user limits it counts against.
-    pub owner: u32,
+    /// Whose per-user limits it counts against: its owner if the owner
+    /// holds it, else a holder's user (see `decide::charged_to`).
+    pub charged: u32,
     /// Last known size (snapshots refresh it).
     pub size: u64,
     /// The process that deleted it, when an event said so.
@@ -36,13 +38,17 @@ pub struct Pin {
     pub acl: Option<(i64, Option<Vec<AclEntry>>)>,
     /// A file worker is reading the ACL again.
     pub acl_asked: bool,
+    /// The directory it was deleted from, as the probes saw it.
+    pub parent: Option<Parent>,
+    /// Its device as stat(2) reports it.
+    pub dev: u64,
 }
 
 #[derive(Default)]
 pub struct PinTable {
     by_inode: HashMap<InodeId, Pin>,
     by_record: HashMap<i64, InodeId>,
-    per_owner: HashMap<u32, usize>,
+    per_user: HashMap<u32, usize>,
     /// Held files a scan found and unrm recorded as not pinned (over a
     /// limit): recorded once, not at every scan while they stay held.
     refused: HashSet<InodeId>,
@@ -50,7 +56,7 @@ pub struct PinTable {
 
 impl PinTable {
     pub fn insert(&mut self, inode: InodeId, pin: Pin) {
-        *self.per_owner.entry(pin.owner).or_default() += 1;
+        *self.per_user.entry(pin.charged).or_default() += 1;
         self.by_record.insert(pin.record, inode);
         if let Some(old) = self.by_inode.insert(inode, pin) {
             self.forget(&old);
@@ -65,10 +71,10 @@ impl PinTable {
 
     fn forget(&mut self, pin: &Pin) {
         self.by_record.remove(&pin.record);
-        if let Some(n) = self.per_owner.get_mut(&pin.owner) {
+        if let Some(n) = self.per_user.get_mut(&pin.charged) {
             *n -= 1;
             if *n == 0 {
-                self.per_owner.remove(&pin.owner);
+                self.per_user.remove(&pin.charged);
             }
         }
     }
@@ -91,9 +97,9 @@ impl PinTable {
         Some((*inode, &self.by_inode[inode]))
     }
 
-    /// Pins held for `owner`'s files.
-    pub fn owned_by(&self, owner: u32) -> usize {
-        self.per_owner.get(&owner).copied().unwrap_or(0)
+    /// Pins charged to `uid`.
+    pub fn charged_to(&self, uid: u32) -> usize {
+        self.per_user.get(&uid).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
