@@ -225,6 +225,11 @@ fn a_chmod_after_the_deletion_hides_the_held_file_again() {
     let mut now = data.clone();
     now.extend_from_slice(b"the secret written after the chmod");
     assert_visible(&daemon, &alice, &rec, &now);
+    // Captured as it was at the end, it stays hidden.
+    holder.exit();
+    daemon.wait_record(&path, "captured");
+    assert_hidden(&daemon, &bob, &rec);
+    assert_visible(&daemon, &alice, &rec, &now);
 }
 
 #[test]

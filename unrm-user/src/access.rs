@@ -139,7 +139,10 @@ impl Perms {
     /// Whether `caller` (not root) has all of `want` here, as the kernel
     /// decides it (`generic_permission`, `posix_acl_permission`).
     pub fn allow(&self, caller: &Caller, want: u32) -> bool {
-        let Some(acl) = &self.acl else {
+        // The kernel consults an ACL only while the group bits (its mask)
+        // grant something; with them clear, the mode alone decides.
+        let acl = self.acl.as_ref().filter(|_| self.mode & 0o070 != 0);
+        let Some(acl) = acl else {
             let bits = if caller.uid == self.uid {
                 self.mode >> 6
             } else if caller.in_group(self.gid) {
@@ -279,13 +282,20 @@ mod tests {
         f.acl = Some(acl(&[(1, 6, 0), (2, 0, 1001), (4, 4, 0), (0x10, 4, 0), (0x20, 4, 0)]));
         assert!(!f.allow(&bob, READ));
         assert!(f.allow(&carol, READ));
-        // 0600 with user:bob:r--: granted, unless the mask takes it away.
+        // 0640 (the mask r--) with user:bob:r--: granted, unless the mask
+        // takes it away.
+        f.mode = 0o640;
         f.acl = Some(acl(&[(1, 6, 0), (2, 4, 1001), (4, 0, 0), (0x10, 4, 0), (0x20, 0, 0)]));
         assert!(f.allow(&bob, READ));
         assert!(!f.allow(&carol, READ));
         f.acl = Some(acl(&[(1, 6, 0), (2, 4, 1001), (4, 0, 0), (0x10, 0, 0), (0x20, 0, 0)]));
+        f.mode = 0o610;
         assert!(!f.allow(&bob, READ), "masked");
+        // With the group bits (the mask) clear, the kernel skips the ACL.
+        f.mode = 0o604;
+        assert!(f.allow(&bob, READ), "other bits, ACL not consulted");
         // A matching group that grants nothing denies, even if other would.
+        f.mode = 0o644;
         f.acl = Some(acl(&[(1, 6, 0), (4, 0, 0), (8, 0, 50), (0x10, 4, 0), (0x20, 4, 0)]));
         assert!(!f.allow(&carol, READ));
         assert!(f.allow(&bob, READ));

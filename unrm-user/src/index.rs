@@ -25,7 +25,7 @@ use globset::GlobMatcher;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::{
-    access::{Parent, PathFacts},
+    access::{Parent, PathFacts, Perms},
     record::{Deleter, Holder, Record, RestoreMeta, Status, from_nanos, nanos},
     xattrs::Xattr,
 };
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS records (
     access         TEXT,
     path_resolved  INTEGER,
     parent         TEXT,
-    charged_uid    INTEGER
+    charged_uid    INTEGER,
+    final_perms    TEXT
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
@@ -66,7 +67,7 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns D
 
 const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
      deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path, \
-     access, path_resolved, charged_uid";
+     access, path_resolved, charged_uid, final_perms";
 
 /// What the engine knows when it first records a deletion.
 #[derive(Clone, Debug, Default)]
@@ -109,7 +110,16 @@ pub struct ListQuery {
     /// bound): a query one caller may see little of must not keep the
     /// engine from its work.
     pub scan: usize,
+    /// About how many bytes of records to answer with at most (0: no bound).
+    pub bytes: usize,
 }
+
+/// Statuses of records with no content: what goes first when the index
+/// is over its size.
+const NO_CONTENT: &str = "'unheld', 'missed', 'skipped', 'failed', 'evicted'";
+
+/// About what a record takes in JSON besides its path and reason.
+const RECORD_BYTES: usize = 400;
 
 /// One page of a listing: the records, and where the next page starts when
 /// the scan stopped before the end.
@@ -129,23 +139,29 @@ enum Write {
     Checksum(i64, String),
     Xattrs(i64, Option<String>),
     Access(i64, String),
+    Final(i64, String),
     Resolved(i64, bool),
     Expire(i64),
+    /// Forget this many of the oldest records without content of one deleter.
+    Prune(Option<u32>, usize),
 }
 
 impl Write {
-    /// Whether the write only records what nobody can restore: the first
-    /// to go when the journal is over its bound.
+    /// Whether the write only records what nobody can restore, or what the
+    /// next snapshot writes again (holders): the first to go when the
+    /// journal is over its bound.
     fn is_expendable(&self) -> bool {
-        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held))
+        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held)) || matches!(self, Write::Holders(..))
     }
 }
 
 /// Writes kept while the index cannot take them, at most; beyond it the
 /// expendable ones are dropped (and counted).
 const MAX_JOURNAL: usize = 200_000;
-/// How often a failed index is tried again.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How soon a failed index is tried again, doubling up to `RETRY_AT_MOST`
+/// while it keeps failing (a replay rewrites the whole journal).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 
 /// How the index has fared, for `unrm status`.
 #[derive(Clone, Debug, Default)]
@@ -174,6 +190,7 @@ pub struct Index {
     /// A write failed: the rest wait in the journal for a replay.
     failed: bool,
     retry_at: Option<Instant>,
+    retry_after: Duration,
     health: Health,
 }
 
@@ -210,6 +227,7 @@ impl Index {
             journal: Vec::new(),
             failed: false,
             retry_at: None,
+            retry_after: RETRY_FIRST,
             health: Health::default(),
         })
     }
@@ -229,7 +247,7 @@ impl Index {
 
     /// Commits the open transaction. If any of its writes failed, or the
     /// commit does, rolls back and replays every write not yet durable (at
-    /// most once per `RETRY_EVERY`). Returns whether they all are now.
+    /// most once per retry delay). Returns whether they all are now.
     pub fn commit(&mut self) -> bool {
         let in_txn = std::mem::take(&mut self.in_txn);
         if !self.failed {
@@ -264,6 +282,7 @@ impl Index {
             log::info!("the index took {} delayed writes", journal.len());
             self.failed = false;
             self.retry_at = None;
+            self.retry_after = RETRY_FIRST;
             self.recount();
             self.health.waiting = 0;
             return true;
@@ -271,7 +290,8 @@ impl Index {
         let _ = self.conn.execute_batch("ROLLBACK");
         self.journal = journal;
         self.health.errors += 1;
-        self.retry_at = Some(Instant::now() + RETRY_EVERY);
+        self.retry_at = Some(Instant::now() + self.retry_after);
+        self.retry_after = (self.retry_after * 2).min(RETRY_AT_MOST);
         self.bound_journal();
         false
     }
@@ -365,9 +385,21 @@ impl Index {
             Write::Access(id, facts) => {
                 c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?.execute(params![id, facts])?;
             }
+            Write::Final(id, perms) => {
+                c.prepare_cached("UPDATE records SET final_perms = ?2 WHERE id = ?1")?.execute(params![id, perms])?;
+            }
             Write::Resolved(id, resolved) => {
                 c.prepare_cached("UPDATE records SET path_resolved = ?2 WHERE id = ?1")?
                     .execute(params![id, resolved])?;
+            }
+            Write::Prune(uid, n) => {
+                let gone = c
+                    .prepare_cached(&format!(
+                        "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE deleter_uid IS ?1
+                         AND status IN ({NO_CONTENT}) ORDER BY deleted_at_ns LIMIT ?2)"
+                    ))?
+                    .execute(params![uid, *n as i64])?;
+                self.rows = self.rows.saturating_sub(gone as u64);
             }
             Write::Expire(cutoff) => {
                 let gone = c
@@ -422,6 +454,12 @@ impl Index {
 
     pub fn set_access(&mut self, id: i64, facts: &PathFacts) {
         self.write(Write::Access(id, serde_json::to_string(facts).expect("facts serialize")));
+    }
+
+    /// The owner, mode and ACL a captured file had when its content became
+    /// final.
+    pub fn set_final_perms(&mut self, id: i64, perms: &Perms) {
+        self.write(Write::Final(id, serde_json::to_string(perms).expect("perms serialize")));
     }
 
     pub fn set_path_resolved(&mut self, id: i64, resolved: bool) {
@@ -479,7 +517,7 @@ impl Index {
         };
         let mut rows = stmt.query(params![since, status, after_ns, after_id])?;
         let mut page = Page { records: Vec::new(), next: None };
-        let mut scanned = 0;
+        let (mut scanned, mut bytes) = (0, 0);
         while let Some(row) = rows.next()? {
             scanned += 1;
             let at = (row.get::<_, i64>(8)?, row.get::<_, i64>(0)?);
@@ -493,13 +531,14 @@ impl Index {
             if matched {
                 let record = record_from_row(row)?;
                 if visible(&record) {
+                    bytes += record.path.len() + record.reason.as_ref().map_or(0, String::len) + RECORD_BYTES;
                     page.records.push(record);
                     if q.limit != 0 && page.records.len() >= q.limit {
                         break;
                     }
                 }
             }
-            if q.scan != 0 && scanned >= q.scan {
+            if (q.scan != 0 && scanned >= q.scan) || (q.bytes != 0 && bytes >= q.bytes) {
                 page.next = Some(at);
                 break;
             }
@@ -545,6 +584,35 @@ impl Index {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Bytes the index's pages in use take.
+    pub fn size(&self) -> Result<u64> {
+        let pragma = |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0));
+        let live = pragma("page_count")? - pragma("freelist_count")?;
+        Ok((live.max(0) * pragma("page_size")?) as u64)
+    }
+
+    /// Forgets about `n` records without content, oldest first, of the
+    /// deleters with the most of them first; returns how many it chose.
+    pub fn prune(&mut self, n: usize) -> Result<usize> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT deleter_uid, COUNT(*) FROM records WHERE status IN ({NO_CONTENT})
+             GROUP BY deleter_uid ORDER BY 2 DESC"
+        ))?;
+        let heaviest: Vec<(Option<u32>, i64)> =
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+        drop(stmt);
+        let mut chosen = 0;
+        for (uid, count) in heaviest {
+            if chosen >= n {
+                break;
+            }
+            let take = (count as usize).min(n - chosen);
+            self.write(Write::Prune(uid, take));
+            chosen += take;
+        }
+        Ok(chosen)
     }
 }
 
@@ -593,7 +661,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
     for (column, kind) in
-        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER"), ("parent", "TEXT"), ("charged_uid", "INTEGER")]
+        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER"), ("parent", "TEXT"), ("charged_uid", "INTEGER"), ("final_perms", "TEXT")]
     {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
@@ -636,6 +704,7 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
         checksum: row.get(17)?,
         access: access.and_then(|a| serde_json::from_str(&a).ok()),
         charged_to: row.get(21)?,
+        final_perms: row.get::<_, Option<String>>(22)?.and_then(|p| serde_json::from_str(&p).ok()),
     })
 }
 
@@ -728,6 +797,26 @@ mod tests {
         drop(idx);
         let mut idx = Index::open(&path, 1).unwrap();
         assert_eq!(idx.insert(new("/b", Status::Unheld, 2)), 41);
+    }
+
+    #[test]
+    fn pruning_takes_the_heaviest_deleters_oldest_records_without_content() {
+        let (_dir, mut idx) = index();
+        let by = |uid: u32, path: &str, status: Status, at: u64| {
+            let mut r = new(path, status, at);
+            r.deleted_by = Some(Deleter { pid: 1, uid, comm: "rm".into(), path: None });
+            r
+        };
+        for i in 0..6 {
+            idx.insert(by(1001, &format!("/flood/{i}"), Status::Unheld, 100 + i));
+        }
+        idx.insert(by(1000, "/alice/old", Status::Unheld, 1));
+        let kept = idx.insert(by(1001, "/flood/captured", Status::Captured, 0));
+        assert!(idx.size().unwrap() > 0);
+        assert_eq!(idx.prune(4).unwrap(), 4);
+        let left: Vec<String> = all(&idx, &ListQuery::default()).into_iter().map(|r| r.path).collect();
+        assert_eq!(left, ["/flood/5", "/flood/4", "/alice/old", "/flood/captured"]);
+        assert!(idx.get(kept).unwrap().is_some(), "records with content are never pruned");
     }
 
     #[test]

@@ -36,6 +36,7 @@ struct ConfigFile {
     scratch_files: Option<Scratch>,
     visible_to: Option<Visibility>,
     store_reserve: Option<String>,
+    max_index_size: Option<SizeValue>,
     per_user: Option<PerUserFile>,
 }
 
@@ -136,6 +137,9 @@ pub struct Policy {
     /// Captures up to this much of the store's filesystem are kept even
     /// when something else fills it below `min_free`.
     pub store_reserve: Floor,
+    /// The index's size: past it, records without content are forgotten,
+    /// oldest first, of whoever deleted the most.
+    pub max_index_size: u64,
     pub per_user: PerUser,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl Default for Policy {
             scratch: Scratch::Ignore,
             visible_to: Visibility::Owner,
             store_reserve: Floor::Percent(1.0),
+            max_index_size: 1 << 30,
             per_user: PerUser::default(),
             source: None,
         }
@@ -207,6 +212,9 @@ impl Policy {
         policy.visible_to = file.visible_to.unwrap_or_default();
         if let Some(reserve) = file.store_reserve {
             policy.store_reserve = parse_floor(&reserve).context("store_reserve")?;
+        }
+        if let Some(size) = file.max_index_size {
+            policy.max_index_size = size_of_value(size).context("max_index_size")?;
         }
         if let Some(per_user) = file.per_user {
             if let Some(pins) = per_user.pins {
@@ -329,6 +337,7 @@ mod tests {
             scratch_files = "capture"
             visible_to = "readers"
             store_reserve = "2G"
+            max_index_size = "256M"
 
             [per_user]
             pins = 100
@@ -343,6 +352,7 @@ mod tests {
         assert_eq!(p.scratch, Scratch::Capture);
         assert_eq!(p.visible_to, Visibility::Readers);
         assert_eq!(p.store_reserve, Floor::Bytes(2 << 30));
+        assert_eq!(p.max_index_size, 256 << 20);
         assert_eq!(p.per_user, PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 });
         assert_eq!(Share::Percent(25.0).of(1000), 250);
         let defaults = Policy::default();

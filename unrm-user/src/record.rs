@@ -10,7 +10,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    access::{Parent, PathFacts},
+    access::{Parent, PathFacts, Perms},
     holders::{Hold, HolderKind},
     xattrs::Xattr,
 };
@@ -154,6 +154,10 @@ pub struct Record {
     /// Whose per-user limits its pin and capture count against (the daemon's own).
     #[serde(skip)]
     pub charged_to: Option<u32>,
+    /// Owner, mode and ACL when captured (the daemon's own): a chmod after
+    /// the deletion counts.
+    #[serde(skip)]
+    pub final_perms: Option<Perms>,
 }
 
 /// What a restore needs beyond the JSON record: the exact path bytes, and
@@ -249,6 +253,7 @@ mod tests {
             checksum: None,
             access: None,
             charged_to: None,
+            final_perms: None,
         };
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["deleted_at"], "2023-11-14T22:13:20.123456Z");

@@ -39,6 +39,11 @@ pub fn keep_unprivileged(attrs: &mut Vec<Xattr>) {
     attrs.retain(|a| ["user.", "system.", "security."].iter().any(|ns| a.name.starts_with(ns)));
 }
 
+/// Keeps only what a file's owner can set itself: `user.*` and its ACLs.
+pub fn keep_owners_own(attrs: &mut Vec<Xattr>) {
+    attrs.retain(|a| a.name.starts_with("user.") || a.name.starts_with("system.posix_acl_"));
+}
+
 /// Writes `attrs` onto `fd`; returns the names it could not set (a user
 /// may not set `security.*` or `trusted.*`; a filesystem may refuse some).
 pub fn write(fd: impl AsFd, attrs: &[Xattr]) -> Vec<String> {

@@ -120,6 +120,8 @@ pub struct Safety {
     pub stuck_total: u64,
     /// Captures evicted because something else filled the store's filesystem.
     pub evicted_for_space: u64,
+    /// Records without content forgotten to keep the index within its size.
+    pub records_pruned: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

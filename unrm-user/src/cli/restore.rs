@@ -39,7 +39,7 @@ use crate::{
 
 pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<()> {
     let (response, fd) = Client::connect(socket)?.call(&Request::Open { id })?;
-    let Response::Opened { record, meta } = response else { bail!("unexpected answer from the daemon") };
+    let Response::Opened { record, mut meta } = response else { bail!("unexpected answer from the daemon") };
     let content = File::from(fd.context("the daemon sent no content")?);
     let original = PathBuf::from(OsStr::from_bytes(&meta.path));
     let where_it_was = to.is_none();
@@ -51,6 +51,12 @@ pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<(
         );
     }
     let root = rustix::process::geteuid().is_root();
+    if root && record.uid != Some(0) {
+        // Root may set what the file's owner never could (file
+        // capabilities, trusted.* and security labels): for anyone else's
+        // file, only what its owner could have set goes back.
+        xattrs::keep_owners_own(&mut meta.xattrs);
+    }
     // A recorded path is the deleter's say, and root may write anywhere:
     // then no symbolic link on the way is followed.
     let strict = where_it_was || root;

@@ -130,9 +130,9 @@ fn safety(g: &crate::api::proto::Safety) {
         g.failed_calls, g.watch_full, g.pidfds, g.pidfd_budget, g.pidfds_refused
     );
     println!(
-        "index: {} errors, {} writes waiting, {} records dropped; engine errors: {}; \
+        "index: {} errors, {} writes waiting, {} records dropped, {} pruned for size; engine errors: {}; \
          store evictions for space: {}",
-        g.index_errors, g.index_waiting, g.index_dropped, g.engine_errors, g.evicted_for_space
+        g.index_errors, g.index_waiting, g.index_dropped, g.records_pruned, g.engine_errors, g.evicted_for_space
     );
     println!(
         "clients: {} connected, {} refused, {} dropped (idle or slow), {} accept errors; \

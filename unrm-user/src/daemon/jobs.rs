@@ -47,6 +47,8 @@ pub struct Captured {
     /// The attributes that go with this content.
     pub xattrs: Vec<Xattr>,
     pub cost: Cost,
+    /// Its owner, mode and ACL when captured.
+    pub perms: Perms,
 }
 
 /// What a file worker learned about a pinned file, shortly after the pin.
@@ -82,24 +84,29 @@ pub struct Subject {
     pub dev: u64,
 }
 
-/// Opens the pinned file (see `pins`), then learns its ACL, the
-/// directories on its path, and whether the recorded path really leads to
-/// where it was.
-pub fn inspect<M: From<Done> + Send + 'static>(
+/// Opens the pinned file for reading, for the pin to become that
+/// descriptor (see `pins`): urgent, since on some filesystems the content
+/// goes with the last holder's close.
+pub fn open_pin<M: From<Done> + Send + 'static>(
     pin: Pinned,
     budget: Arc<Budget>,
-    it: Subject,
+    record: i64,
+    inode: InodeId,
     done: Sender<M>,
 ) -> Job {
-    Box::new(move || {
-        let Subject { record, inode, .. } = it;
-        match pin.opened(&budget) {
-            Some(Ok(opened)) => {
-                let _ = done.send(Done::Opened { record, inode, pin: opened }.into());
-            }
-            Some(Err(err)) => log::debug!("record {record}: pin not opened for reading: {err}"),
-            None => {}
+    Box::new(move || match pin.opened(&budget) {
+        Some(Ok(opened)) => {
+            let _ = done.send(Done::Opened { record, inode, pin: opened }.into());
         }
+        Some(Err(err)) => log::debug!("record {record}: pin not opened for reading: {err}"),
+        None => {}
+    })
+}
+
+/// Learns the pinned file's ACL, the directories on its path, and whether
+/// the recorded path really leads to where it was.
+pub fn inspect<M: From<Done> + Send + 'static>(pin: Pinned, it: Subject, done: Sender<M>) -> Job {
+    Box::new(move || {
         let home = it.parent.map(|parent| Home { parent, dev: it.dev });
         let path_resolved = it.host_path && home.is_some_and(|home| leads_to(&pin, &it.path, home));
         let found = Inspection {
@@ -108,7 +115,7 @@ pub fn inspect<M: From<Done> + Send + 'static>(
             dirs: home.filter(|_| path_resolved).and_then(|home| dirs_of(&it.path, home)),
             path_resolved,
         };
-        let _ = done.send(Done::Inspected { record, inode, found }.into());
+        let _ = done.send(Done::Inspected { record: it.record, inode: it.inode, found }.into());
     })
 }
 
@@ -120,7 +127,7 @@ pub fn reread_acl<M: From<Done> + Send + 'static>(pin: Pinned, inode: InodeId, d
 }
 
 /// Copies a pinned file into the store as record `record`, with the
-/// attributes it has now; then its checksum.
+/// attributes it has now.
 pub fn capture<M: From<Done> + Send + 'static>(
     store: Arc<Store>,
     pin: Pinned,
@@ -133,19 +140,24 @@ pub fn capture<M: From<Done> + Send + 'static>(
         let result = (|| -> anyhow::Result<Captured> {
             let file = pin.open_for_reading()?;
             let xattrs = xattrs::read(&file);
-            let size = file.metadata()?.len();
-            let stored = store.capture(record, file.as_fd(), size)?;
+            let now = Meta::of(file.as_fd())?;
+            let acl = xattrs.iter().find(|x| x.name == ACL_XATTR).and_then(|x| parse_acl(&x.value));
+            let perms = Perms { uid: now.uid, gid: now.gid, mode: now.mode, acl };
+            let stored = store.capture(record, file.as_fd(), now.size)?;
             let cost = store.cost(record)?;
-            Ok(Captured { stored, xattrs, cost })
+            Ok(Captured { stored, xattrs, cost, perms })
         })()
         .map_err(|e| format!("{e:#}"));
         drop(pin);
-        let ok = result.is_ok();
-        let captured =
-            Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
-        if done.send(captured.into()).is_err() || !ok {
-            return;
-        }
+        let captured = Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
+        let _ = done.send(captured.into());
+    })
+}
+
+/// A capture's checksum, computed after the fact so that a capture (a
+/// reflink especially) does not wait for a pass over every byte.
+pub fn checksum<M: From<Done> + Send + 'static>(store: Arc<Store>, record: i64, done: Sender<M>) -> Job {
+    Box::new(move || {
         let checksum = store.checksum(record).map_err(|e| format!("{e:#}"));
         let _ = done.send(Done::Checksummed { record, checksum }.into());
     })

@@ -6,18 +6,18 @@
 //! server that stopped answering, a hung NFS mount, a dying disk. None of
 //! them may run on the ring-buffer reader or the engine, and one stuck
 //! filesystem must not hold up work on the others; so each filesystem gets
-//! a lane of its own, jobs in a lane run in order, and a lane that has sat
+//! a lane of its own, jobs in a lane run in order (urgent ones first: a
+//! pin's open races its holders, a copy does not), and a lane that has sat
 //! on one job for `STUCK_AFTER` is reported (and counted) as stuck. Lanes
 //! come and go with the work: an idle one ends after `IDLE_FOR`. Past
-//! `MAX_LANES` filesystems, the rest share one overflow lane.
+//! `MAX_LANES` filesystems answering, the rest share one overflow lane.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
     sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc::{Receiver, Sender, channel},
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,26 +25,42 @@ use std::{
 /// Work for a lane: it runs on the lane's thread, and may block.
 pub type Job = Box<dyn FnOnce() + Send>;
 
+/// Lanes that are not stuck, at most; a stuck one (its thread blocked in
+/// the kernel) does not count, so a few filesystems that stopped answering
+/// cannot push every other filesystem into the overflow lane. Threads in
+/// all, stuck ones included, are bounded by `MAX_THREADS`.
 const MAX_LANES: usize = 32;
+const MAX_THREADS: usize = 256;
 const OVERFLOW: u64 = u64::MAX;
+/// The lane of the store itself (checksums of captures).
+pub const STORE: u64 = u64::MAX - 1;
 /// A job running this long is reported as stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
-struct Lane {
-    tx: Sender<Job>,
-    state: Arc<LaneState>,
-    /// This lane is known to be stuck (reported once per episode).
-    stuck: bool,
+/// A lane's jobs, shared by the engine (which adds) and its thread.
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<Waiting>,
+    ready: Condvar,
 }
 
 #[derive(Default)]
-struct LaneState {
-    queued: AtomicUsize,
-    /// When the running job started, in ms since `epoch`; 0 when idle.
-    busy_since_ms: AtomicU64,
-    /// When the last job ended, in ms since `epoch`.
-    idle_since_ms: AtomicU64,
+struct Waiting {
+    jobs: VecDeque<Job>,
+    /// The lane is being let go: its thread ends once the queue is empty.
+    closed: bool,
+    /// When the running job started, in ms since the lanes' epoch, plus one
+    /// (0: idle).
+    busy_since_ms: u64,
+}
+
+struct Lane {
+    queue: Arc<Queue>,
+    /// When the lane last had nothing to do, in ms since the epoch.
+    idle_since_ms: Arc<AtomicU64>,
+    /// This lane is known to be stuck (reported once per episode).
+    stuck: bool,
 }
 
 pub struct Lanes {
@@ -59,32 +75,42 @@ impl Lanes {
         Lanes { lanes: HashMap::new(), epoch: Instant::now(), stuck_total: 0 }
     }
 
-    /// Queues `job` on the lane of the filesystem `dev`.
+    /// Queues `job` on the lane of the filesystem `dev`, after the others.
     pub fn run(&mut self, dev: u64, job: Job) {
-        let key = if self.lanes.contains_key(&dev) || self.lanes.len() < MAX_LANES { dev } else { OVERFLOW };
+        self.queue(dev, job, false);
+    }
+
+    /// Queues `job` on the lane of `dev`, before anything not yet started.
+    pub fn run_first(&mut self, dev: u64, job: Job) {
+        self.queue(dev, job, true);
+    }
+
+    fn queue(&mut self, dev: u64, job: Job, first: bool) {
+        let live = self.lanes.values().filter(|lane| !lane.stuck).count();
+        let room = live < MAX_LANES && self.lanes.len() < MAX_THREADS;
+        let key = if self.lanes.contains_key(&dev) || room || dev == STORE { dev } else { OVERFLOW };
         let epoch = self.epoch;
         let lane = self.lanes.entry(key).or_insert_with(|| spawn(key, epoch));
-        lane.state.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(err) = lane.tx.send(job) {
-            // The lane's thread is gone (it could not be started): run the
-            // job on a fresh one rather than lose it.
-            lane.state.queued.fetch_sub(1, Ordering::AcqRel);
-            *lane = spawn(key, epoch);
-            lane.state.queued.fetch_add(1, Ordering::AcqRel);
-            let _ = lane.tx.send(err.0);
+        let mut waiting = lane.queue.jobs.lock().unwrap();
+        if first {
+            waiting.jobs.push_front(job);
+        } else {
+            waiting.jobs.push_back(job);
         }
+        lane.queue.ready.notify_one();
     }
 
     /// Notices lanes that got stuck or came free, and ends idle ones.
     /// Returns the lanes stuck now.
     pub fn tick(&mut self) -> usize {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let mut stuck_now = 0;
-        for (dev, lane) in &mut self.lanes {
-            let since = lane.state.busy_since_ms.load(Ordering::Acquire);
+        let (mut stuck_now, mut newly) = (0, 0);
+        self.lanes.retain(|dev, lane| {
+            let mut waiting = lane.queue.jobs.lock().unwrap();
+            let since = waiting.busy_since_ms;
             let stuck = since != 0 && now.saturating_sub(since) >= STUCK_AFTER.as_millis() as u64;
             if stuck && !lane.stuck {
-                self.stuck_total += 1;
+                newly += 1;
                 log::warn!(
                     "a file operation on filesystem {} has not returned for {}s (a FUSE server or network \
                      filesystem not answering?); work on that filesystem waits, the rest goes on",
@@ -96,13 +122,16 @@ impl Lanes {
             }
             lane.stuck = stuck;
             stuck_now += stuck as usize;
-        }
-        self.lanes.retain(|_, lane| {
-            let idle = lane.state.queued.load(Ordering::Acquire) == 0
-                && now.saturating_sub(lane.state.idle_since_ms.load(Ordering::Acquire))
-                    >= IDLE_FOR.as_millis() as u64;
+            let idle = since == 0
+                && waiting.jobs.is_empty()
+                && now.saturating_sub(lane.idle_since_ms.load(Ordering::Acquire)) >= IDLE_FOR.as_millis() as u64;
+            if idle {
+                waiting.closed = true;
+                lane.queue.ready.notify_one();
+            }
             !idle
         });
+        self.stuck_total += newly;
         stuck_now
     }
 
@@ -113,53 +142,78 @@ impl Lanes {
 }
 
 fn describe(dev: u64) -> String {
-    if dev == OVERFLOW { "(shared lane)".into() } else { format!("{}:{}", libc::major(dev), libc::minor(dev)) }
+    match dev {
+        OVERFLOW => "(shared lane)".into(),
+        STORE => "(the store)".into(),
+        dev => format!("{}:{}", libc::major(dev), libc::minor(dev)),
+    }
 }
 
 fn spawn(dev: u64, epoch: Instant) -> Lane {
-    let (tx, rx) = channel::<Job>();
-    let state = Arc::new(LaneState::default());
-    state.idle_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Release);
-    let worker = state.clone();
+    let queue = Arc::new(Queue::default());
+    let idle_since_ms = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
+    let (work_queue, work_idle) = (queue.clone(), idle_since_ms.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("unrm-fs-{}", describe(dev)))
-        .spawn(move || work(rx, &worker, epoch));
+        .spawn(move || work(&work_queue, &work_idle, epoch));
     if let Err(err) = spawned {
         log::error!("could not start a file worker for {}: {err}", describe(dev));
     }
-    Lane { tx, state, stuck: false }
+    Lane { queue, idle_since_ms, stuck: false }
 }
 
-fn work(jobs: Receiver<Job>, state: &LaneState, epoch: Instant) {
+fn work(queue: &Queue, idle_since_ms: &AtomicU64, epoch: Instant) {
     super::sched::background();
-    for job in jobs {
-        // Never 0: 0 means idle.
-        state.busy_since_ms.store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
+    loop {
+        let job = {
+            let mut waiting = queue.jobs.lock().unwrap();
+            loop {
+                if let Some(job) = waiting.jobs.pop_front() {
+                    waiting.busy_since_ms = epoch.elapsed().as_millis() as u64 + 1;
+                    break job;
+                }
+                if waiting.closed {
+                    return;
+                }
+                waiting = queue.ready.wait(waiting).unwrap();
+            }
+        };
         if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
             log::error!("a file worker's job panicked; the lane goes on");
         }
-        state.busy_since_ms.store(0, Ordering::Release);
-        state.idle_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Release);
-        state.queued.fetch_sub(1, Ordering::AcqRel);
+        queue.jobs.lock().unwrap().busy_since_ms = 0;
+        idle_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc::channel;
+
     use super::*;
 
     #[test]
     fn a_stuck_lane_holds_up_only_its_own_filesystem() {
         let mut lanes = Lanes::new();
         let (gate_tx, gate_rx) = channel::<()>();
+        let (started_tx, started_rx) = channel::<()>();
         let (done_tx, done_rx) = channel::<u64>();
-        lanes.run(1, Box::new(move || gate_rx.recv().unwrap()));
-        let done = done_tx.clone();
-        lanes.run(1, Box::new(move || done.send(1).unwrap()));
+        lanes.run(
+            1,
+            Box::new(move || {
+                started_tx.send(()).unwrap();
+                gate_rx.recv().unwrap()
+            }),
+        );
+        started_rx.recv().unwrap();
+        let (later, first) = (done_tx.clone(), done_tx.clone());
+        lanes.run(1, Box::new(move || later.send(1).unwrap()));
+        lanes.run_first(1, Box::new(move || first.send(0).unwrap()));
         lanes.run(2, Box::new(move || done_tx.send(2).unwrap()));
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(2), "the other filesystem goes on");
         assert!(done_rx.try_recv().is_err(), "lane 1 waits behind its blocked job");
         gate_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(0), "urgent work first");
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(1));
         assert_eq!(lanes.tick(), 0);
     }

@@ -117,9 +117,17 @@ impl Store {
         Ok(File::from(fd))
     }
 
-    /// Removes a capture (evicted or expired); a missing one is fine.
+    /// Removes a capture (evicted or expired); a missing one is fine. Its
+    /// content is cut to nothing first: a client may still hold it open (a
+    /// restore hands out a descriptor), and its blocks must go now, not when
+    /// that client lets go (a restore in flight then fails its checksum).
     pub fn remove(&self, id: i64) -> Result<()> {
-        match unlinkat(&self.dir, id.to_string().as_str(), AtFlags::empty()) {
+        let name = id.to_string();
+        let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        if let Ok(file) = openat(&self.dir, name.as_str(), flags, Mode::empty()) {
+            rustix::fs::ftruncate(&file, 0)?;
+        }
+        match unlinkat(&self.dir, name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(err) => Err(err.into()),
         }

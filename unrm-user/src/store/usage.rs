@@ -36,9 +36,12 @@ impl Cost {
     /// The cost of the file open as `fd`.
     pub fn of(fd: BorrowedFd) -> io::Result<Self> {
         let blocks = rustix::fs::fstat(fd)?.st_blocks as u64 * 512;
-        let Ok(extents) = fiemap(fd) else {
-            // No FIEMAP (tmpfs): nothing can be shared there.
-            return Ok(Cost { exclusive: blocks, shared: Vec::new() });
+        let extents = match fiemap(fd) {
+            Ok(extents) if extents.len() <= MAX_SHARED_EXTENTS => extents,
+            // No FIEMAP (tmpfs): nothing can be shared there. Too many
+            // extents to keep track of (a file cloned in pieces): charged
+            // whole, which costs only whoever made it so.
+            _ => return Ok(Cost { exclusive: blocks, shared: Vec::new() }),
         };
         let mut cost = Cost::default();
         for (extent, flags) in extents {
@@ -56,6 +59,8 @@ impl Cost {
 
 }
 
+/// Extents per capture the accounting follows one by one.
+const MAX_SHARED_EXTENTS: usize = 256;
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
 const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
@@ -87,7 +92,7 @@ struct Fiemap {
 fn fiemap(fd: BorrowedFd) -> io::Result<Vec<(Extent, u32)>> {
     let mut out = Vec::new();
     let mut start = 0u64;
-    loop {
+    while out.len() <= MAX_SHARED_EXTENTS {
         let mut map = Fiemap {
             start,
             length: u64::MAX - start,
@@ -111,6 +116,7 @@ fn fiemap(fd: BorrowedFd) -> io::Result<Vec<(Extent, u32)>> {
             _ => return Ok(out),
         }
     }
+    Ok(out)
 }
 
 struct Entry {

@@ -32,8 +32,10 @@ use crate::{
     xattrs,
 };
 
-/// Rows one listing request looks at before answering with a page.
+/// Rows one listing request looks at before answering with a page, and
+/// about how large a page may be.
 const SCAN_ROWS: usize = 20_000;
+const PAGE_BYTES: usize = 4 << 20;
 /// How long a snapshot taken for `unrm scan` answers the next ones too.
 const SCAN_REUSE: Duration = Duration::from_millis(250);
 
@@ -60,8 +62,8 @@ impl Engine {
                     ),
                     None => None,
                 };
-                let query =
-                    ListQuery { since: since_ns.map(from_nanos), status, path, limit, after, scan: SCAN_ROWS };
+                let since = since_ns.map(from_nanos);
+                let query = ListQuery { since, status, path, limit, after, scan: SCAN_ROWS, bytes: PAGE_BYTES };
                 let visibility = self.cfg.policy.visible_to;
                 let mut stale = Vec::new();
                 let page = self.index.list(&query, |r| may_see(&self.pins, visibility, caller, r, &mut stale))?;
@@ -214,6 +216,7 @@ impl Engine {
             stuck_filesystems: stuck as u64,
             stuck_total: self.lanes.stuck_total(),
             evicted_for_space: self.guards.evicted_for_space,
+            records_pruned: self.guards.records_pruned,
         };
         Ok(DaemonStatus {
             pid: std::process::id(),
@@ -246,8 +249,16 @@ fn may_see(pins: &PinTable, visibility: Visibility, caller: &Caller, r: &Record,
     if !caller.may_see(&then, visibility) {
         return false;
     }
-    if caller.is_root() || r.status != Status::Held {
+    if caller.is_root() {
         return true;
+    }
+    if r.status != Status::Held {
+        // As it was when its content became final, too.
+        let Some(last) = &r.final_perms else { return true };
+        let dirs = r.access.as_ref().map(|facts| facts.dirs.clone());
+        let facts = dirs.map(|dirs| PathFacts { acl: last.acl.clone(), dirs });
+        let seen = Seen { uid: Some(last.uid), gid: Some(last.gid), mode: Some(last.mode), facts: facts.as_ref() };
+        return caller.may_see(&seen, visibility);
     }
     let Some((inode, pin)) = pins.of_record(r.id) else { return true };
     let Ok(now) = Meta::of(pin.fd.as_fd()) else { return false };

@@ -16,7 +16,10 @@ use super::{Engine, LATENCY_SAMPLES, Pending, Pin, RECHECK_DELAY};
 use crate::{
     access::Parent,
     clock::{monotonic_ns, wall_time_of},
-    daemon::jobs::{self, Done},
+    daemon::{
+        jobs::{self, Done},
+        lanes,
+    },
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot, uid_of_process},
     index::NewRecord,
     ingest::{DeleteOp, Deletion, Grab},
@@ -190,9 +193,11 @@ impl Engine {
             (None, _, _) => return,
         };
         let reason = (status == Status::Missed).then_some("released before unrm could pin it");
+        if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
+            return;
+        }
         match status {
             Status::Missed => self.counters.missed += 1,
-            _ if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) => return,
             _ => self.counters.unheld += 1,
         }
         self.index.insert(deletion_record(d, p.deleted_at, status, reason));
@@ -248,8 +253,14 @@ impl Engine {
         })
     }
 
-    /// Records a held file unrm would not pin, and why.
+    /// Records a held file unrm would not pin, and why (within its
+    /// deleter's `records_per_minute`).
     fn not_pinned(&mut self, held: Option<&HeldFile>, pending: Option<&Pending>, why: NotPinned) {
+        if let Some(p) = pending
+            && !self.rate.allow(p.deletion.uid, self.cfg.policy.per_user.records_per_minute)
+        {
+            return;
+        }
         let reason = match why {
             NotPinned::Budget => {
                 self.guards.over_budget += 1;
@@ -354,6 +365,7 @@ impl Engine {
     /// Has a file worker learn what the access check and a restore need.
     pub(super) fn inspect(&mut self, inode: InodeId, pin: &Pin, host_path: bool) {
         let (fd, budget, tx) = (pin.fd.clone(), self.budget.clone(), self.tx.clone());
+        self.lanes.run_first(inode.dev, jobs::open_pin(fd.clone(), budget, pin.record, inode, tx.clone()));
         let subject = jobs::Subject {
             record: pin.record,
             inode,
@@ -362,7 +374,7 @@ impl Engine {
             parent: pin.parent,
             dev: pin.dev,
         };
-        let job = jobs::inspect(fd, budget, subject, tx);
+        let job = jobs::inspect(fd, subject, tx);
         self.lanes.run(inode.dev, job);
     }
 
@@ -434,7 +446,10 @@ impl Engine {
                         );
                         self.index.mark_captured(record, stored.size, at);
                         self.index.set_xattrs(record, &captured.xattrs);
+                        self.index.set_final_perms(record, &captured.perms);
                         self.usage.add(record, charged, nanos(at), captured.cost);
+                        let job = jobs::checksum(self.store.clone(), record, self.tx.clone());
+                        self.lanes.run(lanes::STORE, job);
                     }
                     Err(reason) => {
                         self.counters.failed += 1;

@@ -110,6 +110,7 @@ impl Engine {
                 self.store.remove(id)?;
             }
         }
+        self.keep_index_within(policy.max_index_size)?;
         while self.usage.total() > policy.max_store_size {
             let Some(id) = self.biggest_oldest() else { break };
             self.evict(id, "the store is over its cap (max_store_size)");
@@ -121,6 +122,24 @@ impl Engine {
             self.guards.evicted_for_space += 1;
             self.evict(id, "the store's filesystem fell below its free-space floor (min_free)");
         }
+        Ok(())
+    }
+
+    /// Records are small, but anyone may make many (within
+    /// `per_user.records_per_minute`), each with a long path: past
+    /// `max_index_size`, records without content go, oldest first, of
+    /// whoever deleted the most. A pass forgets the share of rows the index
+    /// is over by, and one more thousand.
+    fn keep_index_within(&mut self, max: u64) -> Result<()> {
+        let size = self.index.size()?;
+        if size <= max {
+            return Ok(());
+        }
+        let rows = self.index.rows();
+        let over = (rows as f64 * (size - max) as f64 / size as f64) as usize + 1000;
+        let forgotten = self.index.prune(over)?;
+        self.guards.records_pruned += forgotten as u64;
+        log::warn!("the index is over max_index_size ({size} > {max} bytes): {forgotten} records without content forgotten");
         Ok(())
     }
 

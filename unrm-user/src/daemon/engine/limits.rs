@@ -1,7 +1,8 @@
-//! How many records of unheld deletions each user may add per minute: a
-//! token bucket per deleting user, so that one user's `rm -rf` storms (or
-//! a loop made to flood the index) cannot bury everyone else's records.
-//! Root has no per-user limits; held deletions are bounded by pins instead.
+//! How many records of deletions unrm has no content for (unheld, missed,
+//! not pinned) each user may add per minute: a token bucket per deleting
+//! user, so that one user's `rm -rf` storms (or a loop made to flood the
+//! index) cannot bury everyone else's records. Root has no per-user limits;
+//! pinned deletions are bounded by pins instead.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -37,7 +38,7 @@ impl RateLimiter {
         if self.refused == 1 || self.refused.is_power_of_two() {
             log::warn!(
                 "uid {uid} deletes faster than per_user.records_per_minute ({per_minute}); records of \
-                 unheld deletions are dropped ({} so far)",
+                 deletions with no content are dropped ({} so far)",
                 self.refused
             );
         }

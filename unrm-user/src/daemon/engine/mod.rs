@@ -175,6 +175,7 @@ struct Guards {
     over_user_store: u64,
     engine_errors: u64,
     evicted_for_space: u64,
+    records_pruned: u64,
 }
 
 pub struct Engine {
