@@ -332,12 +332,8 @@ impl Holder {
         if let Some(user) = user {
             user.apply(&mut cmd);
         }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning holder");
+        let mut child =
+            cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawning holder");
         let stdin = child.stdin.take().unwrap();
         let out = lines_of(child.stdout.take().unwrap());
         expect_line(&out, "ready", "holder");
@@ -550,14 +546,21 @@ pub fn rm(path: &Path, cwd: Option<&Path>) -> u32 {
 /// temporary directory (a tmpfs in the VM).
 pub fn memory_dir() -> PathBuf {
     let shm = Path::new("/dev/shm");
-    let usable = tempfile::tempdir_in(shm).is_ok_and(|d| std::fs::File::create(d.path().join("probe")).is_ok());
+    let usable =
+        tempfile::tempdir_in(shm).is_ok_and(|d| std::fs::File::create(d.path().join("probe")).is_ok());
     if usable { shm.to_path_buf() } else { std::env::temp_dir() }
 }
 
 /// Deletes `path` with the real `rm`, as `user`.
 pub fn rm_as(user: &User, path: &Path) {
     let out = user.run(Command::new("rm").arg(path));
-    assert!(out.status.success(), "rm {} as uid {}: {}", path.display(), user.uid, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rm {} as uid {}: {}",
+        path.display(),
+        user.uid,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Content unlikely to survive a wrong copy: every byte value, then text.

@@ -68,7 +68,10 @@ fn thirty_thousand_held_deletions_stay_within_the_descriptor_budget() {
 fn full_watch_tables_leave_releases_to_snapshots() {
     let fs = Mount::ext4();
     // Room for four watched processes and inodes; ten held files by ten.
-    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--watch-entries", "4", "--rescan-interval", "300ms"]);
+    let daemon = Daemon::start_in(
+        tempfile::tempdir().unwrap(),
+        &["--watch-entries", "4", "--rescan-interval", "300ms"],
+    );
     let mut held = Vec::new();
     for i in 0..10 {
         let path = fs.file(&format!("w{i}"), &content(&format!("w{i}")));
@@ -107,7 +110,9 @@ fn thousands_of_idle_connections_do_not_stop_the_daemon() {
     assert!(s["connections"].as_u64().unwrap() <= 17, "bob holds at most 16, plus this one: {s}");
     // Idle ones are let go after the client timeout (the kernel's backlog
     // of bob's queued connections may refill his slots meanwhile).
-    wait_until("bob's idle connections dropped", || safety(&daemon)["clients_dropped"].as_u64().unwrap() >= 16);
+    wait_until("bob's idle connections dropped", || {
+        safety(&daemon)["clients_dropped"].as_u64().unwrap() >= 16
+    });
     still_protects(&daemon, &fs, "after-idle-clients");
     // Once bob's flood is over, he is served again.
     drop(flood);

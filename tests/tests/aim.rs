@@ -100,10 +100,9 @@ fn no_symbolic_link_is_followed_on_the_way_back() {
     unrm_tests::rm(&path, None);
     let rec = daemon.wait_record(&path, "held");
     // Bob puts a link to /etc where the directory was.
-    let out = bob.run(Command::new("sh").arg("-c").arg(format!(
-        "mv {d} {d}.old && ln -s /etc {d}",
-        d = dir.display()
-    )));
+    let out = bob.run(
+        Command::new("sh").arg("-c").arg(format!("mv {d} {d}.old && ln -s /etc {d}", d = dir.display())),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = daemon.cli(&["restore", &rec["id"].to_string()]);
     assert!(!out.status.success(), "restored through a link");

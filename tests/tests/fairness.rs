@@ -60,10 +60,11 @@ fn filling_the_stores_filesystem_cannot_wipe_every_capture() {
     let his = tiny.path.join("bob");
     fs::create_dir(&his).unwrap();
     chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
-    let out = bob.run(Command::new("dd").args(["if=/dev/zero", "bs=1M", "status=none"]).arg(format!(
-        "of={}",
-        his.join("fill").display()
-    )));
+    let out = bob.run(
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "status=none"])
+            .arg(format!("of={}", his.join("fill").display())),
+    );
     assert!(!out.status.success(), "dd should have run out of room");
     daemon.wait_scans(3);
     let rec = daemon.json(&["show", &kept["id"].to_string(), "--json"]);
@@ -147,7 +148,8 @@ fn one_user_cannot_take_every_pin_nor_flood_the_index() {
     // Eight held files of bob's: five pinned, three recorded as not.
     let holder = Holder::scratch_many(&his, 8, Some(&bob));
     let bobs = |status: &str| {
-        let records = daemon.json(&["list", "--json", "--status", status, "--path", &format!("{}/*", his.display())]);
+        let records =
+            daemon.json(&["list", "--json", "--status", status, "--path", &format!("{}/*", his.display())]);
         records.as_array().unwrap().clone()
     };
     unrm_tests::wait_until("bob's deletions decided", || bobs("held").len() + bobs("skipped").len() >= 8);
@@ -163,10 +165,11 @@ fn one_user_cannot_take_every_pin_nor_flood_the_index() {
     daemon.wait_record(&root_file, "held");
 
     // Three hundred unheld deletions: about a hundred recorded.
-    let out = bob.run(Command::new("sh").arg("-c").arg(format!(
-        "cd {} && for i in $(seq 300); do : > u$i; done && rm u*",
-        his.display()
-    )));
+    let out = bob.run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {} && for i in $(seq 300); do : > u$i; done && rm u*", his.display())),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let marker = fs.file("marker", b"m");
     unrm_tests::rm(&marker, None);
@@ -224,15 +227,15 @@ fn a_flood_of_records_is_pruned_from_the_flooder_not_from_what_has_content() {
     fs::create_dir(&his).unwrap();
     chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
     let config = "max_index_size = \"512K\"\n";
-    let (_config, daemon) =
-        Daemon::with_config(config, &["--rescan-interval", "200ms"]);
+    let (_config, daemon) = Daemon::with_config(config, &["--rescan-interval", "200ms"]);
     let kept = captured(&daemon, &owned(&fs.path, "roots", None, 1000), "captured");
     // Bob deletes thousands of files with long names.
     let long = "n".repeat(200);
-    let out = bob.run(Command::new("sh").arg("-c").arg(format!(
-        "cd {} && for i in $(seq 3000); do : > {long}$i; done && rm {long}*",
-        his.display()
-    )));
+    let out =
+        bob.run(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && for i in $(seq 3000); do : > {long}$i; done && rm {long}*",
+            his.display()
+        )));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     unrm_tests::wait_until("the index pruned", || {
         daemon.status()["safety"]["records_pruned"].as_u64().unwrap() > 0

@@ -75,7 +75,12 @@ fn seen_by(daemon: &Daemon, user: &User, rec: &Value) -> Seen {
 
 fn assert_hidden(daemon: &Daemon, user: &User, rec: &Value) {
     let seen = seen_by(daemon, user, rec);
-    assert!(!seen.listed && !seen.shown && seen.restored.is_none(), "uid {} saw record {}", user.uid, rec["id"]);
+    assert!(
+        !seen.listed && !seen.shown && seen.restored.is_none(),
+        "uid {} saw record {}",
+        user.uid,
+        rec["id"]
+    );
     let scan = daemon.cli_as(user, &["scan", "--json"]);
     assert!(scan.status.success());
     let path = rec["path"].as_str().unwrap();
@@ -85,7 +90,13 @@ fn assert_hidden(daemon: &Daemon, user: &User, rec: &Value) {
 fn assert_visible(daemon: &Daemon, user: &User, rec: &Value, data: &[u8]) {
     let seen = seen_by(daemon, user, rec);
     assert!(seen.listed && seen.shown, "uid {} cannot see record {}:\n{}", user.uid, rec["id"], daemon.log());
-    assert_eq!(seen.restored.as_deref(), Some(data), "uid {} could not restore record {}", user.uid, rec["id"]);
+    assert_eq!(
+        seen.restored.as_deref(),
+        Some(data),
+        "uid {} could not restore record {}",
+        user.uid,
+        rec["id"]
+    );
 }
 
 /// Holds `path` as `owner`, deletes it as `owner`, and waits until the
@@ -189,10 +200,28 @@ fn an_acl_that_denies_a_user_is_honoured_and_one_that_grants_too() {
     let data = content("acl");
     // 0644, but bob may not read it (user:bob:---).
     let denied = file_of(&open, "denied.txt", &alice, 0o644, &data);
-    set_acl(&denied, &[(acl::USER_OBJ, 6, 0), (acl::USER, 0, bob.uid), (acl::GROUP_OBJ, 4, 0), (acl::MASK, 4, 0), (acl::OTHER, 4, 0)]);
+    set_acl(
+        &denied,
+        &[
+            (acl::USER_OBJ, 6, 0),
+            (acl::USER, 0, bob.uid),
+            (acl::GROUP_OBJ, 4, 0),
+            (acl::MASK, 4, 0),
+            (acl::OTHER, 4, 0),
+        ],
+    );
     // 0600, but bob may (user:bob:r--).
     let granted = file_of(&open, "granted.txt", &alice, 0o600, &data);
-    set_acl(&granted, &[(acl::USER_OBJ, 6, 0), (acl::USER, 4, bob.uid), (acl::GROUP_OBJ, 0, 0), (acl::MASK, 4, 0), (acl::OTHER, 0, 0)]);
+    set_acl(
+        &granted,
+        &[
+            (acl::USER_OBJ, 6, 0),
+            (acl::USER, 4, bob.uid),
+            (acl::GROUP_OBJ, 0, 0),
+            (acl::MASK, 4, 0),
+            (acl::OTHER, 0, 0),
+        ],
+    );
 
     let (_config, daemon) = Daemon::with_config(READERS, &[]);
     let (holder_d, denied) = held_and_deleted(&daemon, &denied, &alice);
@@ -257,7 +286,10 @@ fn scan_shows_other_users_processes_without_their_descriptors() {
     let holders = entry["holders"].as_array().unwrap();
     let of = |pid: u32| holders.iter().find(|h| h["pid"] == pid).unwrap_or_else(|| panic!("{entry}"));
     assert!(of(bob_holder.pid())["fd"].is_u64(), "bob's own process: {entry}");
-    assert!(of(root_holder.pid()).get("fd").is_none_or(Value::is_null), "root's descriptor number leaked: {entry}");
+    assert!(
+        of(root_holder.pid()).get("fd").is_none_or(Value::is_null),
+        "root's descriptor number leaked: {entry}"
+    );
     drop((root_holder, bob_holder, root_file));
 }
 
@@ -274,7 +306,8 @@ fn attributes_only_root_may_read_stay_with_root() {
             let c = |s: &str| std::ffi::CString::new(s).unwrap();
             let (p, n) = (c(path.to_str().unwrap()), c(name));
             // SAFETY: valid C strings and a buffer of the length given.
-            let ret = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+            let ret =
+                unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
             assert_eq!(ret, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
         }
     }

@@ -134,7 +134,15 @@ enum Write {
     Insert(i64, Box<NewRecord>),
     Status(i64, Status, Option<String>),
     Holders(i64, String),
-    Deletion { id: i64, path: Vec<u8>, at: i64, by: Deleter, op: &'static str, resolved: bool, parent: Option<String> },
+    Deletion {
+        id: i64,
+        path: Vec<u8>,
+        at: i64,
+        by: Deleter,
+        op: &'static str,
+        resolved: bool,
+        parent: Option<String>,
+    },
     Captured(i64, u64, i64),
     Checksum(i64, String),
     Xattrs(i64, Option<String>),
@@ -151,7 +159,8 @@ impl Write {
     /// next snapshot writes again (holders): the first to go when the
     /// journal is over its bound.
     fn is_expendable(&self) -> bool {
-        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held)) || matches!(self, Write::Holders(..))
+        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held))
+            || matches!(self, Write::Holders(..))
     }
 }
 
@@ -217,7 +226,8 @@ impl Index {
         conn.execute_batch(SCHEMA).context("creating the index schema")?;
         migrate(&conn)?;
         let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
-        let max = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM records", [], |row| row.get::<_, i64>(0))?;
+        let max =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM records", [], |row| row.get::<_, i64>(0))?;
         Ok(Self {
             conn,
             rows,
@@ -306,7 +316,8 @@ impl Index {
     }
 
     fn recount(&mut self) {
-        if let Ok(rows) = self.conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0)) {
+        if let Ok(rows) = self.conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))
+        {
             self.rows = rows as u64;
         }
     }
@@ -348,7 +359,8 @@ impl Index {
                     .execute(params![id, status.as_str(), reason])?;
             }
             Write::Holders(id, holders) => {
-                c.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?.execute(params![id, holders])?;
+                c.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?
+                    .execute(params![id, holders])?;
             }
             Write::Deletion { id, path, at, by, op, resolved, parent } => {
                 c.prepare_cached(
@@ -377,16 +389,20 @@ impl Index {
                 .execute(params![id, *size as i64, at])?;
             }
             Write::Checksum(id, sum) => {
-                c.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?.execute(params![id, sum])?;
+                c.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?
+                    .execute(params![id, sum])?;
             }
             Write::Xattrs(id, xattrs) => {
-                c.prepare_cached("UPDATE records SET xattrs = ?2 WHERE id = ?1")?.execute(params![id, xattrs])?;
+                c.prepare_cached("UPDATE records SET xattrs = ?2 WHERE id = ?1")?
+                    .execute(params![id, xattrs])?;
             }
             Write::Access(id, facts) => {
-                c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?.execute(params![id, facts])?;
+                c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?
+                    .execute(params![id, facts])?;
             }
             Write::Final(id, perms) => {
-                c.prepare_cached("UPDATE records SET final_perms = ?2 WHERE id = ?1")?.execute(params![id, perms])?;
+                c.prepare_cached("UPDATE records SET final_perms = ?2 WHERE id = ?1")?
+                    .execute(params![id, perms])?;
             }
             Write::Resolved(id, resolved) => {
                 c.prepare_cached("UPDATE records SET path_resolved = ?2 WHERE id = ?1")?
@@ -588,7 +604,8 @@ impl Index {
 
     /// Bytes the index's pages in use take.
     pub fn size(&self) -> Result<u64> {
-        let pragma = |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0));
+        let pragma =
+            |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0));
         let live = pragma("page_count")? - pragma("freelist_count")?;
         Ok((live.max(0) * pragma("page_size")?) as u64)
     }
@@ -660,9 +677,15 @@ fn migrate(conn: &Connection) -> Result<()> {
         .prepare("SELECT name FROM pragma_table_info('records')")?
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for (column, kind) in
-        [("xattrs", "TEXT"), ("deleter_path", "BLOB"), ("access", "TEXT"), ("path_resolved", "INTEGER"), ("parent", "TEXT"), ("charged_uid", "INTEGER"), ("final_perms", "TEXT")]
-    {
+    for (column, kind) in [
+        ("xattrs", "TEXT"),
+        ("deleter_path", "BLOB"),
+        ("access", "TEXT"),
+        ("path_resolved", "INTEGER"),
+        ("parent", "TEXT"),
+        ("charged_uid", "INTEGER"),
+        ("final_perms", "TEXT"),
+    ] {
         if !columns.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
         }

@@ -171,7 +171,8 @@ pub fn take(held: &HeldFile, budget: &Arc<Budget>) -> Result<(PinFd, Meta), Refu
 /// only if it is still the same deleted regular file.
 pub fn grab(link: &Path, want: InodeId, budget: &Arc<Budget>) -> Result<(PinFd, Meta), Refused> {
     let ticket = budget.take().ok_or(Refused::Budget)?;
-    let fd = open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| Refused::Gone(e.into()))?;
+    let fd =
+        open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| Refused::Gone(e.into()))?;
     let meta = Meta::of(fd.as_fd()).map_err(Refused::Gone)?;
     let same = meta.ino == want.ino && (meta.dev == want.dev || mount_device(&fd) == Some(want.dev));
     if !same || !meta.is_regular() || meta.nlink != 0 {

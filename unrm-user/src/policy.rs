@@ -353,7 +353,10 @@ mod tests {
         assert_eq!(p.visible_to, Visibility::Readers);
         assert_eq!(p.store_reserve, Floor::Bytes(2 << 30));
         assert_eq!(p.max_index_size, 256 << 20);
-        assert_eq!(p.per_user, PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 });
+        assert_eq!(
+            p.per_user,
+            PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 }
+        );
         assert_eq!(Share::Percent(25.0).of(1000), 250);
         let defaults = Policy::default();
         assert_eq!(defaults.visible_to, Visibility::Owner);

@@ -84,7 +84,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N | idle -");
+    eprintln!(
+        "usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N | idle -"
+    );
     std::process::exit(2);
 }
 

@@ -52,11 +52,22 @@ pub enum Response {
         #[serde(default)]
         next: Option<(i64, i64)>,
     },
-    Record { record: Record },
-    Opened { record: Record, meta: RestoreMeta },
-    Status { status: DaemonStatus },
-    Scan { files: Vec<HeldView> },
-    Error { message: String },
+    Record {
+        record: Record,
+    },
+    Opened {
+        record: Record,
+        meta: RestoreMeta,
+    },
+    Status {
+        status: DaemonStatus,
+    },
+    Scan {
+        files: Vec<HeldView>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

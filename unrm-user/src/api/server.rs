@@ -225,12 +225,16 @@ async fn connection(
             }
         };
         let mut body = vec![0u8; len];
-        timeout(within, stream.read_exact(&mut body)).await.map_err(|_| TooSlow("sent its request too slowly"))??;
+        timeout(within, stream.read_exact(&mut body))
+            .await
+            .map_err(|_| TooSlow("sent its request too slowly"))??;
         let reply = match parse_request(&body) {
             Ok(request) => ask(&handler, &queue, request, &caller).await,
             Err(err) => Reply::error(format!("{err:#}")),
         };
-        timeout(within, send(&mut stream, reply)).await.map_err(|_| TooSlow("did not read its answer in time"))??;
+        timeout(within, send(&mut stream, reply))
+            .await
+            .map_err(|_| TooSlow("did not read its answer in time"))??;
     }
 }
 

@@ -70,9 +70,9 @@ pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<(
     let home = match (where_it_was, meta.parent, record.dev) {
         (false, ..) => None,
         (true, Some(parent), Some(dev)) => Some((parent, dev)),
-        (true, ..) => bail!(
-            "unrm does not know which directory record {id} was deleted from; restore it with --to"
-        ),
+        (true, ..) => {
+            bail!("unrm does not know which directory record {id} was deleted from; restore it with --to")
+        }
     };
     let written = write(&content, &target, &record, &meta, Options { force, strict, home });
     drop(as_owner);
@@ -90,7 +90,8 @@ pub fn run(socket: &Path, id: i64, to: Option<PathBuf>, force: bool) -> Result<(
 fn is_permission(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<Errno>().is_some_and(|e| matches!(*e, Errno::ACCESS | Errno::PERM))
-            || e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     })
 }
 
@@ -107,7 +108,8 @@ fn destination(original: &Path, to: Option<PathBuf>, strict: bool) -> Result<Pat
 /// anywhere on the way when `strict`.
 fn open_dir(path: &Path, strict: bool) -> Result<OwnedFd> {
     let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let resolve = if strict { ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS } else { ResolveFlags::empty() };
+    let resolve =
+        if strict { ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS } else { ResolveFlags::empty() };
     openat2(CWD, path, how, Mode::empty(), resolve).map_err(|err| {
         let at = clean(&path.to_string_lossy()).into_owned();
         match err {
@@ -172,7 +174,9 @@ fn write(content: &File, target: &Path, record: &Record, meta: &RestoreMeta, how
     });
     if result.is_err() {
         let _ = unlinkat(&dir, temp.as_str(), AtFlags::empty());
-    } else if let Ok(listing) = openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+    } else if let Ok(listing) =
+        openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    {
         // Make the new name durable (a directory one may write but not read
         // cannot be synced, and the file itself already is).
         fsync(&listing)?;

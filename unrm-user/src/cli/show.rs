@@ -132,11 +132,21 @@ fn safety(g: &crate::api::proto::Safety) {
     println!(
         "index: {} errors, {} writes waiting, {} records dropped, {} pruned for size; engine errors: {}; \
          store evictions for space: {}",
-        g.index_errors, g.index_waiting, g.index_dropped, g.records_pruned, g.engine_errors, g.evicted_for_space
+        g.index_errors,
+        g.index_waiting,
+        g.index_dropped,
+        g.records_pruned,
+        g.engine_errors,
+        g.evicted_for_space
     );
     println!(
         "clients: {} connected, {} refused, {} dropped (idle or slow), {} accept errors; \
          filesystems not answering: {} now, {} ever",
-        g.connections, g.connections_refused, g.clients_dropped, g.accept_errors, g.stuck_filesystems, g.stuck_total
+        g.connections,
+        g.connections_refused,
+        g.clients_dropped,
+        g.accept_errors,
+        g.stuck_filesystems,
+        g.stuck_total
     );
 }

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use super::lanes::Job;
 use crate::{
     access::{ACL_XATTR, AclEntry, Parent, PathFacts, Perms, parse_acl},
-    budget::Budget,
     api::{proto::Response, server::Reply},
+    budget::Budget,
     holders::InodeId,
     pins::{Meta, PinFd, Pinned},
     record::{Record, RestoreMeta},
@@ -149,7 +149,8 @@ pub fn capture<M: From<Done> + Send + 'static>(
         })()
         .map_err(|e| format!("{e:#}"));
         drop(pin);
-        let captured = Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
+        let captured =
+            Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
         let _ = done.send(captured.into());
     })
 }
@@ -185,10 +186,12 @@ pub fn open_held(
             meta.mtime_ns = Some(now.mtime_ns);
             let path = PathBuf::from(OsStr::from_bytes(&meta.path));
             let home = meta.parent.zip(record.dev).map(|(parent, dev)| Home { parent, dev });
-            record.path_resolved = record.path_resolved && home.is_some_and(|home| leads_to(&pin, &path, home));
+            record.path_resolved =
+                record.path_resolved && home.is_some_and(|home| leads_to(&pin, &path, home));
             Ok(Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) })
         })();
-        let _ = reply.send(answer.unwrap_or_else(|err| Reply::error(format!("opening the held file: {err:#}"))));
+        let _ =
+            reply.send(answer.unwrap_or_else(|err| Reply::error(format!("opening the held file: {err:#}"))));
     })
 }
 

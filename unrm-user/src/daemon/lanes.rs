@@ -124,7 +124,8 @@ impl Lanes {
             stuck_now += stuck as usize;
             let idle = since == 0
                 && waiting.jobs.is_empty()
-                && now.saturating_sub(lane.idle_since_ms.load(Ordering::Acquire)) >= IDLE_FOR.as_millis() as u64;
+                && now.saturating_sub(lane.idle_since_ms.load(Ordering::Acquire))
+                    >= IDLE_FOR.as_millis() as u64;
             if idle {
                 waiting.closed = true;
                 lane.queue.ready.notify_one();

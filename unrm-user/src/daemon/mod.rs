@@ -93,7 +93,12 @@ pub fn run(opts: Options) -> Result<()> {
     let store = Arc::new(Store::open(&state)?);
     let first_id = store.ids()?.into_iter().max().unwrap_or(0) + 1;
     let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
-    let load = LoadOptions { tier: opts.tier, ring_bytes: opts.ring_bytes, hooks: true, watch_entries: opts.watch_entries };
+    let load = LoadOptions {
+        tier: opts.tier,
+        ring_bytes: opts.ring_bytes,
+        hooks: true,
+        watch_entries: opts.watch_entries,
+    };
     let mut probes = Probes::load(&load)?;
     log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
     log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);

@@ -54,7 +54,8 @@ impl Store {
 
     /// Names in the store: captures by id, and anything else.
     fn names(&self) -> Result<Vec<String>> {
-        let dir = openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let dir =
+            openat(&self.dir, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::new(dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();

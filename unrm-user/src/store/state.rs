@@ -22,7 +22,8 @@ pub struct StateDir {
 impl StateDir {
     /// Opens `path`, creating it (0700) if missing.
     pub fn open(path: &Path) -> Result<Self> {
-        let path = std::path::absolute(path).with_context(|| format!("state directory {}", path.display()))?;
+        let path =
+            std::path::absolute(path).with_context(|| format!("state directory {}", path.display()))?;
         let parent = path.parent().context("the state directory cannot be /")?;
         let parent = parent
             .canonicalize()
@@ -45,7 +46,8 @@ impl StateDir {
             Err(rustix::io::Errno::EXIST) => {}
             Err(err) => return Err(err).with_context(|| format!("creating {}", path.display())),
         }
-        let fd = open_private_dir(CWD, &path).with_context(|| format!("state directory {}", path.display()))?;
+        let fd =
+            open_private_dir(CWD, &path).with_context(|| format!("state directory {}", path.display()))?;
         Ok(StateDir { path, fd })
     }
 }

@@ -56,7 +56,6 @@ impl Cost {
         }
         Ok(cost)
     }
-
 }
 
 /// Extents per capture the accounting follows one by one.
@@ -237,7 +236,6 @@ impl Usage {
             .max_by_key(|(uid, u)| (u.bytes, std::cmp::Reverse(**uid)))
             .map(|(uid, _)| *uid)
     }
-
 }
 
 #[cfg(test)]
@@ -245,7 +243,10 @@ mod tests {
     use super::*;
 
     fn shared(extents: &[(u64, u64)]) -> Cost {
-        Cost { exclusive: 0, shared: extents.iter().map(|&(physical, length)| Extent { physical, length }).collect() }
+        Cost {
+            exclusive: 0,
+            shared: extents.iter().map(|&(physical, length)| Extent { physical, length }).collect(),
+        }
     }
 
     #[test]

@@ -63,10 +63,12 @@ impl Engine {
                     None => None,
                 };
                 let since = since_ns.map(from_nanos);
-                let query = ListQuery { since, status, path, limit, after, scan: SCAN_ROWS, bytes: PAGE_BYTES };
+                let query =
+                    ListQuery { since, status, path, limit, after, scan: SCAN_ROWS, bytes: PAGE_BYTES };
                 let visibility = self.cfg.policy.visible_to;
                 let mut stale = Vec::new();
-                let page = self.index.list(&query, |r| may_see(&self.pins, visibility, caller, r, &mut stale))?;
+                let page =
+                    self.index.list(&query, |r| may_see(&self.pins, visibility, caller, r, &mut stale))?;
                 self.reread_acls(stale);
                 Response::Records { records: page.records, next: page.next }
             }
@@ -110,7 +112,8 @@ impl Engine {
         match record.status {
             Status::Held => {
                 let Some((inode, pin)) = self.pins.of_record(id) else {
-                    let _ = reply.send(Reply::error(format!("record {id} is held but not pinned by this daemon")));
+                    let _ = reply
+                        .send(Reply::error(format!("record {id} is held but not pinned by this daemon")));
                     return Ok(());
                 };
                 let job = jobs::open_held(pin.fd.clone(), record, meta, caller.is_root(), reply);
@@ -244,7 +247,13 @@ impl Engine {
 /// for a file still held, as it is now (a chmod after the deletion counts).
 /// A held file whose ACL changed since it was last read is seen by its
 /// owner only until a file worker has read it again (`stale` asks for it).
-fn may_see(pins: &PinTable, visibility: Visibility, caller: &Caller, r: &Record, stale: &mut Vec<InodeId>) -> bool {
+fn may_see(
+    pins: &PinTable,
+    visibility: Visibility,
+    caller: &Caller,
+    r: &Record,
+    stale: &mut Vec<InodeId>,
+) -> bool {
     let then = Seen { uid: r.uid, gid: r.gid, mode: r.mode, facts: r.access.as_ref() };
     if !caller.may_see(&then, visibility) {
         return false;
@@ -257,7 +266,8 @@ fn may_see(pins: &PinTable, visibility: Visibility, caller: &Caller, r: &Record,
         let Some(last) = &r.final_perms else { return true };
         let dirs = r.access.as_ref().map(|facts| facts.dirs.clone());
         let facts = dirs.map(|dirs| PathFacts { acl: last.acl.clone(), dirs });
-        let seen = Seen { uid: Some(last.uid), gid: Some(last.gid), mode: Some(last.mode), facts: facts.as_ref() };
+        let seen =
+            Seen { uid: Some(last.uid), gid: Some(last.gid), mode: Some(last.mode), facts: facts.as_ref() };
         return caller.may_see(&seen, visibility);
     }
     let Some((inode, pin)) = pins.of_record(r.id) else { return true };

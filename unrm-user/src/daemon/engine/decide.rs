@@ -171,9 +171,8 @@ impl Engine {
     fn resolve(&mut self, p: Pending, snapshot: &Snapshot) {
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
-            None => snapshot.by_path(&p.deletion.path, |inode| {
-                self.pins.get(inode).is_some_and(|pin| !pin.from_scan)
-            }),
+            None => snapshot
+                .by_path(&p.deletion.path, |inode| self.pins.get(inode).is_some_and(|pin| !pin.from_scan)),
         };
         if let Some(held) = found {
             if self.pins.contains(&held.inode) {
@@ -281,7 +280,12 @@ impl Engine {
         self.counters.skipped += 1;
         let mut record = match pending {
             Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Skipped, Some(&reason)),
-            None => NewRecord { op: "scan", status: Some(Status::Skipped), reason: Some(reason), ..Default::default() },
+            None => NewRecord {
+                op: "scan",
+                status: Some(Status::Skipped),
+                reason: Some(reason),
+                ..Default::default()
+            },
         };
         if let Some(held) = held {
             if pending.is_none() {
@@ -298,7 +302,8 @@ impl Engine {
         }
         // Recorded once: later snapshots leave it be while it stays held
         // (first come, first kept).
-        let inode = held.map(|h| h.inode).or_else(|| pending.and_then(|p| p.deletion.victim.map(|v| v.inode)));
+        let inode =
+            held.map(|h| h.inode).or_else(|| pending.and_then(|p| p.deletion.victim.map(|v| v.inode)));
         if let Some(inode) = inode {
             self.pins.refuse(inode);
         }
@@ -498,7 +503,13 @@ fn charged_to(owner: u32, holders: &[u32]) -> u32 {
     if users.contains(&owner) { owner } else { users.first().copied().unwrap_or(owner) }
 }
 
-fn held_file(inode: InodeId, path: PathBuf, meta: &Meta, holds: Vec<Hold>, parent: Option<Parent>) -> HeldFile {
+fn held_file(
+    inode: InodeId,
+    path: PathBuf,
+    meta: &Meta,
+    holds: Vec<Hold>,
+    parent: Option<Parent>,
+) -> HeldFile {
     HeldFile { inode, path, size: meta.size, mode: meta.mode, uid: meta.uid, gid: meta.gid, holds, parent }
 }
 

@@ -139,7 +139,9 @@ impl Engine {
         let over = (rows as f64 * (size - max) as f64 / size as f64) as usize + 1000;
         let forgotten = self.index.prune(over)?;
         self.guards.records_pruned += forgotten as u64;
-        log::warn!("the index is over max_index_size ({size} > {max} bytes): {forgotten} records without content forgotten");
+        log::warn!(
+            "the index is over max_index_size ({size} > {max} bytes): {forgotten} records without content forgotten"
+        );
         Ok(())
     }
 

@@ -13,8 +13,9 @@
 //! engine never touches a file's filesystem itself (that may block); file
 //! workers do (`lanes`, `jobs`).
 //!
-//! Here: the loop. `decide` holds the decisions, `table` the pins, `watch`
-//! the kernel-side filters, `keep` the store's bounds, `answer` the API.
+//! Here: the loop. `resume` picks up after a restart, `decide` holds the
+//! decisions, `table` the pins, `watch` the kernel-side filters, `keep` the
+//! store's bounds, `answer` the API.
 
 use std::{
     collections::VecDeque,
@@ -33,6 +34,7 @@ mod answer;
 mod decide;
 mod keep;
 mod limits;
+mod resume;
 mod table;
 mod watch;
 
@@ -48,12 +50,11 @@ use crate::{
         server::{Reply, ServerStats},
     },
     budget::Budget,
-    holders::{InodeId, Snapshot},
+    holders::Snapshot,
     index::Index,
     ingest::{Deletion, Event},
     policy::Policy,
     probe::{ProbeStats, Probes},
-    record::{Status, holders_of},
     store::{Store, usage::Usage},
 };
 use limits::RateLimiter;
@@ -235,67 +236,6 @@ impl Engine {
             latencies_ns: VecDeque::new(),
             started: Instant::now(),
         })
-    }
-
-    /// Picks up where the last run stopped, then pins everything deleted
-    /// and still held, whenever it was deleted.
-    pub fn start(&mut self) -> Result<()> {
-        self.count_store()?;
-        self.index.begin();
-        let snapshot = Snapshot::take(&mut self.probes)?;
-        self.counters.scans += 1;
-        for (id, dev, ino) in self.index.held()? {
-            self.resume(id, dev.zip(ino).map(|(dev, ino)| InodeId { dev, ino }), &snapshot)?;
-        }
-        self.reconcile_with(snapshot);
-        self.index.commit();
-        Ok(())
-    }
-
-    /// A record that was `held` when the daemon stopped.
-    fn resume(&mut self, id: i64, inode: Option<InodeId>, snapshot: &Snapshot) -> Result<()> {
-        if self.store.has(id) {
-            // The copy was durable but the index had not been told.
-            let size = self.store.open_capture(id)?.metadata()?.len();
-            self.index.mark_captured(id, size, std::time::SystemTime::now());
-            let sum = self.store.checksum(id)?;
-            self.index.set_checksum(id, &sum);
-            if let Some(record) = self.index.get(id)? {
-                self.usage.add(id, record.uid.unwrap_or(0), crate::record::nanos(std::time::SystemTime::now()), self.store.cost(id)?);
-            }
-            return Ok(());
-        }
-        let held = inode.and_then(|inode| snapshot.files.get(&inode));
-        let pinned = held.and_then(|held| crate::pins::take(held, &self.budget).ok().map(|p| (held, p)));
-        match pinned {
-            Some((held, (fd, meta))) if !self.pins.contains(&held.inode) => {
-                self.index.set_holders(id, &holders_of(&held.holds));
-                // Who deleted it is no longer known: not judged a scratch file.
-                let pin = Pin {
-                    fd: Arc::new(fd),
-                    record: id,
-                    path: held.path.clone(),
-                    charged: self.index.get(id)?.and_then(|r| r.charged_to).unwrap_or(meta.uid),
-                    size: meta.size,
-                    deleter: None,
-                    others_held: true,
-                    holds: held.holds.clone(),
-                    from_scan: false,
-                    capturing: false,
-                    acl: None,
-                    acl_asked: false,
-                    parent: held.parent,
-                    dev: meta.dev,
-                };
-                self.inspect(held.inode, &pin, self.index.get(id)?.is_some_and(|r| r.path_resolved));
-                self.pins.insert(held.inode, pin);
-            }
-            _ => {
-                self.counters.missed += 1;
-                self.index.set_status(id, Status::Missed, Some("released while unrm was not running"));
-            }
-        }
-        Ok(())
     }
 
     pub fn run(mut self, rx: Receiver<Msg>) {
