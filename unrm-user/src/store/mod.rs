@@ -185,6 +185,12 @@ mod tests {
         assert!(!store.has(3));
         assert!(!state_path.join("store/.3.partial").exists());
 
+        // A capture someone still has open gives its blocks back when it goes.
+        let held = store.open_capture(1).unwrap();
+        store.remove(1).unwrap();
+        assert!(!store.has(1));
+        assert_eq!(held.metadata().unwrap().len(), 0, "an evicted capture kept its content");
+
         // A symbolic link planted in the store is never followed.
         std::os::unix::fs::symlink(&src_path, state_path.join("store/4")).unwrap();
         assert!(!store.has(4));
