@@ -105,6 +105,7 @@ pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
             v.flags |= victim_flags::HOLDER;
             v.holder_tgid = holder.tgid;
             v.holder_fd = holder.fd;
+            v.holder_uid = holder.uid;
         }
     }
     unsafe { emit_deletion(&ctx, &call, ret) };
@@ -211,7 +212,7 @@ pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>, dentry: *const 
         gid: facts.gid,
         holder_tgid: 0,
         holder_fd: 0,
-        _pad: 0,
+        holder_uid: 0,
         parent: parent.unwrap_or_default(),
     }
 }

@@ -115,6 +115,7 @@ pub unsafe fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: *const u8, inode: *
         v.flags |= victim_flags::HOLDER;
         v.holder_tgid = found.tgid;
         v.holder_fd = found.fd;
+        v.holder_uid = found.uid;
     }
     let Some(buf) = EVENT_BUF.get_ptr_mut(0) else { return };
     unsafe {

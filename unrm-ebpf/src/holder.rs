@@ -27,6 +27,7 @@ const MAX_ANCESTRY: u32 = 1 << 12;
 pub struct Holder {
     pub tgid: u32,
     pub fd: u32,
+    pub uid: u32,
 }
 
 #[repr(C)]
@@ -36,6 +37,7 @@ struct Walk {
     task: *const u8,
     tgid: u32,
     fd: u32,
+    uid: u32,
     found: u32,
 }
 
@@ -60,9 +62,9 @@ pub unsafe fn find(inode: *const u8) -> Option<Holder> {
     unsafe {
         let current = bpf_get_current_task() as *const u8;
         let init = init_task(current)?;
-        let mut walk = Walk { inode, first: init, task: init, tgid: 0, fd: 0, found: 0 };
+        let mut walk = Walk { inode, first: init, task: init, tgid: 0, fd: 0, uid: 0, found: 0 };
         generated::bpf_loop(MAX_PROCESSES, next_process as *mut _, &mut walk as *mut Walk as *mut _, 0);
-        (walk.found != 0).then_some(Holder { tgid: walk.tgid, fd: walk.fd })
+        (walk.found != 0).then_some(Holder { tgid: walk.tgid, fd: walk.fd, uid: walk.uid })
     }
 }
 
@@ -122,6 +124,7 @@ unsafe fn search_process(walk: &mut Walk) {
         generated::bpf_loop(words, next_word as *mut _, &mut ctx as *mut Words as *mut _, 0);
         if walk.found != 0 {
             walk.tgid = read::<u32>(walk.task, off!(task_tgid)).unwrap_or(0);
+            walk.uid = crate::kernel::task_uid(walk.task).unwrap_or(0);
         }
     }
 }

@@ -154,6 +154,8 @@ unsafe fn report(
             parent: read_ptr(file, off!(file_path) + off!(path_dentry))
                 .and_then(|dentry| crate::kernel::parent_dir(dentry))
                 .unwrap_or_default(),
+            holder_uid: crate::kernel::task_uid(task).unwrap_or(0),
+            _pad: 0,
         };
         let seq: *const u8 = slot(ctx, ctx::META);
         let seq = core::ptr::read_volatile(seq as *const *mut _);

@@ -73,6 +73,12 @@ pub unsafe fn parent_dir(dentry: *const u8) -> Option<unrm_abi::DirFacts> {
     }
 }
 
+/// `task`'s real uid (in the initial user namespace, as `kuid_t` holds it).
+#[inline(always)]
+pub unsafe fn task_uid(task: *const u8) -> Option<u32> {
+    unsafe { read_ptr(task, off!(task_real_cred)).and_then(|cred| read::<u32>(cred, off!(cred_uid))) }
+}
+
 /// One of `inode`'s dentries (a file with one name has one): what a hook
 /// that is handed only an inode uses to find its name and directory.
 #[inline(always)]

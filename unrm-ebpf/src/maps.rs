@@ -125,6 +125,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
     mnt_ns_inum: 0,
+    task_real_cred: 0,
+    cred_uid: 0,
 };
 
 /// `[start, end)` of ext4_rename's code, from /proc/kallsyms: the fs tier

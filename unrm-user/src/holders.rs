@@ -49,6 +49,8 @@ pub enum HolderKind {
 pub struct Hold {
     pub kind: HolderKind,
     pub pid: u32,
+    /// The process's real uid.
+    pub uid: u32,
     pub comm: String,
     pub fd: u32,
     pub vm_start: u64,
@@ -66,13 +68,6 @@ impl Hold {
             HolderKind::Exe => format!("/proc/{}/exe", self.pid).into(),
         }
     }
-}
-
-/// The user a process runs as (the owner of its /proc directory: its
-/// effective uid, or root for a process that may not be inspected).
-pub fn uid_of_process(pid: u32) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
 }
 
 /// A deleted regular file and everyone who holds it.
@@ -139,6 +134,7 @@ impl Snapshot {
         let hold = Hold {
             kind,
             pid: rec.tgid,
+            uid: rec.holder_uid,
             comm: comm_string(&rec.comm),
             fd: rec.fd,
             vm_start: rec.vm_start,
@@ -272,6 +268,8 @@ mod tests {
             vm_start: 0x1000,
             vm_end: 0x2000,
             parent: unrm_abi::DirFacts::default(),
+            holder_uid: 1000,
+            _pad: 0,
         };
         let mut out =
             unsafe { std::slice::from_raw_parts(&rec as *const _ as *const u8, size_of::<HeldRecord>()) }

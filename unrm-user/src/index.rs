@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS records (
     charged_uid    INTEGER,
     final_perms    TEXT
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns DESC, id DESC);
@@ -148,10 +152,14 @@ enum Write {
     Xattrs(i64, Option<String>),
     Access(i64, String),
     Final(i64, String),
+    Charged(i64, u32),
     Resolved(i64, bool),
     Expire(i64),
     /// Forget this many of the oldest records without content of one deleter.
     Prune(Option<u32>, usize),
+    /// The next id to hand out, kept so that no id is ever given twice,
+    /// not even after the records with the highest ids were forgotten.
+    NextId(i64),
 }
 
 impl Write {
@@ -190,6 +198,8 @@ pub struct Index {
     /// `unrm status` does not scan a million rows.
     rows: u64,
     next_id: i64,
+    /// `next_id` as last written to the `counters` table.
+    saved_next_id: i64,
     /// Between `begin` and `commit`.
     in_txn: bool,
     /// An SQL transaction is open (BEGIN succeeded).
@@ -228,10 +238,15 @@ impl Index {
         let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
         let max =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM records", [], |row| row.get::<_, i64>(0))?;
+        let kept = conn
+            .query_row("SELECT value FROM counters WHERE name = 'next_id'", [], |row| row.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0);
         Ok(Self {
             conn,
             rows,
-            next_id: (max + 1).max(first_id),
+            next_id: (max + 1).max(first_id).max(kept),
+            saved_next_id: kept,
             in_txn: false,
             sql_open: false,
             journal: Vec::new(),
@@ -259,6 +274,10 @@ impl Index {
     /// commit does, rolls back and replays every write not yet durable (at
     /// most once per retry delay). Returns whether they all are now.
     pub fn commit(&mut self) -> bool {
+        if self.in_txn && self.next_id != self.saved_next_id {
+            self.saved_next_id = self.next_id;
+            self.write(Write::NextId(self.next_id));
+        }
         let in_txn = std::mem::take(&mut self.in_txn);
         if !self.failed {
             if !in_txn {
@@ -400,6 +419,10 @@ impl Index {
                 c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?
                     .execute(params![id, facts])?;
             }
+            Write::Charged(id, uid) => {
+                c.prepare_cached("UPDATE records SET charged_uid = ?2 WHERE id = ?1")?
+                    .execute(params![id, uid])?;
+            }
             Write::Final(id, perms) => {
                 c.prepare_cached("UPDATE records SET final_perms = ?2 WHERE id = ?1")?
                     .execute(params![id, perms])?;
@@ -416,6 +439,10 @@ impl Index {
                     ))?
                     .execute(params![uid, *n as i64])?;
                 self.rows = self.rows.saturating_sub(gone as u64);
+            }
+            Write::NextId(next) => {
+                c.prepare_cached("INSERT OR REPLACE INTO counters (name, value) VALUES ('next_id', ?1)")?
+                    .execute([next])?;
             }
             Write::Expire(cutoff) => {
                 let gone = c
@@ -478,12 +505,22 @@ impl Index {
         self.write(Write::Final(id, serde_json::to_string(perms).expect("perms serialize")));
     }
 
+    /// Whose per-user limits a pin (and its capture) counts against now.
+    pub fn set_charged_to(&mut self, id: i64, uid: u32) {
+        self.write(Write::Charged(id, uid));
+    }
+
     pub fn set_path_resolved(&mut self, id: i64, resolved: bool) {
         self.write(Write::Resolved(id, resolved));
     }
 
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Whether writes reach the database now (none wait for a replay).
+    pub fn healthy(&self) -> bool {
+        !self.failed
     }
 
     pub fn get(&self, id: i64) -> Result<Option<Record>> {
@@ -816,10 +853,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let mut idx = Index::open(&path, 40).unwrap();
+        idx.begin();
         assert_eq!(idx.insert(new("/a", Status::Unheld, 1)), 40);
+        assert_eq!(idx.insert(new("/b", Status::Unheld, 1)), 41);
+        assert!(idx.commit());
         drop(idx);
         let mut idx = Index::open(&path, 1).unwrap();
-        assert_eq!(idx.insert(new("/b", Status::Unheld, 2)), 41);
+        idx.begin();
+        assert_eq!(idx.insert(new("/c", Status::Unheld, 2)), 42);
+        // Forgotten, the newest record's id still is not given again.
+        idx.expire(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10)).unwrap();
+        assert!(idx.commit());
+        drop(idx);
+        let mut idx = Index::open(&path, 1).unwrap();
+        assert_eq!(idx.insert(new("/d", Status::Unheld, 3)), 43);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Victim {
     pub gid: u32,
     /// A process and descriptor holding it, found by the probe.
     pub holder: Option<(u32, u32)>,
+    /// That process's real uid.
+    pub holder_uid: u32,
     /// The directory its name was removed from.
     pub parent: Option<Parent>,
 }
@@ -172,6 +174,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         uid: v.uid,
         gid: v.gid,
         holder: (v.flags & victim_flags::HOLDER != 0).then_some((v.holder_tgid, v.holder_fd)),
+        holder_uid: v.holder_uid,
         parent: (v.flags & victim_flags::PARENT != 0).then(|| Parent::of(&v.parent)).flatten(),
     });
     Ok(Deletion {
@@ -387,7 +390,7 @@ mod tests {
                 gid: 1000,
                 holder_tgid: 0,
                 holder_fd: 0,
-                _pad: 0,
+                holder_uid: 0,
                 parent: unrm_abi::DirFacts::default(),
             },
             path_len: path.len() as u32,

@@ -57,7 +57,10 @@ impl Meta {
     pub fn of(fd: BorrowedFd) -> io::Result<Self> {
         let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
         let st = statx(fd, "", flags, StatxFlags::BASIC_STATS)?;
-        let ns = |t: rustix::fs::StatxTimestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+        // Saturating: anyone may set a time past 2262 on their own file.
+        let ns = |t: rustix::fs::StatxTimestamp| {
+            t.tv_sec.saturating_mul(1_000_000_000).saturating_add(i64::from(t.tv_nsec))
+        };
         Ok(Meta {
             dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
             ino: st.stx_ino,

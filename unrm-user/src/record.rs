@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn holders_are_one_per_process_and_kind() {
-        let hold = |pid, kind, fd| Hold { kind, pid, comm: "x".into(), fd, vm_start: 0, vm_end: 0 };
+        let hold = |pid, kind, fd| Hold { kind, pid, uid: 0, comm: "x".into(), fd, vm_start: 0, vm_end: 0 };
         let holds = [
             hold(1, HolderKind::Fd, 3),
             hold(1, HolderKind::Fd, 4),

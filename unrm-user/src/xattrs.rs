@@ -15,22 +15,31 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
-/// Every attribute of `fd` that can be read; none where the filesystem has
-/// no attributes at all.
+/// Bytes of attribute values kept per file, at most: what a local
+/// filesystem holds in a few blocks, while a FUSE server could otherwise
+/// answer with thousands of 64 KiB values and make root's daemon hold them.
+const MAX_TOTAL: usize = 256 * 1024;
+
+/// Every attribute of `fd` that can be read, up to `MAX_TOTAL` bytes of
+/// values; none where the filesystem has no attributes at all.
 pub fn read(fd: impl AsFd) -> Vec<Xattr> {
     let fd = fd.as_fd();
     let mut names = vec![0u8; 64 * 1024];
     let Ok(len) = flistxattr(fd, &mut names[..]) else { return Vec::new() };
     let mut value = vec![0u8; 64 * 1024];
-    names[..len]
-        .split(|&b| b == 0)
-        .filter(|name| !name.is_empty())
-        .filter_map(|name| {
-            let name = std::str::from_utf8(name).ok()?;
-            let n = fgetxattr(fd, name, &mut value[..]).ok()?;
-            Some(Xattr { name: name.to_owned(), value: value[..n].to_vec() })
-        })
-        .collect()
+    let mut total = 0;
+    let mut out = Vec::new();
+    for name in names[..len].split(|&b| b == 0).filter(|name| !name.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        let Ok(n) = fgetxattr(fd, name, &mut value[..]) else { continue };
+        total += name.len() + n;
+        if total > MAX_TOTAL {
+            log::warn!("extended attributes past {MAX_TOTAL} bytes not kept (from {name} on)");
+            break;
+        }
+        out.push(Xattr { name: name.to_owned(), value: value[..n].to_vec() });
+    }
+    out
 }
 
 /// Keeps only what an unprivileged reader of the file could read itself:

@@ -129,7 +129,9 @@ pub struct Victim {
     /// through `/proc/holder_tgid/fd/holder_fd` without scanning.
     pub holder_tgid: u32,
     pub holder_fd: u32,
-    pub _pad: u32,
+    /// The holder's real uid: who keeps the file alive, and so whom its pin
+    /// is charged to (a setuid program it runs does not change that).
+    pub holder_uid: u32,
     /// The directory the name was removed from (`victim_flags::PARENT`).
     pub parent: DirFacts,
 }
@@ -202,6 +204,9 @@ pub struct HeldRecord {
     /// The directory the file was deleted from (its dentry's parent, which
     /// a deleted file keeps); `ino` 0 when unknown.
     pub parent: DirFacts,
+    /// The holding process's real uid.
+    pub holder_uid: u32,
+    pub _pad: u32,
 }
 
 /// Identity of an inode in the probes' maps.
@@ -266,6 +271,8 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
     pub mnt_ns_inum: u32,
+    pub task_real_cred: u32,
+    pub cred_uid: u32,
 }
 
 /// Indices of the probes' per-CPU counters (`STATS` map).
@@ -293,9 +300,9 @@ const _: () = {
     assert!(core::mem::size_of::<Victim>() == 80);
     assert!(core::mem::size_of::<DeleteEvent>() == 144);
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
-    assert!(core::mem::size_of::<HeldRecord>() == 104);
+    assert!(core::mem::size_of::<HeldRecord>() == 112);
     assert!(core::mem::size_of::<InodeKey>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 46 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
 };
 
 #[cfg(feature = "user")]

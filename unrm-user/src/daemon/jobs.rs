@@ -127,12 +127,13 @@ pub fn reread_acl<M: From<Done> + Send + 'static>(pin: Pinned, inode: InodeId, d
 }
 
 /// Copies a pinned file into the store as record `record`, with the
-/// attributes it has now.
+/// attributes it has now, if it is still no larger than `admitted`.
 pub fn capture<M: From<Done> + Send + 'static>(
     store: Arc<Store>,
     pin: Pinned,
     record: i64,
     inode: InodeId,
+    admitted: u64,
     done: Sender<M>,
 ) -> Job {
     Box::new(move || {
@@ -141,6 +142,15 @@ pub fn capture<M: From<Done> + Send + 'static>(
             let file = pin.open_for_reading()?;
             let xattrs = xattrs::read(&file);
             let now = Meta::of(file.as_fd())?;
+            // Room was made for `admitted` bytes (by its limits and the
+            // store's): a file grown since, through a holder no snapshot
+            // sees, is not copied past them.
+            if now.size > admitted {
+                anyhow::bail!(
+                    "it grew to {} bytes after unrm made room for {admitted} (a holder unrm cannot see?)",
+                    now.size
+                );
+            }
             let acl = xattrs.iter().find(|x| x.name == ACL_XATTR).and_then(|x| parse_acl(&x.value));
             let perms = Perms { uid: now.uid, gid: now.gid, mode: now.mode, acl };
             let stored = store.capture(record, file.as_fd(), now.size)?;

@@ -88,9 +88,28 @@ impl Lanes {
     fn queue(&mut self, dev: u64, job: Job, first: bool) {
         let live = self.lanes.values().filter(|lane| !lane.stuck).count();
         let room = live < MAX_LANES && self.lanes.len() < MAX_THREADS;
-        let key = if self.lanes.contains_key(&dev) || room || dev == STORE { dev } else { OVERFLOW };
-        let epoch = self.epoch;
-        let lane = self.lanes.entry(key).or_insert_with(|| spawn(key, epoch));
+        let mut key = if self.lanes.contains_key(&dev) || room || dev == STORE { dev } else { OVERFLOW };
+        if key == OVERFLOW && self.lanes.get(&OVERFLOW).is_some_and(|lane| lane.stuck) {
+            // A stuck overflow lane is left to finish on its own; the
+            // filesystems it served get a fresh one.
+            if let Some(old) = self.lanes.remove(&OVERFLOW) {
+                old.queue.jobs.lock().unwrap().closed = true;
+            }
+        }
+        if !self.lanes.contains_key(&key) {
+            match spawn(key, self.epoch) {
+                Some(lane) => {
+                    self.lanes.insert(key, lane);
+                }
+                // No thread to be had: the overflow lane, if there is one.
+                None if self.lanes.contains_key(&OVERFLOW) => key = OVERFLOW,
+                None => {
+                    log::error!("no file worker for {}: a job is dropped", describe(dev));
+                    return;
+                }
+            }
+        }
+        let lane = &self.lanes[&key];
         let mut waiting = lane.queue.jobs.lock().unwrap();
         if first {
             waiting.jobs.push_front(job);
@@ -150,17 +169,20 @@ fn describe(dev: u64) -> String {
     }
 }
 
-fn spawn(dev: u64, epoch: Instant) -> Lane {
+fn spawn(dev: u64, epoch: Instant) -> Option<Lane> {
     let queue = Arc::new(Queue::default());
     let idle_since_ms = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
     let (work_queue, work_idle) = (queue.clone(), idle_since_ms.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("unrm-fs-{}", describe(dev)))
         .spawn(move || work(&work_queue, &work_idle, epoch));
-    if let Err(err) = spawned {
-        log::error!("could not start a file worker for {}: {err}", describe(dev));
+    match spawned {
+        Ok(_) => Some(Lane { queue, idle_since_ms, stuck: false }),
+        Err(err) => {
+            log::error!("could not start a file worker for {}: {err}", describe(dev));
+            None
+        }
     }
-    Lane { queue, idle_since_ms, stuck: false }
 }
 
 fn work(queue: &Queue, idle_since_ms: &AtomicU64, epoch: Instant) {

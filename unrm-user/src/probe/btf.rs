@@ -285,6 +285,8 @@ impl KernelBtf {
             task_nsproxy: o("task_struct", &["nsproxy"])?,
             nsproxy_mnt_ns: o("nsproxy", &["mnt_ns"])?,
             mnt_ns_inum: o("mnt_namespace", &["ns.inum"])?,
+            task_real_cred: o("task_struct", &["real_cred"])?,
+            cred_uid: o("cred", &["uid"])?,
         })
     }
 }

@@ -33,9 +33,11 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// The cost of the file open as `fd`.
+    /// The cost of the file open as `fd`: never less than `MIN_COST`, so
+    /// that a store of empty captures (each an inode and a record) is
+    /// bounded by the same shares as any other.
     pub fn of(fd: BorrowedFd) -> io::Result<Self> {
-        let blocks = rustix::fs::fstat(fd)?.st_blocks as u64 * 512;
+        let blocks = (rustix::fs::fstat(fd)?.st_blocks as u64 * 512).max(MIN_COST);
         let extents = match fiemap(fd) {
             Ok(extents) if extents.len() <= MAX_SHARED_EXTENTS => extents,
             // No FIEMAP (tmpfs): nothing can be shared there. Too many
@@ -54,10 +56,13 @@ impl Cost {
         if cost.shared.is_empty() {
             cost.exclusive = cost.exclusive.max(blocks);
         }
+        cost.exclusive = cost.exclusive.max(MIN_COST);
         Ok(cost)
     }
 }
 
+/// What a capture costs at least: a block and its record.
+pub const MIN_COST: u64 = 8192;
 /// Extents per capture the accounting follows one by one.
 const MAX_SHARED_EXTENTS: usize = 256;
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;

@@ -20,7 +20,7 @@ use crate::{
         jobs::{self, Done},
         lanes,
     },
-    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot, uid_of_process},
+    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     index::NewRecord,
     ingest::{DeleteOp, Deletion, Grab},
     pins::{self, Meta, PinFd, Refused},
@@ -102,14 +102,15 @@ impl Engine {
         }
         let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
         let Some((pid, fd)) = victim.holder else { return Ok(false) };
-        if let Some(why) = self.over_user_pins(charged_to(grab.meta.uid, &[pid])) {
+        let uid = victim.holder_uid;
+        let hold = Hold { kind: HolderKind::Fd, pid, uid, comm: String::new(), fd, vm_start: 0, vm_end: 0 };
+        if let Some(why) = self.over_user_pins(charged_to(grab.meta.uid, std::slice::from_ref(&hold))) {
             self.not_pinned(None, Some(p), why);
             return Ok(true);
         }
         self.record_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let hold =
-            Hold { kind: HolderKind::Fd, pid, comm: comm.trim_end().to_owned(), fd, vm_start: 0, vm_end: 0 };
+        let hold = Hold { comm: comm.trim_end().to_owned(), ..hold };
         let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold], victim.parent);
         let Grab { pin, meta, .. } = *grab;
         self.add_pin(&held, pin, &meta, Some(p));
@@ -149,15 +150,24 @@ impl Engine {
                     if held.holds != pin.holds {
                         pin.holds = held.holds.clone();
                         pin.others_held |= pin.holds.iter().any(|h| Some(h.pid) != pin.deleter);
-                        changed.push((pin.record, holders_of(&pin.holds)));
+                        changed.push((
+                            *inode,
+                            pin.record,
+                            holders_of(&pin.holds),
+                            charged_to(held.uid, &held.holds),
+                        ));
                     }
                 }
                 None if !pin.capturing => finished.push(*inode),
                 None => {}
             }
         }
-        for (record, holders) in changed {
+        for (inode, record, holders, charged) in changed {
             self.index.set_holders(record, &holders);
+            // Whoever keeps it alive now pays for it.
+            if self.pins.recharge(&inode, charged) {
+                self.index.set_charged_to(record, charged);
+            }
         }
         for inode in finished {
             if let Err(err) = self.capture(inode) {
@@ -219,8 +229,7 @@ impl Engine {
     /// gone by the time unrm reached for it (true when it was recorded as
     /// not pinned, over a limit).
     fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> bool {
-        let pids: Vec<u32> = held.holds.iter().map(|h| h.pid).collect();
-        if let Some(why) = self.over_user_pins(charged_to(held.uid, &pids)) {
+        if let Some(why) = self.over_user_pins(charged_to(held.uid, &held.holds)) {
             self.not_pinned(Some(held), pending, why);
             return true;
         }
@@ -334,7 +343,7 @@ impl Engine {
         };
         fill_meta(&mut record, inode, meta);
         record.holders = holders_of(&holds);
-        let charged = charged_to(meta.uid, &holds.iter().map(|h| h.pid).collect::<Vec<_>>());
+        let charged = charged_to(meta.uid, &holds);
         record.charged_to = Some(charged);
         // A snapshot knows the directory where an event could not say.
         record.parent = record.parent.or(held.parent);
@@ -407,7 +416,7 @@ impl Engine {
         }
         let pin = self.pins.get_mut(&inode).expect("still pinned");
         pin.capturing = true;
-        let job = jobs::capture(self.store.clone(), pin.fd.clone(), record, inode, self.tx.clone());
+        let job = jobs::capture(self.store.clone(), pin.fd.clone(), record, inode, size, self.tx.clone());
         self.lanes.run(inode.dev, job);
         Ok(())
     }
@@ -492,15 +501,18 @@ impl Engine {
     }
 }
 
-/// Whom a pin of a file owned by `owner`, held by processes `holders`,
-/// counts against: the owner, if one of its own processes holds the file;
-/// else the user of a process that does. A user who keeps someone else's
-/// deleted files alive pays for them, not their owner: otherwise anyone
-/// able to read another user's files could use up that user's pins, and
-/// with them evict that user's captures.
-fn charged_to(owner: u32, holders: &[u32]) -> u32 {
-    let users: Vec<u32> = holders.iter().filter_map(|&pid| uid_of_process(pid)).collect();
-    if users.contains(&owner) { owner } else { users.first().copied().unwrap_or(owner) }
+/// Whom a pin of a file owned by `owner`, held through `holds`, counts
+/// against: the owner, if one of its own processes holds the file; else the
+/// user of a process that does (by real uid, as the probes read it: a
+/// setuid program a user runs holds the file for that user). A user who
+/// keeps someone else's deleted files alive pays for them, not their owner:
+/// otherwise anyone able to read another user's files could use up that
+/// user's pins, and with them evict that user's captures.
+pub(super) fn charged_to(owner: u32, holds: &[Hold]) -> u32 {
+    if holds.iter().any(|h| h.uid == owner) {
+        return owner;
+    }
+    holds.first().map_or(owner, |h| h.uid)
 }
 
 fn held_file(
@@ -534,7 +546,8 @@ fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<
     NewRecord {
         path: d.path.as_os_str().as_bytes().to_vec(),
         path_resolved: d.host_path && d.path_complete,
-        parent: v.and_then(|v| v.parent),
+        // Only a record with content is ever restored into its directory.
+        parent: v.and_then(|v| v.parent).filter(|_| status == Status::Held),
         dev: v.map(|v| v.inode.dev),
         ino: v.map(|v| v.inode.ino),
         size: v.map(|v| v.size),

@@ -104,13 +104,17 @@ impl Engine {
     /// gives back captures down to its reserve.
     pub(super) fn keep_within_bounds(&mut self) -> Result<()> {
         let policy = self.cfg.policy.clone();
-        if let Some(cutoff) = SystemTime::now().checked_sub(policy.keep_for) {
-            for id in self.index.expire(cutoff)? {
-                self.usage.remove(id);
-                self.store.remove(id)?;
+        // What to forget is read from the database: not while writes wait
+        // for it (they would be forgotten blind, and again at each replay).
+        if self.index.healthy() {
+            if let Some(cutoff) = SystemTime::now().checked_sub(policy.keep_for) {
+                for id in self.index.expire(cutoff)? {
+                    self.usage.remove(id);
+                    self.store.remove(id)?;
+                }
             }
+            self.keep_index_within(policy.max_index_size)?;
         }
-        self.keep_index_within(policy.max_index_size)?;
         while self.usage.total() > policy.max_store_size {
             let Some(id) = self.biggest_oldest() else { break };
             self.evict(id, "the store is over its cap (max_store_size)");

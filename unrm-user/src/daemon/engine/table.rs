@@ -63,6 +63,23 @@ impl PinTable {
         }
     }
 
+    /// Charges `inode`'s pin to `uid` from now on; whether that changed it.
+    pub fn recharge(&mut self, inode: &InodeId, uid: u32) -> bool {
+        let Some(pin) = self.by_inode.get_mut(inode) else { return false };
+        if pin.charged == uid {
+            return false;
+        }
+        let was = std::mem::replace(&mut pin.charged, uid);
+        *self.per_user.entry(uid).or_default() += 1;
+        if let Some(n) = self.per_user.get_mut(&was) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&was);
+            }
+        }
+        true
+    }
+
     pub fn remove(&mut self, inode: &InodeId) -> Option<Pin> {
         let pin = self.by_inode.remove(inode)?;
         self.forget(&pin);
