@@ -108,7 +108,7 @@ extern "C" fn next_process(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         walk.task = next;
         search_process(walk);
     }
-    walk.found as i64
+    (walk.found != 0) as i64
 }
 
 #[inline(always)]
@@ -139,7 +139,7 @@ extern "C" fn next_word(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let mut bits = Bits { walk: ctx.walk, fds: ctx.fds, word, base: index as u32 * 64 };
     unsafe {
         generated::bpf_loop(64, next_bit as *mut _, &mut bits as *mut Bits as *mut _, 0);
-        (*ctx.walk).found as i64
+        ((*ctx.walk).found != 0) as i64
     }
 }
 
