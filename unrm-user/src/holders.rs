@@ -1,7 +1,7 @@
 //! Who holds deleted files right now: the iterators' output, parsed.
 //!
-//! This is the daemon's source of truth (principle 2). Events say where to
-//! look and when; a `Snapshot` says what is actually held, by whom, and how
+//! This is the daemon's source of truth (docs/design.md: events are hints).
+//! Events say where to look and when; a `Snapshot` says what is actually held, by whom, and how
 //! to take a reference to it.
 
 use std::{

@@ -22,44 +22,52 @@ use std::{
 
 use anyhow::{Context, Result};
 use globset::GlobMatcher;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, named_params, params, types::Value};
 
 use crate::{
-    access::{Parent, PathFacts, Perms},
-    record::{Deleter, Holder, Record, RestoreMeta, Status, from_nanos, nanos},
+    access::{PathFacts, Perms},
+    record::{Deleter, Holder, Op, Record, Status, from_nanos, nanos},
     xattrs::Xattr,
 };
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    id             INTEGER PRIMARY KEY,
-    path           BLOB NOT NULL,
-    dev            INTEGER,
-    ino            INTEGER,
-    size           INTEGER,
-    mode           INTEGER,
-    uid            INTEGER,
-    gid            INTEGER,
-    atime_ns       INTEGER,
-    mtime_ns       INTEGER,
-    deleted_at_ns  INTEGER NOT NULL,
-    deleter_pid    INTEGER,
-    deleter_uid    INTEGER,
-    deleter_comm   TEXT,
-    op             TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    reason         TEXT,
-    holders        TEXT NOT NULL DEFAULT '[]',
-    captured_at_ns INTEGER,
-    checksum       TEXT,
-    xattrs         TEXT,
-    deleter_path   BLOB,
-    access         TEXT,
-    path_resolved  INTEGER,
-    parent         TEXT,
-    charged_uid    INTEGER,
-    final_perms    TEXT
-);
+/// The records table, one row per record: each column with its SQL type,
+/// in the order `record_from_row` and `insert` name them. Columns added
+/// since the first index are added to older ones at open (`migrate`).
+const RECORD_COLUMNS: &[(&str, &str)] = &[
+    ("id", "INTEGER PRIMARY KEY"),
+    ("path", "BLOB NOT NULL"),
+    ("dev", "INTEGER"),
+    ("ino", "INTEGER"),
+    ("size", "INTEGER"),
+    ("mode", "INTEGER"),
+    ("uid", "INTEGER"),
+    ("gid", "INTEGER"),
+    ("atime_ns", "INTEGER"),
+    ("mtime_ns", "INTEGER"),
+    ("deleted_at_ns", "INTEGER NOT NULL"),
+    ("deleter_pid", "INTEGER"),
+    ("deleter_uid", "INTEGER"),
+    ("deleter_comm", "TEXT"),
+    ("op", "TEXT NOT NULL"),
+    ("status", "TEXT NOT NULL"),
+    ("reason", "TEXT"),
+    ("holders", "TEXT NOT NULL DEFAULT '[]'"),
+    ("captured_at_ns", "INTEGER"),
+    ("checksum", "TEXT"),
+    ("xattrs", "TEXT"),
+    ("deleter_path", "BLOB"),
+    ("access", "TEXT"),
+    ("path_resolved", "INTEGER"),
+    ("parent", "TEXT"),
+    ("charged_uid", "INTEGER"),
+    ("final_perms", "TEXT"),
+];
+
+/// Added after the first release: an index made before lacks them.
+const LATER_COLUMNS: &[&str] =
+    &["xattrs", "deleter_path", "access", "path_resolved", "parent", "charged_uid", "final_perms"];
+
+const OTHER_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -69,34 +77,67 @@ CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'he
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns DESC, id DESC);
 ";
 
-const COLUMNS: &str = "id, path, dev, ino, size, mode, uid, gid, deleted_at_ns, deleter_pid, \
-     deleter_uid, deleter_comm, op, status, reason, holders, captured_at_ns, checksum, deleter_path, \
-     access, path_resolved, charged_uid, final_perms";
+/// The position of column `name` in `RECORD_COLUMNS`, found while
+/// compiling (a name that is not there does not build).
+const fn column_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < RECORD_COLUMNS.len() {
+        let (have, want) = (RECORD_COLUMNS[i].0.as_bytes(), name.as_bytes());
+        if have.len() == want.len() {
+            let mut j = 0;
+            while j < have.len() && have[j] == want[j] {
+                j += 1;
+            }
+            if j == have.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("no such column")
+}
 
-/// What the engine knows when it first records a deletion.
-#[derive(Clone, Debug, Default)]
-pub struct NewRecord {
-    pub path: Vec<u8>,
-    /// The host resolved `path`: it is where the file lived on this host.
-    pub path_resolved: bool,
-    /// The directory it was deleted from, as the probes saw it.
-    pub parent: Option<Parent>,
-    /// Whose per-user limits its pin and capture count against.
-    pub charged_to: Option<u32>,
-    pub dev: Option<u64>,
-    pub ino: Option<u64>,
-    pub size: Option<u64>,
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub atime_ns: Option<i64>,
-    pub mtime_ns: Option<i64>,
-    pub deleted_at: Option<SystemTime>,
-    pub deleted_by: Option<Deleter>,
-    pub op: &'static str,
-    pub status: Option<Status>,
-    pub reason: Option<String>,
-    pub holders: Vec<Holder>,
+/// A record column's position in a row selected with `columns()`.
+macro_rules! col {
+    ($name:literal) => {
+        const { column_index($name) }
+    };
+}
+
+fn schema() -> String {
+    let columns: Vec<String> = RECORD_COLUMNS.iter().map(|(name, kind)| format!("{name} {kind}")).collect();
+    format!("CREATE TABLE IF NOT EXISTS records ({});{OTHER_TABLES}", columns.join(", "))
+}
+
+/// Every column, for `SELECT`.
+fn columns() -> String {
+    RECORD_COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
+
+/// A column a single write changes.
+#[derive(Clone, Copy, Debug)]
+enum Column {
+    Holders,
+    Checksum,
+    Xattrs,
+    Access,
+    FinalPerms,
+    ChargedUid,
+    PathResolved,
+}
+
+impl Column {
+    fn name(self) -> &'static str {
+        match self {
+            Column::Holders => "holders",
+            Column::Checksum => "checksum",
+            Column::Xattrs => "xattrs",
+            Column::Access => "access",
+            Column::FinalPerms => "final_perms",
+            Column::ChargedUid => "charged_uid",
+            Column::PathResolved => "path_resolved",
+        }
+    }
 }
 
 pub type HeldRecord = (i64, Option<u64>, Option<u64>);
@@ -135,25 +176,14 @@ pub struct Page {
 /// A write to the index, kept until its transaction commits.
 #[derive(Debug)]
 enum Write {
-    Insert(i64, Box<NewRecord>),
+    /// A new record (its id set).
+    Insert(Box<Record>),
     Status(i64, Status, Option<String>),
-    Holders(i64, String),
-    Deletion {
-        id: i64,
-        path: Vec<u8>,
-        at: i64,
-        by: Deleter,
-        op: &'static str,
-        resolved: bool,
-        parent: Option<String>,
-    },
+    Set(i64, Column, Value),
+    /// A record's deletion facts, from an event handled after a scan
+    /// recorded the file (see `set_deletion`).
+    Deletion(Box<Record>),
     Captured(i64, u64, i64),
-    Checksum(i64, String),
-    Xattrs(i64, Option<String>),
-    Access(i64, String),
-    Final(i64, String),
-    Charged(i64, u32),
-    Resolved(i64, bool),
     Expire(i64),
     /// Forget this many of the oldest records without content of one deleter.
     Prune(Option<u32>, usize),
@@ -167,8 +197,8 @@ impl Write {
     /// next snapshot writes again (holders): the first to go when the
     /// journal is over its bound.
     fn is_expendable(&self) -> bool {
-        matches!(self, Write::Insert(_, r) if r.status != Some(Status::Held))
-            || matches!(self, Write::Holders(..))
+        matches!(self, Write::Insert(r) if r.status != Status::Held)
+            || matches!(self, Write::Set(_, Column::Holders, _))
     }
 }
 
@@ -233,7 +263,7 @@ impl Index {
         // A million records' indexes stay in memory: inserts and newest-first
         // queries touch pages near the end of each index.
         conn.pragma_update(None, "cache_size", -65536)?;
-        conn.execute_batch(SCHEMA).context("creating the index schema")?;
+        conn.execute_batch(&schema()).context("creating the index schema")?;
         migrate(&conn)?;
         let rows = conn.query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))? as u64;
         let max =
@@ -369,36 +399,38 @@ impl Index {
     fn execute(&mut self, w: &Write) -> Result<()> {
         let c = &self.conn;
         match w {
-            Write::Insert(id, r) => {
-                insert(c, *id, r)?;
+            Write::Insert(r) => {
+                insert(c, r)?;
                 self.rows += 1;
             }
             Write::Status(id, status, reason) => {
                 c.prepare_cached("UPDATE records SET status = ?2, reason = ?3 WHERE id = ?1")?
                     .execute(params![id, status.as_str(), reason])?;
             }
-            Write::Holders(id, holders) => {
-                c.prepare_cached("UPDATE records SET holders = ?2 WHERE id = ?1")?
-                    .execute(params![id, holders])?;
+            Write::Set(id, column, value) => {
+                c.prepare_cached(&format!("UPDATE records SET {} = ?2 WHERE id = ?1", column.name()))?
+                    .execute(params![id, value])?;
             }
-            Write::Deletion { id, path, at, by, op, resolved, parent } => {
+            Write::Deletion(r) => {
+                let by = r.deleted_by.as_ref();
                 c.prepare_cached(
-                    "UPDATE records SET path = ?2, deleted_at_ns = ?3, deleter_pid = ?4, deleter_uid = ?5,
-                        deleter_comm = ?6, op = ?7, deleter_path = ?8, path_resolved = ?9,
-                        parent = COALESCE(?10, parent) WHERE id = ?1",
+                    "UPDATE records SET path = :path, deleted_at_ns = :deleted_at_ns,
+                        deleter_pid = :deleter_pid, deleter_uid = :deleter_uid, deleter_comm = :deleter_comm,
+                        op = :op, deleter_path = :deleter_path, path_resolved = :path_resolved,
+                        parent = COALESCE(:parent, parent) WHERE id = :id",
                 )?
-                .execute(params![
-                    id,
-                    path,
-                    at,
-                    by.pid,
-                    by.uid,
-                    by.comm,
-                    op,
-                    by.path.as_deref().map(str::as_bytes),
-                    resolved,
-                    parent
-                ])?;
+                .execute(named_params! {
+                    ":id": r.id,
+                    ":path": r.path_bytes(),
+                    ":deleted_at_ns": nanos(r.deleted_at),
+                    ":deleter_pid": by.map(|d| d.pid),
+                    ":deleter_uid": by.map(|d| d.uid),
+                    ":deleter_comm": by.map(|d| d.comm.as_str()),
+                    ":op": r.op.as_str(),
+                    ":deleter_path": by.and_then(|d| d.path.as_deref()).map(str::as_bytes),
+                    ":path_resolved": r.path_resolved,
+                    ":parent": json_opt(&r.restore.parent),
+                })?;
             }
             Write::Captured(id, size, at) => {
                 c.prepare_cached(
@@ -406,30 +438,6 @@ impl Index {
                      WHERE id = ?1",
                 )?
                 .execute(params![id, *size as i64, at])?;
-            }
-            Write::Checksum(id, sum) => {
-                c.prepare_cached("UPDATE records SET checksum = ?2 WHERE id = ?1")?
-                    .execute(params![id, sum])?;
-            }
-            Write::Xattrs(id, xattrs) => {
-                c.prepare_cached("UPDATE records SET xattrs = ?2 WHERE id = ?1")?
-                    .execute(params![id, xattrs])?;
-            }
-            Write::Access(id, facts) => {
-                c.prepare_cached("UPDATE records SET access = ?2 WHERE id = ?1")?
-                    .execute(params![id, facts])?;
-            }
-            Write::Charged(id, uid) => {
-                c.prepare_cached("UPDATE records SET charged_uid = ?2 WHERE id = ?1")?
-                    .execute(params![id, uid])?;
-            }
-            Write::Final(id, perms) => {
-                c.prepare_cached("UPDATE records SET final_perms = ?2 WHERE id = ?1")?
-                    .execute(params![id, perms])?;
-            }
-            Write::Resolved(id, resolved) => {
-                c.prepare_cached("UPDATE records SET path_resolved = ?2 WHERE id = ?1")?
-                    .execute(params![id, resolved])?;
             }
             Write::Prune(uid, n) => {
                 let gone = c
@@ -454,11 +462,12 @@ impl Index {
         Ok(())
     }
 
-    /// Records a new deletion; returns its id.
-    pub fn insert(&mut self, r: NewRecord) -> i64 {
+    /// Records a new deletion; returns the id it gave it.
+    pub fn insert(&mut self, mut r: Record) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.write(Write::Insert(id, Box::new(r)));
+        r.id = id;
+        self.write(Write::Insert(Box::new(r)));
         id
     }
 
@@ -466,19 +475,23 @@ impl Index {
         self.write(Write::Status(id, status, reason.map(str::to_owned)));
     }
 
+    fn set(&mut self, id: i64, column: Column, value: impl Into<Value>) {
+        self.write(Write::Set(id, column, value.into()));
+    }
+
     pub fn set_holders(&mut self, id: i64, holders: &[Holder]) {
-        let holders = serde_json::to_string(holders).expect("holders serialize");
-        self.write(Write::Holders(id, holders));
+        self.set(id, Column::Holders, json(holders));
     }
 
     /// A scan pinned the file before its deletion event was handled: the
-    /// event knows better who deleted it, when, and under which path.
-    pub fn set_deletion(&mut self, id: i64, r: &NewRecord) {
-        let Some(by) = r.deleted_by.clone() else { return };
-        let at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
-        let (path, op, resolved) = (r.path.clone(), r.op, r.path_resolved);
-        let parent = r.parent.map(|p| serde_json::to_string(&p).expect("parent serializes"));
-        self.write(Write::Deletion { id, path, at, by, op, resolved, parent });
+    /// event (`r`) knows better who deleted it, when, and under which path.
+    pub fn set_deletion(&mut self, id: i64, r: &Record) {
+        if r.deleted_by.is_none() {
+            return;
+        }
+        let mut r = r.clone();
+        r.id = id;
+        self.write(Write::Deletion(Box::new(r)));
     }
 
     pub fn mark_captured(&mut self, id: i64, size: u64, at: SystemTime) {
@@ -486,32 +499,31 @@ impl Index {
     }
 
     pub fn set_checksum(&mut self, id: i64, checksum: &str) {
-        self.write(Write::Checksum(id, checksum.to_owned()));
+        self.set(id, Column::Checksum, checksum.to_owned());
     }
 
     /// The extended attributes that go with a capture's content.
     pub fn set_xattrs(&mut self, id: i64, xattrs: &[Xattr]) {
-        let json = (!xattrs.is_empty()).then(|| serde_json::to_string(xattrs).expect("xattrs serialize"));
-        self.write(Write::Xattrs(id, json));
+        self.set(id, Column::Xattrs, (!xattrs.is_empty()).then(|| json(xattrs)));
     }
 
     pub fn set_access(&mut self, id: i64, facts: &PathFacts) {
-        self.write(Write::Access(id, serde_json::to_string(facts).expect("facts serialize")));
+        self.set(id, Column::Access, json(facts));
     }
 
     /// The owner, mode and ACL a captured file had when its content became
     /// final.
     pub fn set_final_perms(&mut self, id: i64, perms: &Perms) {
-        self.write(Write::Final(id, serde_json::to_string(perms).expect("perms serialize")));
+        self.set(id, Column::FinalPerms, json(perms));
     }
 
     /// Whose per-user limits a pin (and its capture) counts against now.
     pub fn set_charged_to(&mut self, id: i64, uid: u32) {
-        self.write(Write::Charged(id, uid));
+        self.set(id, Column::ChargedUid, uid);
     }
 
     pub fn set_path_resolved(&mut self, id: i64, resolved: bool) {
-        self.write(Write::Resolved(id, resolved));
+        self.set(id, Column::PathResolved, resolved);
     }
 
     pub fn health(&self) -> &Health {
@@ -524,27 +536,9 @@ impl Index {
     }
 
     pub fn get(&self, id: i64) -> Result<Option<Record>> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE id = ?1"))?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {} FROM records WHERE id = ?1", columns()))?;
         Ok(stmt.query_row([id], record_from_row).optional()?)
-    }
-
-    pub fn restore_meta(&self, id: i64) -> Result<Option<RestoreMeta>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT path, atime_ns, mtime_ns, xattrs, parent FROM records WHERE id = ?1")?;
-        Ok(stmt
-            .query_row([id], |row| {
-                let xattrs: Option<String> = row.get(3)?;
-                let parent: Option<String> = row.get(4)?;
-                Ok(RestoreMeta {
-                    path: row.get(0)?,
-                    atime_ns: row.get(1)?,
-                    mtime_ns: row.get(2)?,
-                    xattrs: xattrs.and_then(|x| serde_json::from_str(&x).ok()).unwrap_or_default(),
-                    parent: parent.and_then(|p| serde_json::from_str(&p).ok()),
-                })
-            })
-            .optional()?)
     }
 
     /// Newest first, among the records `visible` admits.
@@ -552,17 +546,18 @@ impl Index {
         // Two statements, so that each can walk its own index in order.
         let since = q.since.map(nanos).unwrap_or(i64::MIN);
         let (after_ns, after_id) = q.after.unwrap_or((i64::MAX, i64::MAX));
+        let columns = columns();
         let (mut stmt, status) = match q.status {
             Some(status) => (
                 self.conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM records WHERE status = ?2 AND deleted_at_ns >= ?1
+                    "SELECT {columns} FROM records WHERE status = ?2 AND deleted_at_ns >= ?1
                      AND (deleted_at_ns, id) < (?3, ?4) ORDER BY deleted_at_ns DESC, id DESC"
                 ))?,
                 Some(status.as_str()),
             ),
             None => (
                 self.conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM records WHERE deleted_at_ns >= ?1 AND ?2 IS NULL
+                    "SELECT {columns} FROM records WHERE deleted_at_ns >= ?1 AND ?2 IS NULL
                      AND (deleted_at_ns, id) < (?3, ?4) ORDER BY deleted_at_ns DESC, id DESC"
                 ))?,
                 None,
@@ -573,10 +568,10 @@ impl Index {
         let (mut scanned, mut bytes) = (0, 0);
         while let Some(row) = rows.next()? {
             scanned += 1;
-            let at = (row.get::<_, i64>(8)?, row.get::<_, i64>(0)?);
+            let at = (row.get::<_, i64>(col!("deleted_at_ns"))?, row.get::<_, i64>(col!("id"))?);
             let matched = match &q.path {
                 Some(glob) => {
-                    let path: Vec<u8> = row.get(1)?;
+                    let path: Vec<u8> = row.get(col!("path"))?;
                     glob.is_match(Path::new(std::ffi::OsStr::from_bytes(&path)))
                 }
                 None => true,
@@ -670,60 +665,68 @@ impl Index {
     }
 }
 
-fn insert(c: &Connection, id: i64, r: &NewRecord) -> Result<()> {
-    let holders = serde_json::to_string(&r.holders)?;
-    let deleted_at = nanos(r.deleted_at.unwrap_or_else(SystemTime::now));
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO records (id, path, dev, ino, size, mode, uid, gid, atime_ns, mtime_ns,
-            deleted_at_ns, deleter_pid, deleter_uid, deleter_comm, op, status, reason, holders,
-            deleter_path, path_resolved, parent, charged_uid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-            ?22)",
-    )?;
-    stmt.execute(params![
-        id,
-        r.path,
-        r.dev.map(|d| d as i64),
-        r.ino.map(|i| i as i64),
-        r.size.map(|s| s as i64),
-        r.mode,
-        r.uid,
-        r.gid,
-        r.atime_ns,
-        r.mtime_ns,
-        deleted_at,
-        r.deleted_by.as_ref().map(|d| d.pid),
-        r.deleted_by.as_ref().map(|d| d.uid),
-        r.deleted_by.as_ref().map(|d| d.comm.as_str()),
-        r.op,
-        r.status.unwrap_or(Status::Unheld).as_str(),
-        r.reason,
-        holders,
-        r.deleted_by.as_ref().and_then(|d| d.path.as_deref()).map(str::as_bytes),
-        r.path_resolved,
-        r.parent.map(|p| serde_json::to_string(&p)).transpose()?,
-        r.charged_to,
-    ])?;
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serializes")
+}
+
+fn json_opt<T: serde::Serialize>(value: &Option<T>) -> Option<String> {
+    value.as_ref().map(json)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: Option<String>) -> Option<T> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn insert(c: &Connection, r: &Record) -> Result<()> {
+    let names: Vec<&str> = RECORD_COLUMNS.iter().map(|(name, _)| *name).collect();
+    let values: Vec<String> = names.iter().map(|name| format!(":{name}")).collect();
+    let mut stmt = c.prepare_cached(&format!(
+        "INSERT INTO records ({}) VALUES ({})",
+        names.join(", "),
+        values.join(", ")
+    ))?;
+    let by = r.deleted_by.as_ref();
+    stmt.execute(named_params! {
+        ":id": r.id,
+        ":path": r.path_bytes(),
+        ":dev": r.dev.map(|d| d as i64),
+        ":ino": r.ino.map(|i| i as i64),
+        ":size": r.size.map(|s| s as i64),
+        ":mode": r.mode,
+        ":uid": r.uid,
+        ":gid": r.gid,
+        ":atime_ns": r.restore.atime_ns,
+        ":mtime_ns": r.restore.mtime_ns,
+        ":deleted_at_ns": nanos(r.deleted_at),
+        ":deleter_pid": by.map(|d| d.pid),
+        ":deleter_uid": by.map(|d| d.uid),
+        ":deleter_comm": by.map(|d| d.comm.as_str()),
+        ":op": r.op.as_str(),
+        ":status": r.status.as_str(),
+        ":reason": r.reason,
+        ":holders": json(&r.holders),
+        ":captured_at_ns": r.captured_at.map(nanos),
+        ":checksum": r.checksum,
+        ":xattrs": (!r.restore.xattrs.is_empty()).then(|| json(&r.restore.xattrs)),
+        ":deleter_path": by.and_then(|d| d.path.as_deref()).map(str::as_bytes),
+        ":access": json_opt(&r.access),
+        ":path_resolved": r.path_resolved,
+        ":parent": json_opt(&r.restore.parent),
+        ":charged_uid": r.charged_to,
+        ":final_perms": json_opt(&r.final_perms),
+    })?;
     Ok(())
 }
 
 /// Brings an index made by an older unrm up to this schema. Records from
 /// before `path_resolved` existed have it unset: not verified.
 fn migrate(conn: &Connection) -> Result<()> {
-    let columns: Vec<String> = conn
+    let present: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('records')")?
         .query_map([], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for (column, kind) in [
-        ("xattrs", "TEXT"),
-        ("deleter_path", "BLOB"),
-        ("access", "TEXT"),
-        ("path_resolved", "INTEGER"),
-        ("parent", "TEXT"),
-        ("charged_uid", "INTEGER"),
-        ("final_perms", "TEXT"),
-    ] {
-        if !columns.iter().any(|c| c == column) {
+    for (column, kind) in RECORD_COLUMNS.iter().filter(|(name, _)| LATER_COLUMNS.contains(name)) {
+        if !present.iter().any(|c| c == column) {
             conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} {kind}"))?;
         }
     }
@@ -731,41 +734,44 @@ fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
-    let path: Vec<u8> = row.get(1)?;
-    let deleter_pid: Option<u32> = row.get(9)?;
-    let status: String = row.get(13)?;
-    let holders: String = row.get(15)?;
-    let access: Option<String> = row.get(19)?;
-    Ok(Record {
-        id: row.get(0)?,
-        path: String::from_utf8_lossy(&path).into_owned(),
-        path_resolved: row.get::<_, Option<bool>>(20)?.unwrap_or(false),
-        dev: row.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-        ino: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-        size: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-        mode: row.get(5)?,
-        uid: row.get(6)?,
-        gid: row.get(7)?,
-        deleted_at: from_nanos(row.get(8)?),
-        deleted_by: match deleter_pid {
-            Some(pid) => Some(Deleter {
-                pid,
-                uid: row.get(10)?,
-                comm: row.get(11)?,
-                path: row.get::<_, Option<Vec<u8>>>(18)?.map(|p| String::from_utf8_lossy(&p).into_owned()),
-            }),
-            None => None,
-        },
-        op: row.get(12)?,
-        status: status.parse().unwrap_or(Status::Failed),
-        reason: row.get(14)?,
-        holders: serde_json::from_str(&holders).unwrap_or_default(),
-        captured_at: row.get::<_, Option<i64>>(16)?.map(from_nanos),
-        checksum: row.get(17)?,
-        access: access.and_then(|a| serde_json::from_str(&a).ok()),
-        charged_to: row.get(21)?,
-        final_perms: row.get::<_, Option<String>>(22)?.and_then(|p| serde_json::from_str(&p).ok()),
-    })
+    let path: Vec<u8> = row.get(col!("path"))?;
+    let status: String = row.get(col!("status"))?;
+    let op: String = row.get(col!("op"))?;
+    let deleted_by = match row.get::<_, Option<u32>>(col!("deleter_pid"))? {
+        Some(pid) => Some(Deleter {
+            pid,
+            uid: row.get(col!("deleter_uid"))?,
+            comm: row.get(col!("deleter_comm"))?,
+            path: row
+                .get::<_, Option<Vec<u8>>>(col!("deleter_path"))?
+                .map(|p| String::from_utf8_lossy(&p).into_owned()),
+        }),
+        None => None,
+    };
+    let mut record =
+        Record::new(path, op.parse().unwrap_or(Op::Scan), status.parse().unwrap_or(Status::Failed));
+    record.id = row.get(col!("id"))?;
+    record.path_resolved = row.get::<_, Option<bool>>(col!("path_resolved"))?.unwrap_or(false);
+    record.dev = row.get::<_, Option<i64>>(col!("dev"))?.map(|v| v as u64);
+    record.ino = row.get::<_, Option<i64>>(col!("ino"))?.map(|v| v as u64);
+    record.size = row.get::<_, Option<i64>>(col!("size"))?.map(|v| v as u64);
+    record.mode = row.get(col!("mode"))?;
+    record.uid = row.get(col!("uid"))?;
+    record.gid = row.get(col!("gid"))?;
+    record.deleted_at = from_nanos(row.get(col!("deleted_at_ns"))?);
+    record.deleted_by = deleted_by;
+    record.reason = row.get(col!("reason"))?;
+    record.holders = from_json(row.get(col!("holders"))?).unwrap_or_default();
+    record.captured_at = row.get::<_, Option<i64>>(col!("captured_at_ns"))?.map(from_nanos);
+    record.checksum = row.get(col!("checksum"))?;
+    record.access = from_json(row.get(col!("access"))?);
+    record.charged_to = row.get(col!("charged_uid"))?;
+    record.final_perms = from_json(row.get(col!("final_perms"))?);
+    record.restore.atime_ns = row.get(col!("atime_ns"))?;
+    record.restore.mtime_ns = row.get(col!("mtime_ns"))?;
+    record.restore.xattrs = from_json(row.get(col!("xattrs"))?).unwrap_or_default();
+    record.restore.parent = from_json(row.get(col!("parent"))?);
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -779,19 +785,15 @@ mod tests {
         (dir, index)
     }
 
-    fn new(path: &str, status: Status, at_s: u64) -> NewRecord {
-        NewRecord {
-            path: path.as_bytes().to_vec(),
-            path_resolved: true,
-            dev: Some(7),
-            ino: Some(at_s),
-            deleted_at: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at_s)),
-            deleted_by: Some(Deleter { pid: 1, uid: 0, comm: "rm".into(), path: None }),
-            op: "unlink",
-            status: Some(status),
-            holders: vec![Holder { pid: 5, comm: "less".into(), kind: HolderKind::Fd }],
-            ..Default::default()
-        }
+    fn new(path: &str, status: Status, at_s: u64) -> Record {
+        let mut r = Record::new(path.as_bytes().to_vec(), Op::Unlink, status);
+        r.path_resolved = true;
+        r.dev = Some(7);
+        r.ino = Some(at_s);
+        r.deleted_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at_s);
+        r.deleted_by = Some(Deleter { pid: 1, uid: 0, comm: "rm".into(), path: None });
+        r.holders = vec![Holder { pid: 5, comm: "less".into(), kind: HolderKind::Fd }];
+        r
     }
 
     fn all(idx: &Index, q: &ListQuery) -> Vec<Record> {
@@ -821,6 +823,29 @@ mod tests {
         let second = idx.list(&q, |_| true).unwrap();
         assert_eq!(paths(&second.records), ["/a/x.log"]);
         assert!(second.next.is_none());
+    }
+
+    #[test]
+    fn every_field_of_a_record_comes_back_as_written() {
+        let (_dir, mut idx) = index();
+        let mut r = new("/d/\u{e9}t\u{e9}", Status::Held, 9);
+        r.path_resolved = false;
+        (r.size, r.mode, r.uid, r.gid) = (Some(5), Some(0o100640), Some(1000), Some(100));
+        r.deleted_by.as_mut().unwrap().path = Some("/in/container".into());
+        r.op = Op::Rename;
+        r.reason = Some("why".into());
+        r.captured_at = Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(11));
+        r.checksum = Some("sum".into());
+        r.charged_to = Some(1001);
+        r.access = Some(PathFacts::default());
+        r.final_perms = Some(Perms { uid: 1, gid: 2, mode: 0o600, acl: None });
+        r.restore.atime_ns = Some(3);
+        r.restore.mtime_ns = Some(4);
+        r.restore.xattrs = vec![Xattr { name: "user.a".into(), value: vec![1, 2] }];
+        r.restore.parent = Some(crate::access::Parent { ino: 2, uid: 0, gid: 0, mode: 0o40755 });
+        let id = idx.insert(r.clone());
+        r.id = id;
+        assert_eq!(idx.get(id).unwrap().unwrap(), r);
     }
 
     #[test]

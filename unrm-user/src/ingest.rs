@@ -1,7 +1,8 @@
 //! From ring-buffer bytes to typed events.
 //!
-//! The reader task only decodes and forwards: it never waits on disk or on
-//! the index (principle 5), so the ring buffer drains as fast as it fills.
+//! The reader thread decodes, takes the pins (`pins::grab`) and forwards;
+//! it never waits on a disk, a filesystem or the index (docs/design.md:
+//! never block the reader), so the ring buffer drains as fast as it fills.
 
 use std::{
     ffi::OsStr,
@@ -25,13 +26,8 @@ use crate::{
     holders::{InodeId, comm_string},
     mounts::{Located, Views},
     pins::{self, Meta, PinFd, Refused},
+    record::Op,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeleteOp {
-    Unlink,
-    Rename,
-}
 
 /// The inode a deletion removed, when a filesystem hook saw it.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +67,8 @@ pub struct Grab {
 
 #[derive(Debug)]
 pub struct Deletion {
-    pub op: DeleteOp,
+    /// `Unlink` or `Rename`.
+    pub op: Op,
     pub ktime_ns: u64,
     pub pid: u32,
     pub uid: u32,
@@ -178,7 +175,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         parent: (v.flags & victim_flags::PARENT != 0).then(|| Parent::of(&v.parent)).flatten(),
     });
     Ok(Deletion {
-        op: if ev.op == delete_op::RENAME { DeleteOp::Rename } else { DeleteOp::Unlink },
+        op: if ev.op == delete_op::RENAME { Op::Rename } else { Op::Unlink },
         ktime_ns: ev.ktime_ns,
         pid: ev.tgid,
         uid: ev.uid,

@@ -1,8 +1,8 @@
 //! What unrm keeps, and how much: the policy from the config file (TOML),
 //! validated as a whole before it replaces the running one.
 //!
-//! unrm must never fill a disk someone is trying to free (principle 8), so
-//! every capture is bounded three ways: per file, for the whole store, and
+//! unrm must never fill a disk someone is trying to free (docs/design.md:
+//! the deleter may have wanted the space back), so every capture is bounded three ways: per file, for the whole store, and
 //! by a floor of free space the store's filesystem never drops below.
 //! Retention, path globs, owner filters and the scratch-file setting decide
 //! what is worth keeping at all.

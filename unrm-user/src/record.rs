@@ -1,4 +1,6 @@
-//! A deletion record: what the index stores, the API sends and the CLI shows.
+//! A deletion record: what the index stores, the API sends and the CLI
+//! shows. Its fields are defined here once; `index` maps them to columns,
+//! `api` sends them as JSON.
 
 use std::{
     fmt,
@@ -75,6 +77,47 @@ impl FromStr for Status {
     }
 }
 
+/// How the name went away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// `unlink(2)` or `unlinkat(2)`.
+    #[default]
+    Unlink,
+    /// Replaced by a `rename(2)` onto its name.
+    Rename,
+    /// Found held by a scan, its deletion unseen.
+    Scan,
+}
+
+impl Op {
+    pub const ALL: [Op; 3] = [Op::Unlink, Op::Rename, Op::Scan];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Unlink => "unlink",
+            Op::Rename => "rename",
+            Op::Scan => "scan",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Op {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match Op::ALL.into_iter().find(|op| op.as_str() == s) {
+            Some(op) => Ok(op),
+            None => bail!("unknown operation {s:?}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleter {
     pub pid: u32,
@@ -139,8 +182,7 @@ pub struct Record {
     pub deleted_at: SystemTime,
     /// Null for files found held by a scan, whose deleter is unknown.
     pub deleted_by: Option<Deleter>,
-    /// `unlink`, `rename` (replaced by a rename), or `scan` (found by a scan).
-    pub op: String,
+    pub op: Op,
     pub status: Status,
     pub reason: Option<String>,
     pub holders: Vec<Holder>,
@@ -158,11 +200,50 @@ pub struct Record {
     /// the deletion counts.
     #[serde(skip)]
     pub final_perms: Option<Perms>,
+    /// What only a restore needs (the daemon's own; the API sends it
+    /// apart, for a restore only).
+    #[serde(skip)]
+    pub restore: RestoreMeta,
+}
+
+impl Record {
+    /// A record of `path` (its exact bytes), deleted now unless said
+    /// otherwise; the id is the index's to give.
+    pub fn new(path: Vec<u8>, op: Op, status: Status) -> Self {
+        Record {
+            id: 0,
+            path: String::from_utf8_lossy(&path).into_owned(),
+            path_resolved: false,
+            dev: None,
+            ino: None,
+            size: None,
+            mode: None,
+            uid: None,
+            gid: None,
+            deleted_at: SystemTime::now(),
+            deleted_by: None,
+            op,
+            status,
+            reason: None,
+            holders: Vec::new(),
+            captured_at: None,
+            checksum: None,
+            access: None,
+            charged_to: None,
+            final_perms: None,
+            restore: RestoreMeta { path, ..Default::default() },
+        }
+    }
+
+    /// The exact bytes of `path`.
+    pub fn path_bytes(&self) -> &[u8] {
+        &self.restore.path
+    }
 }
 
 /// What a restore needs beyond the JSON record: the exact path bytes, and
 /// the times and attributes to put back.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreMeta {
     pub path: Vec<u8>,
     pub atime_ns: Option<i64>,
@@ -245,7 +326,7 @@ mod tests {
             gid: Some(1000),
             deleted_at: from_nanos(1_700_000_000_123_456_000),
             deleted_by: Some(Deleter { pid: 9, uid: 1000, comm: "rm".into(), path: None }),
-            op: "unlink".into(),
+            op: Op::Unlink,
             status: Status::Held,
             reason: None,
             holders: vec![Holder { pid: 8, comm: "sleep".into(), kind: HolderKind::Fd }],
@@ -254,12 +335,14 @@ mod tests {
             access: None,
             charged_to: None,
             final_perms: None,
+            restore: RestoreMeta::default(),
         };
         let v: serde_json::Value = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["deleted_at"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(v["deleted_by"]["comm"], "rm");
         assert_eq!(v["holders"][0]["kind"], "fd");
         assert_eq!(v["status"], "held");
+        assert_eq!(v["op"], "unlink");
         let back: Record = serde_json::from_value(v).unwrap();
         assert_eq!(back, rec);
     }

@@ -58,11 +58,12 @@ enum Command {
         ring_size: u32,
         /// Which hooks report deletions: `fentry` (the VFS itself: every
         /// filesystem, free for unrelated system calls; needs a kernel that
-        /// allows it), `tracepoint` (every filesystem, costs every system
-        /// call while attached), `fs` (ext4's own tracepoints: free for
-        /// unrelated system calls; other filesystems only through periodic
-        /// snapshots), or `auto`: fentry if the kernel accepts it, else
-        /// tracepoint.
+        /// allows it), `kprobe` (the same hooks as kprobes, for kernels
+        /// without BPF trampolines), `tracepoint` (every filesystem, costs
+        /// every system call while attached), `fs` (ext4's own tracepoints:
+        /// free for unrelated system calls; other filesystems only through
+        /// periodic snapshots), or `auto`: fentry if the kernel accepts it,
+        /// else kprobe, else tracepoint.
         #[arg(long, value_enum, default_value = "auto")]
         tier: crate::probe::Tier,
         /// How often to reconcile with the kernel's state without events.
@@ -85,7 +86,8 @@ enum Command {
         /// Only paths matching this glob (`*` also matches `/`).
         #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
         path: Option<String>,
-        /// Only records in this status: held, captured, missed, unheld, skipped, failed.
+        /// Only records in this status: held, captured, missed, unheld, skipped,
+        /// failed, evicted.
         #[arg(long)]
         status: Option<Status>,
         /// At most this many records (0 for all).

@@ -4,7 +4,7 @@
 //! binary. Loading fills in the kernel's struct offsets (from BTF) and the
 //! daemon's own pid; attaching is split so that the release probes, which sit
 //! on hot system calls, are attached only while some pinned inode still has
-//! holders to watch (principle 4: pay only while there is something to watch).
+//! holders to watch (docs/design.md: pay only while there is something to watch).
 
 pub mod btf;
 mod vfs;

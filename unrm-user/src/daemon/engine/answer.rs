@@ -101,14 +101,14 @@ impl Engine {
 
     /// Sends a readable descriptor of record `id`'s content with the record.
     fn open(&mut self, id: i64, caller: &Caller, reply: oneshot::Sender<Reply>) -> Result<()> {
-        let record = match self.record(id, caller) {
+        let mut record = match self.record(id, caller) {
             Ok(record) => record,
             Err(err) => {
                 let _ = reply.send(Reply::error(format!("{err:#}")));
                 return Ok(());
             }
         };
-        let mut meta = self.index.restore_meta(id)?.unwrap_or_default();
+        let mut meta = std::mem::take(&mut record.restore);
         match record.status {
             Status::Held => {
                 let Some((inode, pin)) = self.pins.of_record(id) else {

@@ -21,11 +21,10 @@ use crate::{
         lanes,
     },
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
-    index::NewRecord,
-    ingest::{DeleteOp, Deletion, Grab},
+    ingest::{Deletion, Grab},
     pins::{self, Meta, PinFd, Refused},
     policy::Scratch,
-    record::{Deleter, Status, holders_of, nanos},
+    record::{Deleter, Op, Record, Status, holders_of, nanos},
 };
 
 /// Why a held file was not pinned, as its record says.
@@ -43,7 +42,7 @@ impl Engine {
             // A symlink, device or FIFO: no content to save.
             Some(v) if !v.is_regular() => return Ok(()),
             // The file lives on under another name.
-            Some(v) if d.op == DeleteOp::Unlink && v.nlink > 1 => return Ok(()),
+            Some(v) if d.op == Op::Unlink && v.nlink > 1 => return Ok(()),
             // The deleter's own lookup holds one dentry reference.
             Some(v) => v.refs.map(|refs| refs > 1),
             // The filesystem reported no inode losing its last name.
@@ -196,7 +195,7 @@ impl Engine {
         let status = match (&d.victim, p.held_hint, found.is_some()) {
             (_, Some(true), _) | (_, _, true) => Status::Missed,
             (Some(_), _, _) => Status::Unheld,
-            (None, _, _) if d.op == DeleteOp::Unlink => Status::Unheld,
+            (None, _, _) if d.op == Op::Unlink => Status::Unheld,
             // A rename on a filesystem without hooks, over nothing held:
             // there is no telling whether it replaced a file at all.
             (None, _, _) => return,
@@ -289,17 +288,12 @@ impl Engine {
         self.counters.skipped += 1;
         let mut record = match pending {
             Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Skipped, Some(&reason)),
-            None => NewRecord {
-                op: "scan",
-                status: Some(Status::Skipped),
-                reason: Some(reason),
-                ..Default::default()
-            },
+            None => {
+                let path = held.map(|h| h.path.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+                Record { reason: Some(reason), ..Record::new(path, Op::Scan, Status::Skipped) }
+            }
         };
         if let Some(held) = held {
-            if pending.is_none() {
-                record.path = held.path.as_os_str().as_bytes().to_vec();
-            }
             record.holders = holders_of(&held.holds);
             record.dev = Some(held.inode.dev);
             record.ino = Some(held.inode.ino);
@@ -307,7 +301,7 @@ impl Engine {
             record.mode = Some(held.mode);
             record.uid = Some(held.uid);
             record.gid = Some(held.gid);
-            record.parent = record.parent.or(held.parent);
+            record.restore.parent = record.restore.parent.or(held.parent);
         }
         // Recorded once: later snapshots leave it be while it stays held
         // (first come, first kept).
@@ -332,13 +326,10 @@ impl Engine {
         let (inode, holds) = (held.inode, held.holds.clone());
         let mut record = match pending {
             Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Held, None),
-            None => NewRecord {
-                path: held.path.as_os_str().as_bytes().to_vec(),
+            None => Record {
                 // Checked by the file worker's inspection, as every pin's is.
                 path_resolved: true,
-                op: "scan",
-                status: Some(Status::Held),
-                ..Default::default()
+                ..Record::new(held.path.as_os_str().as_bytes().to_vec(), Op::Scan, Status::Held)
             },
         };
         fill_meta(&mut record, inode, meta);
@@ -346,9 +337,9 @@ impl Engine {
         let charged = charged_to(meta.uid, &holds);
         record.charged_to = Some(charged);
         // A snapshot knows the directory where an event could not say.
-        record.parent = record.parent.or(held.parent);
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let (path_resolved, parent) = (record.path_resolved, record.parent);
+        record.restore.parent = record.restore.parent.or(held.parent);
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(record.path_bytes()));
+        let (path_resolved, parent) = (record.path_resolved, record.restore.parent);
         let id = self.index.insert(record);
         // A capture an earlier run made under this id belongs to a record
         // the index lost: it must not pass for this one's.
@@ -534,42 +525,31 @@ fn deleter(d: &Deletion) -> Deleter {
     }
 }
 
-fn op_name(op: DeleteOp) -> &'static str {
-    match op {
-        DeleteOp::Unlink => "unlink",
-        DeleteOp::Rename => "rename",
-    }
-}
-
-fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> NewRecord {
+fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> Record {
     let v = d.victim.as_ref();
-    NewRecord {
-        path: d.path.as_os_str().as_bytes().to_vec(),
-        path_resolved: d.host_path && d.path_complete,
-        // Only a record with content is ever restored into its directory.
-        parent: v.and_then(|v| v.parent).filter(|_| status == Status::Held),
-        dev: v.map(|v| v.inode.dev),
-        ino: v.map(|v| v.inode.ino),
-        size: v.map(|v| v.size),
-        mode: v.map(|v| v.mode),
-        uid: v.map(|v| v.uid),
-        gid: v.map(|v| v.gid),
-        deleted_at: Some(at),
-        deleted_by: Some(deleter(d)),
-        op: op_name(d.op),
-        status: Some(status),
-        reason: reason.map(str::to_owned),
-        ..Default::default()
-    }
+    let mut record = Record::new(d.path.as_os_str().as_bytes().to_vec(), d.op, status);
+    record.path_resolved = d.host_path && d.path_complete;
+    // Only a record with content is ever restored into its directory.
+    record.restore.parent = v.and_then(|v| v.parent).filter(|_| status == Status::Held);
+    record.dev = v.map(|v| v.inode.dev);
+    record.ino = v.map(|v| v.inode.ino);
+    record.size = v.map(|v| v.size);
+    record.mode = v.map(|v| v.mode);
+    record.uid = v.map(|v| v.uid);
+    record.gid = v.map(|v| v.gid);
+    record.deleted_at = at;
+    record.deleted_by = Some(deleter(d));
+    record.reason = reason.map(str::to_owned);
+    record
 }
 
-fn fill_meta(record: &mut NewRecord, inode: InodeId, meta: &Meta) {
+fn fill_meta(record: &mut Record, inode: InodeId, meta: &Meta) {
     record.dev = Some(meta.dev);
     record.ino = Some(inode.ino);
     record.size = Some(meta.size);
     record.mode = Some(meta.mode);
     record.uid = Some(meta.uid);
     record.gid = Some(meta.gid);
-    record.atime_ns = Some(meta.atime_ns);
-    record.mtime_ns = Some(meta.mtime_ns);
+    record.restore.atime_ns = Some(meta.atime_ns);
+    record.restore.mtime_ns = Some(meta.mtime_ns);
 }
