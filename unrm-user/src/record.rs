@@ -70,9 +70,17 @@ impl fmt::Display for Status {
 impl FromStr for Status {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        match Status::ALL.into_iter().find(|st| st.as_str() == s) {
-            Some(st) => Ok(st),
-            None => bail!("unknown status {s:?} (one of: {})", Status::ALL.map(Status::as_str).join(", ")),
+        by_name("status", &Status::ALL, Status::as_str, s)
+    }
+}
+
+/// The one of `all` whose name is `s`, or an error naming them all.
+fn by_name<T: Copy>(what: &str, all: &[T], name: fn(T) -> &'static str, s: &str) -> anyhow::Result<T> {
+    match all.iter().copied().find(|&v| name(v) == s) {
+        Some(v) => Ok(v),
+        None => {
+            let names: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+            bail!("unknown {what} {s:?} (one of: {})", names.join(", "))
         }
     }
 }
@@ -111,10 +119,7 @@ impl fmt::Display for Op {
 impl FromStr for Op {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        match Op::ALL.into_iter().find(|op| op.as_str() == s) {
-            Some(op) => Ok(op),
-            None => bail!("unknown operation {s:?}"),
-        }
+        by_name("operation", &Op::ALL, Op::as_str, s)
     }
 }
 
