@@ -30,8 +30,9 @@ use std::{
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags, open, statx};
 
 use crate::{
+    access::{AclEntry, Parent},
     budget::{Budget, Ticket},
-    holders::{HeldFile, InodeId},
+    holders::{HeldFile, Hold, InodeId},
 };
 
 /// A file's metadata as the kernel has it cached.
@@ -127,6 +128,38 @@ impl PinFd {
             Ok(PinFd { fd: OwnedFd::from(file), _ticket: ticket, reading: true })
         }))
     }
+}
+
+/// One pinned file, as the engine keeps it: the pin, its record, and what
+/// the engine decides by.
+pub struct Pin {
+    pub fd: Pinned,
+    pub record: i64,
+    /// Where it was; snapshots leave pinned files' paths out.
+    pub path: PathBuf,
+    /// Whose per-user limits it counts against: its owner if the owner
+    /// holds it, else a holder's user (the engine's `charged_to`).
+    pub charged: u32,
+    /// Last known size (snapshots refresh it).
+    pub size: u64,
+    /// The process that deleted it, when an event said so.
+    pub deleter: Option<u32>,
+    /// Some process other than the deleter held it at some point: not a
+    /// scratch file.
+    pub others_held: bool,
+    pub holds: Vec<Hold>,
+    /// Found by a scan before (or without) its deletion event.
+    pub from_scan: bool,
+    pub capturing: bool,
+    /// The access ACL as read when the file's ctime was the first value
+    /// (inner None: it has none); None until a file worker has read it.
+    pub acl: Option<(i64, Option<Vec<AclEntry>>)>,
+    /// A file worker is reading the ACL again.
+    pub acl_asked: bool,
+    /// The directory it was deleted from, as the probes saw it.
+    pub parent: Option<Parent>,
+    /// Its device as stat(2) reports it.
+    pub dev: u64,
 }
 
 /// Why no pin was taken.

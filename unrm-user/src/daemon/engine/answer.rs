@@ -2,7 +2,7 @@
 //! committed: a client that saw a deletion return also sees its record.
 //!
 //! Each answer is bounded: a listing looks at `SCAN_ROWS` rows at most and
-//! says where to go on; a scan reuses a snapshot younger than `SCAN_REUSE`;
+//! says where to go on; a scan reuses a recent snapshot (`kernel::SCAN_REUSE`);
 //! a held file's restore is opened by its filesystem's file worker, since
 //! opening may block. Records a caller may not see (see `access`) do not
 //! exist as far as it can tell.
@@ -11,7 +11,6 @@ use std::{
     collections::VecDeque,
     os::{fd::AsFd, fd::OwnedFd, unix::fs::MetadataExt},
     sync::atomic::Ordering,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -36,8 +35,6 @@ use crate::{
 /// about how large a page may be.
 const SCAN_ROWS: usize = 20_000;
 const PAGE_BYTES: usize = 4 << 20;
-/// How long a snapshot taken for `unrm scan` answers the next ones too.
-const SCAN_REUSE: Duration = Duration::from_millis(250);
 
 impl Engine {
     pub(super) fn answer(&mut self, request: Request, caller: &Caller, reply: oneshot::Sender<Reply>) {
@@ -94,8 +91,8 @@ impl Engine {
         for inode in inodes {
             let Some(pin) = self.pins.get_mut(&inode).filter(|pin| !pin.acl_asked) else { continue };
             pin.acl_asked = true;
-            let job = jobs::reread_acl(pin.fd.clone(), inode, self.tx.clone());
-            self.lanes.run(inode.dev, job);
+            let job = jobs::reread_acl(pin.fd.clone(), inode, self.workers.tx.clone());
+            self.workers.lanes.run(inode.dev, job);
         }
     }
 
@@ -117,10 +114,10 @@ impl Engine {
                     return Ok(());
                 };
                 let job = jobs::open_held(pin.fd.clone(), record, meta, caller.is_root(), reply);
-                self.lanes.run(inode.dev, job);
+                self.workers.lanes.run(inode.dev, job);
             }
             Status::Captured => {
-                let answer = self.store.open_capture(id).map(|file| {
+                let answer = self.storage.files.open_capture(id).map(|file| {
                     if !caller.is_root() {
                         xattrs::keep_unprivileged(&mut meta.xattrs);
                     }
@@ -143,13 +140,8 @@ impl Engine {
     /// caller's own processes (they would tell anyone else where a process
     /// keeps its memory).
     fn scan(&mut self, caller: &Caller) -> Result<Vec<HeldView>> {
-        let fresh = self.last_scan.as_ref().is_some_and(|(at, _)| at.elapsed() < SCAN_REUSE);
-        if !fresh {
-            let snapshot = Snapshot::take(&mut self.probes)?;
-            self.counters.scans += 1;
-            self.last_scan = Some((Instant::now(), snapshot));
-        }
-        let (_, snapshot) = self.last_scan.as_ref().expect("just taken");
+        let (taken, snapshot) = self.kernel.scan()?;
+        self.figures.counters.scans += taken as u64;
         let visibility = self.cfg.policy.visible_to;
         let mut files = Vec::new();
         let mut stale = Vec::new();
@@ -185,59 +177,55 @@ impl Engine {
         Ok(views)
     }
 
-    pub(super) fn lost_events(&self) -> u64 {
-        self.probe_stats.lost_events() + self.probe_stats.lost_inflight()
-    }
-
     pub(super) fn status(&mut self) -> Result<DaemonStatus> {
-        let mut counters = self.counters.clone();
-        counters.lost_events = self.lost_events();
+        let mut counters = self.figures.counters.clone();
+        counters.lost_events = self.kernel.lost_events();
         let held_bytes = self.pins.iter().map(|(_, p)| p.size).sum();
-        let stuck = self.lanes.tick();
+        let stuck = self.workers.lanes.tick();
         let index = self.index.health();
-        let server = &self.server_stats;
+        let server = &self.figures.server_stats;
         let safety = Safety {
-            pin_budget: self.budget.limit() as u64,
-            pins_open: self.budget.used() as u64,
-            over_budget: self.guards.over_budget,
-            over_user_pins: self.guards.over_user_pins,
-            over_user_store: self.guards.over_user_store,
-            rate_limited: self.rate.refused,
-            failed_calls: self.probe_stats.failed_calls(),
-            watch_full: self.watches.full,
-            pidfds: self.exit_stats.watched.load(Ordering::Relaxed),
-            pidfd_budget: self.pidfd_budget as u64,
-            pidfds_refused: self.exit_stats.refused.load(Ordering::Relaxed),
+            pin_budget: self.admission.budget.limit() as u64,
+            pins_open: self.admission.budget.used() as u64,
+            over_budget: self.figures.guards.over_budget,
+            over_user_pins: self.figures.guards.over_user_pins,
+            over_user_store: self.figures.guards.over_user_store,
+            rate_limited: self.admission.rate.refused,
+            failed_calls: self.kernel.stats.failed_calls(),
+            watch_full: self.kernel.watches.full,
+            pidfds: self.figures.exit_stats.watched.load(Ordering::Relaxed),
+            pidfd_budget: self.figures.pidfd_budget as u64,
+            pidfds_refused: self.figures.exit_stats.refused.load(Ordering::Relaxed),
             index_errors: index.errors,
             index_waiting: index.waiting as u64,
             index_dropped: index.dropped,
-            engine_errors: self.guards.engine_errors,
+            engine_errors: self.figures.guards.engine_errors,
             connections: server.open.load(Ordering::Relaxed),
             connections_refused: server.refused.load(Ordering::Relaxed),
             clients_dropped: server.dropped.load(Ordering::Relaxed),
             accept_errors: server.accept_errors.load(Ordering::Relaxed),
             stuck_filesystems: stuck as u64,
-            stuck_total: self.lanes.stuck_total(),
-            evicted_for_space: self.guards.evicted_for_space,
-            records_pruned: self.guards.records_pruned,
+            stuck_total: self.workers.lanes.stuck_total(),
+            evicted_for_space: self.figures.guards.evicted_for_space,
+            records_pruned: self.figures.guards.records_pruned,
         };
         Ok(DaemonStatus {
             pid: std::process::id(),
-            uptime_secs: self.started.elapsed().as_secs(),
+            uptime_secs: self.figures.started.elapsed().as_secs(),
             state_dir: self.cfg.state_dir.display().to_string(),
             probes: ProbeStatus {
-                tier: self.probes.tier().name().into(),
-                fallback: self.probes.fallback().map(str::to_owned),
+                tier: self.kernel.probes.tier().name().into(),
+                fallback: self.kernel.probes.fallback().map(str::to_owned),
                 attached: true,
-                fs_hooks: self.probes.fs_hooks().iter().map(|h| h.to_string()).collect(),
-                release_attached: self.probes.release_attached(),
+                fs_hooks: self.kernel.probes.fs_hooks().iter().map(|h| h.to_string()).collect(),
+                release_attached: self.kernel.probes.release_attached(),
             },
             counters,
             held_files: self.pins.len() as u64,
             held_bytes,
-            store_bytes: self.usage.total(),
+            store_bytes: self.storage.usage.total(),
             records: self.index.rows(),
-            pin_latency_us: latency(&self.latencies_ns),
+            pin_latency_us: latency(&self.figures.latencies_ns),
             safety,
         })
     }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::{Engine, LATENCY_SAMPLES, Pending, Pin, RECHECK_DELAY};
+use super::{Engine, Pending, RECHECK_DELAY};
 use crate::{
     access::Parent,
     clock::{monotonic_ns, wall_time_of},
@@ -22,7 +22,7 @@ use crate::{
     },
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     ingest::{Deletion, Grab},
-    pins::{self, Meta, PinFd, Refused},
+    pins::{self, Meta, Pin, PinFd, Refused},
     policy::Scratch,
     record::{Deleter, Op, Record, Status, holders_of, nanos},
 };
@@ -49,9 +49,9 @@ impl Engine {
             None if d.fs_hooked => return Ok(()),
             None => None,
         };
-        self.counters.deletions += 1;
+        self.figures.counters.deletions += 1;
         if !self.cfg.policy.wants(&d.path, d.victim.map(|v| v.uid)) {
-            self.counters.ignored += 1;
+            self.figures.counters.ignored += 1;
             return Ok(());
         }
         if !d.path_complete {
@@ -63,10 +63,10 @@ impl Engine {
         }
         let deleted_at = wall_time_of(d.ktime_ns);
         if held_hint == Some(false) {
-            if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
+            if !self.admission.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
                 return Ok(());
             }
-            self.counters.unheld += 1;
+            self.figures.counters.unheld += 1;
             self.index.insert(deletion_record(&d, deleted_at, Status::Unheld, None));
             return Ok(());
         }
@@ -74,7 +74,7 @@ impl Engine {
         if self.pin_through_probe_holder(&mut pending)? {
             return Ok(());
         }
-        if pending.deletion.over_budget || self.budget.exhausted() {
+        if pending.deletion.over_budget || self.admission.budget.exhausted() {
             // No snapshot can help: there is no descriptor to pin with.
             self.not_pinned(None, Some(&pending), NotPinned::Budget);
             return Ok(());
@@ -107,22 +107,22 @@ impl Engine {
             self.not_pinned(None, Some(p), why);
             return Ok(true);
         }
-        self.record_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
+        self.figures.pin_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let hold = Hold { comm: comm.trim_end().to_owned(), ..hold };
         let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold], victim.parent);
         let Grab { pin, meta, .. } = *grab;
         self.add_pin(&held, pin, &meta, Some(p));
-        self.counters.fast_pins += 1;
+        self.figures.counters.fast_pins += 1;
         // Watch the holder we know now; the snapshot adds the others.
-        self.watches.stale = true;
+        self.kernel.watches.stale = true;
         self.timers.want_holders();
         Ok(true)
     }
 
     pub(super) fn reconcile(&mut self) -> Result<()> {
-        let snapshot = Snapshot::take(&mut self.probes)?;
-        self.counters.scans += 1;
+        let snapshot = self.kernel.snapshot()?;
+        self.figures.counters.scans += 1;
         self.reconcile_with(snapshot);
         Ok(())
     }
@@ -201,12 +201,12 @@ impl Engine {
             (None, _, _) => return,
         };
         let reason = (status == Status::Missed).then_some("released before unrm could pin it");
-        if !self.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
+        if !self.admission.rate.allow(d.uid, self.cfg.policy.per_user.records_per_minute) {
             return;
         }
         match status {
-            Status::Missed => self.counters.missed += 1,
-            _ => self.counters.unheld += 1,
+            Status::Missed => self.figures.counters.missed += 1,
+            _ => self.figures.counters.unheld += 1,
         }
         self.index.insert(deletion_record(d, p.deleted_at, status, reason));
     }
@@ -232,10 +232,10 @@ impl Engine {
             self.not_pinned(Some(held), pending, why);
             return true;
         }
-        match pins::take(held, &self.budget) {
+        match pins::take(held, &self.admission.budget) {
             Ok((fd, meta)) => {
                 if let Some(p) = pending {
-                    self.record_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
+                    self.figures.pin_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
                 }
                 self.add_pin(held, fd, &meta, pending);
                 true
@@ -251,7 +251,7 @@ impl Engine {
     /// Why `uid` may not be charged another pin, if so (`per_user.pins`;
     /// root has no per-user limits).
     fn over_user_pins(&self, uid: u32) -> Option<NotPinned> {
-        let cap = self.cfg.policy.per_user.pins.of(self.budget.limit() as u64) as usize;
+        let cap = self.cfg.policy.per_user.pins.of(self.admission.budget.limit() as u64) as usize;
         let has = self.pins.charged_to(uid);
         (uid != 0 && has >= cap).then(|| {
             NotPinned::UserPins(format!(
@@ -264,28 +264,31 @@ impl Engine {
     /// deleter's `records_per_minute`).
     fn not_pinned(&mut self, held: Option<&HeldFile>, pending: Option<&Pending>, why: NotPinned) {
         if let Some(p) = pending
-            && !self.rate.allow(p.deletion.uid, self.cfg.policy.per_user.records_per_minute)
+            && !self.admission.rate.allow(p.deletion.uid, self.cfg.policy.per_user.records_per_minute)
         {
             return;
         }
         let reason = match why {
             NotPinned::Budget => {
-                self.guards.over_budget += 1;
-                if self.guards.over_budget == 1 {
+                self.figures.guards.over_budget += 1;
+                if self.figures.guards.over_budget == 1 {
                     log::warn!(
                         "the descriptor budget ({} pins) is spent: held files are recorded as skipped \
                          until pins are let go (raise LimitNOFILE for more)",
-                        self.budget.limit()
+                        self.admission.budget.limit()
                     );
                 }
-                format!("not pinned: unrm's descriptor budget ({} pins) is spent", self.budget.limit())
+                format!(
+                    "not pinned: unrm's descriptor budget ({} pins) is spent",
+                    self.admission.budget.limit()
+                )
             }
             NotPinned::UserPins(why) => {
-                self.guards.over_user_pins += 1;
+                self.figures.guards.over_user_pins += 1;
                 format!("not pinned: {why}")
             }
         };
-        self.counters.skipped += 1;
+        self.figures.counters.skipped += 1;
         let mut record = match pending {
             Some(p) => deletion_record(&p.deletion, p.deleted_at, Status::Skipped, Some(&reason)),
             None => {
@@ -313,13 +316,6 @@ impl Engine {
         self.index.insert(record);
     }
 
-    pub(super) fn record_latency(&mut self, ns: u64) {
-        if self.latencies_ns.len() == LATENCY_SAMPLES {
-            self.latencies_ns.pop_front();
-        }
-        self.latencies_ns.push_back(ns);
-    }
-
     /// Records a new pin: from a deletion event, or (`pending` None) found
     /// by a scan at `held.path`; then has a file worker inspect it.
     fn add_pin(&mut self, held: &HeldFile, fd: PinFd, meta: &Meta, pending: Option<&Pending>) {
@@ -343,8 +339,8 @@ impl Engine {
         let id = self.index.insert(record);
         // A capture an earlier run made under this id belongs to a record
         // the index lost: it must not pass for this one's.
-        let _ = self.store.remove(id);
-        self.counters.pins += 1;
+        let _ = self.storage.files.remove(id);
+        self.figures.counters.pins += 1;
         log::info!("pinned {} ({} bytes) as record {id}", path.display(), meta.size);
         let deleter = pending.map(|p| p.deletion.pid);
         let pin = Pin {
@@ -369,8 +365,10 @@ impl Engine {
 
     /// Has a file worker learn what the access check and a restore need.
     pub(super) fn inspect(&mut self, inode: InodeId, pin: &Pin, host_path: bool) {
-        let (fd, budget, tx) = (pin.fd.clone(), self.budget.clone(), self.tx.clone());
-        self.lanes.run_first(inode.dev, jobs::open_pin(fd.clone(), budget, pin.record, inode, tx.clone()));
+        let (fd, budget, tx) = (pin.fd.clone(), self.admission.budget.clone(), self.workers.tx.clone());
+        self.workers
+            .lanes
+            .run_first(inode.dev, jobs::open_pin(fd.clone(), budget, pin.record, inode, tx.clone()));
         let subject = jobs::Subject {
             record: pin.record,
             inode,
@@ -380,7 +378,7 @@ impl Engine {
             dev: pin.dev,
         };
         let job = jobs::inspect(fd, subject, tx);
-        self.lanes.run(inode.dev, job);
+        self.workers.lanes.run(inode.dev, job);
     }
 
     /// Only our pin is left: the content is final. Copy it, then let go.
@@ -400,15 +398,22 @@ impl Engine {
             self.make_room(size, charged)?
         };
         if let Some(reason) = refused {
-            self.counters.skipped += 1;
+            self.figures.counters.skipped += 1;
             self.index.set_status(record, Status::Skipped, Some(&reason));
             self.unpin(&inode);
             return Ok(());
         }
         let pin = self.pins.get_mut(&inode).expect("still pinned");
         pin.capturing = true;
-        let job = jobs::capture(self.store.clone(), pin.fd.clone(), record, inode, size, self.tx.clone());
-        self.lanes.run(inode.dev, job);
+        let job = jobs::capture(
+            self.storage.files.clone(),
+            pin.fd.clone(),
+            record,
+            inode,
+            size,
+            self.workers.tx.clone(),
+        );
+        self.workers.lanes.run(inode.dev, job);
         Ok(())
     }
 
@@ -442,7 +447,7 @@ impl Engine {
                 self.unpin(&inode);
                 match result {
                     Ok(captured) => {
-                        self.counters.captured += 1;
+                        self.figures.counters.captured += 1;
                         let stored = &captured.stored;
                         log::info!(
                             "captured record {record} ({} bytes, {:?}, {took:?})",
@@ -452,12 +457,12 @@ impl Engine {
                         self.index.mark_captured(record, stored.size, at);
                         self.index.set_xattrs(record, &captured.xattrs);
                         self.index.set_final_perms(record, &captured.perms);
-                        self.usage.add(record, charged, nanos(at), captured.cost);
-                        let job = jobs::checksum(self.store.clone(), record, self.tx.clone());
-                        self.lanes.run(lanes::STORE, job);
+                        self.storage.usage.add(record, charged, nanos(at), captured.cost);
+                        let job = jobs::checksum(self.storage.files.clone(), record, self.workers.tx.clone());
+                        self.workers.lanes.run(lanes::STORE, job);
                     }
                     Err(reason) => {
-                        self.counters.failed += 1;
+                        self.figures.counters.failed += 1;
                         log::warn!("capture of record {record} failed: {reason}");
                         self.index.set_status(record, Status::Failed, Some(&reason));
                     }
@@ -480,14 +485,14 @@ impl Engine {
             .filter(|(_, p)| !p.capturing)
             .flat_map(|(_, p)| p.holds.iter().map(|h| h.pid))
             .collect();
-        if self.watches.sync(inodes, tgids, &mut self.probes) {
+        if self.kernel.watches.sync(inodes, tgids, &mut self.kernel.probes) {
             self.timers.recheck(RECHECK_DELAY);
         }
     }
 
     /// Lets go of a pin, the kernel-side watch first (see `Watches::forget_inode`).
     pub(super) fn unpin(&mut self, inode: &InodeId) {
-        self.watches.forget_inode(inode);
+        self.kernel.watches.forget_inode(inode);
         self.pins.remove(inode);
     }
 }

@@ -32,8 +32,8 @@ impl Engine {
     /// Counts what the store holds, at start.
     pub(super) fn count_store(&mut self) -> Result<()> {
         for (id, owner, at) in self.index.captures()? {
-            match self.store.cost(id) {
-                Ok(cost) => self.usage.add(id, owner.unwrap_or(0), at, cost),
+            match self.storage.files.cost(id) {
+                Ok(cost) => self.storage.usage.add(id, owner.unwrap_or(0), at, cost),
                 Err(err) => log::warn!("capture {id} is not in the store: {err:#}"),
             }
         }
@@ -53,28 +53,31 @@ impl Engine {
         }
         if owner != 0 {
             let share = policy.per_user.store.of(policy.max_store_size);
-            while self.usage.of(owner) + size > share {
-                let Some(id) = self.usage.oldest_of(owner) else { break };
+            while self.storage.usage.of(owner) + size > share {
+                let Some(id) = self.storage.usage.oldest_of(owner) else { break };
                 self.evict(id, "to make room for a newer capture of its owner's (per_user.store)");
             }
-            if self.usage.of(owner) + size > share {
-                self.guards.over_user_store += 1;
+            if self.storage.usage.of(owner) + size > share {
+                self.figures.guards.over_user_store += 1;
                 return Ok(Some(format!(
                     "{size} bytes would take uid {owner} over its share of the store ({share} bytes, per_user.store)"
                 )));
             }
         }
-        while self.usage.total() + size > policy.max_store_size {
-            let after = self.usage.of(owner) + size;
-            let victim = self.usage.oldest_of(owner).or_else(|| {
-                self.usage.biggest_above(after).and_then(|biggest| self.usage.oldest_of(biggest))
+        while self.storage.usage.total() + size > policy.max_store_size {
+            let after = self.storage.usage.of(owner) + size;
+            let victim = self.storage.usage.oldest_of(owner).or_else(|| {
+                self.storage
+                    .usage
+                    .biggest_above(after)
+                    .and_then(|biggest| self.storage.usage.oldest_of(biggest))
             });
             let Some(id) = victim else {
                 return Ok(Some("the store is full of other users' captures (max_store_size)".into()));
             };
             self.evict(id, "to make room for a newer capture");
         }
-        let (total, _) = self.store.space()?;
+        let (total, _) = self.storage.files.space()?;
         let floor = policy.min_free.bytes(total);
         if size > total.saturating_sub(floor) {
             return Ok(Some(format!(
@@ -83,11 +86,13 @@ impl Engine {
         }
         let reserve = policy.store_reserve.bytes(total);
         loop {
-            let (_, avail) = self.store.space()?;
-            if avail.saturating_sub(size) >= floor || (self.usage.total() + size <= reserve && size < avail) {
+            let (_, avail) = self.storage.files.space()?;
+            if avail.saturating_sub(size) >= floor
+                || (self.storage.usage.total() + size <= reserve && size < avail)
+            {
                 return Ok(None);
             }
-            let Some(id) = self.usage.oldest_of(owner) else {
+            let Some(id) = self.storage.usage.oldest_of(owner) else {
                 return Ok(Some(
                     "the store's filesystem is below its free-space floor (min_free), and the store is \
                      past its reserve (store_reserve)"
@@ -109,21 +114,21 @@ impl Engine {
         if self.index.healthy() {
             if let Some(cutoff) = SystemTime::now().checked_sub(policy.keep_for) {
                 for id in self.index.expire(cutoff)? {
-                    self.usage.remove(id);
-                    self.store.remove(id)?;
+                    self.storage.usage.remove(id);
+                    self.storage.files.remove(id)?;
                 }
             }
             self.keep_index_within(policy.max_index_size)?;
         }
-        while self.usage.total() > policy.max_store_size {
+        while self.storage.usage.total() > policy.max_store_size {
             let Some(id) = self.biggest_oldest() else { break };
             self.evict(id, "the store is over its cap (max_store_size)");
         }
-        let (total, _) = self.store.space()?;
+        let (total, _) = self.storage.files.space()?;
         let (floor, reserve) = (policy.min_free.bytes(total), policy.store_reserve.bytes(total));
-        while self.store.space()?.1 < floor && self.usage.total() > reserve {
+        while self.storage.files.space()?.1 < floor && self.storage.usage.total() > reserve {
             let Some(id) = self.biggest_oldest() else { break };
-            self.guards.evicted_for_space += 1;
+            self.figures.guards.evicted_for_space += 1;
             self.evict(id, "the store's filesystem fell below its free-space floor (min_free)");
         }
         Ok(())
@@ -142,7 +147,7 @@ impl Engine {
         let rows = self.index.rows();
         let over = (rows as f64 * (size - max) as f64 / size as f64) as usize + 1000;
         let forgotten = self.index.prune(over)?;
-        self.guards.records_pruned += forgotten as u64;
+        self.figures.guards.records_pruned += forgotten as u64;
         log::warn!(
             "the index is over max_index_size ({size} > {max} bytes): {forgotten} records without content forgotten"
         );
@@ -151,16 +156,16 @@ impl Engine {
 
     /// The oldest capture of the user charged the most.
     fn biggest_oldest(&self) -> Option<i64> {
-        self.usage.biggest_above(0).and_then(|uid| self.usage.oldest_of(uid))
+        self.storage.usage.biggest_above(0).and_then(|uid| self.storage.usage.oldest_of(uid))
     }
 
     fn evict(&mut self, id: i64, why: &str) {
-        self.usage.remove(id);
-        if let Err(err) = self.store.remove(id) {
+        self.storage.usage.remove(id);
+        if let Err(err) = self.storage.files.remove(id) {
             log::warn!("removing capture {id}: {err:#}");
         }
         self.index.set_status(id, Status::Evicted, Some(why));
-        self.counters.evicted += 1;
+        self.figures.counters.evicted += 1;
         log::info!("evicted capture {id}: {why}");
     }
 }

@@ -1,10 +1,20 @@
-//! How many records of deletions unrm has no content for (unheld, missed,
+//! Who may have more. The descriptor budget (`budget`) bounds pins; here,
+//! how many records of deletions unrm has no content for (unheld, missed,
 //! not pinned) each user may add per minute: a token bucket per deleting
 //! user, so that one user's `rm -rf` storms (or a loop made to flood the
 //! index) cannot bury everyone else's records. Root has no per-user limits;
 //! pinned deletions are bounded by pins instead.
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use crate::budget::Budget;
+
+/// Who may have more: the machine's descriptor budget for pins, and each
+/// user's rate of records without content.
+pub struct Admission {
+    pub budget: Arc<Budget>,
+    pub rate: RateLimiter,
+}
 
 #[derive(Default)]
 pub struct RateLimiter {

@@ -13,9 +13,11 @@
 //! engine never touches a file's filesystem itself (that may block); file
 //! workers do (`lanes`, `jobs`).
 //!
-//! Here: the loop. `resume` picks up after a restart, `decide` holds the
-//! decisions, `table` the pins, `watch` the kernel-side filters, `keep` the
-//! store's bounds, `answer` the API.
+//! Here: the loop, and the parts the engine coordinates. `resume` picks up
+//! after a restart, `decide` holds the decisions, `table` the pins,
+//! `kernel` the probes (with `watch`, their kernel-side filters), `limits`
+//! who may have more, `keep` the store's bounds, `figures` what `status`
+//! reports, `answer` the API.
 
 use std::{
     collections::VecDeque,
@@ -32,7 +34,9 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 mod answer;
 mod decide;
+mod figures;
 mod keep;
+mod kernel;
 mod limits;
 mod resume;
 mod table;
@@ -46,20 +50,20 @@ use super::{
 use crate::{
     access::Caller,
     api::{
-        proto::{Counters, Request},
+        proto::Request,
         server::{Reply, ServerStats},
     },
     budget::Budget,
-    holders::Snapshot,
     index::Index,
     ingest::{Deletion, Event},
     policy::Policy,
-    probe::{ProbeStats, Probes},
+    probe::Probes,
     store::{Store, usage::Usage},
 };
-use limits::RateLimiter;
-use table::{Pin, PinTable};
-use watch::Watches;
+use figures::Figures;
+use kernel::Kernel;
+use limits::{Admission, RateLimiter};
+use table::PinTable;
 
 pub enum Msg {
     Event(Event),
@@ -136,8 +140,6 @@ const RECHECK_DELAY: Duration = Duration::from_millis(10);
 /// open of /proc/PID/fd/N was seen waiting milliseconds behind one).
 const HOLDERS_QUIET: Duration = Duration::from_millis(250);
 const HOLDERS_MAX_WAIT: Duration = Duration::from_secs(2);
-/// Pin latencies kept for `unrm status`.
-const LATENCY_SAMPLES: usize = 8192;
 
 /// When the engine next has something to do without being asked.
 #[derive(Default)]
@@ -168,73 +170,51 @@ impl Timers {
     }
 }
 
-/// Counters that are not the API's `Counters`: the guards' figures.
-#[derive(Default)]
-struct Guards {
-    over_budget: u64,
-    over_user_pins: u64,
-    over_user_store: u64,
-    engine_errors: u64,
-    evicted_for_space: u64,
-    records_pruned: u64,
+/// The store's files and what each user is charged for them.
+struct Storage {
+    files: Arc<Store>,
+    usage: Usage,
 }
 
+/// Where the engine sends work that touches a filesystem, and where that
+/// work reports back.
+struct Workers {
+    lanes: Lanes,
+    tx: Sender<Msg>,
+}
+
+/// The engine coordinates; each part owns its own state.
 pub struct Engine {
     cfg: Config,
-    probes: Probes,
-    watches: Watches,
-    probe_stats: ProbeStats,
+    /// The probes, their watch tables and their counters.
+    kernel: Kernel,
     index: Index,
-    store: Arc<Store>,
-    usage: Usage,
+    storage: Storage,
     pins: PinTable,
+    /// Deletions waiting for the next snapshot to say whether they are held.
     pending: Vec<Pending>,
+    /// Who may have more: the descriptor budget and per-user rates.
+    admission: Admission,
     timers: Timers,
-    /// The snapshot the last `unrm scan` was answered from.
-    last_scan: Option<(Instant, Snapshot)>,
-    lanes: Lanes,
-    budget: Arc<Budget>,
-    rate: RateLimiter,
-    tx: Sender<Msg>,
-    exit_stats: Arc<ExitStats>,
-    pidfd_budget: usize,
-    server_stats: Arc<ServerStats>,
-    counters: Counters,
-    guards: Guards,
-    /// Probe-side losses already acted on.
-    lost_seen: u64,
-    latencies_ns: VecDeque<u64>,
-    started: Instant,
+    workers: Workers,
+    /// What `unrm status` reports.
+    figures: Figures,
 }
 
 impl Engine {
-    pub fn new(cfg: Config, mut parts: Parts) -> Result<Self> {
-        let watches = Watches::new(parts.probes.take_watch_maps()?, parts.exits);
-        let probe_stats = parts.probes.take_stats()?;
+    pub fn new(cfg: Config, parts: Parts) -> Result<Self> {
+        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats } = parts;
         Ok(Self {
             cfg,
-            probes: parts.probes,
-            watches,
-            probe_stats,
-            index: parts.index,
-            store: parts.store,
-            usage: Usage::default(),
+            kernel: Kernel::new(probes, exits)?,
+            index,
+            storage: Storage { files: store, usage: Usage::default() },
             pins: PinTable::default(),
             pending: Vec::new(),
+            admission: Admission { budget, rate: RateLimiter::default() },
             timers: Timers::default(),
-            last_scan: None,
-            lanes: Lanes::new(),
-            budget: parts.budget,
-            rate: RateLimiter::default(),
-            tx: parts.tx,
-            exit_stats: parts.exit_stats,
-            pidfd_budget: parts.pidfd_budget,
-            server_stats: parts.server_stats,
-            counters: Counters::default(),
-            guards: Guards::default(),
-            lost_seen: 0,
-            latencies_ns: VecDeque::new(),
-            started: Instant::now(),
+            workers: Workers { lanes: Lanes::new(), tx },
+            figures: Figures::new(exit_stats, pidfd_budget, server_stats),
         })
     }
 
@@ -286,11 +266,11 @@ impl Engine {
                     if let Err(err) = self.keep_within_bounds() {
                         self.fault("enforcing the store's bounds", &err);
                     }
-                    self.lanes.tick();
+                    self.workers.lanes.tick();
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }
-            if self.watches.stale {
+            if self.kernel.watches.stale {
                 self.sync_watches();
             }
             // Writes share a commit for a few milliseconds; a reader sees
@@ -311,19 +291,13 @@ impl Engine {
 
     /// An error the engine logs, counts and goes on from.
     fn fault(&mut self, doing: &str, err: &anyhow::Error) {
-        self.guards.engine_errors += 1;
+        self.figures.guards.engine_errors += 1;
         log::error!("{doing}: {err:#}");
     }
 
     /// Events the probes had to drop: whatever they said, a snapshot finds.
     fn notice_losses(&mut self) {
-        let lost = self.lost_events();
-        if lost > self.lost_seen {
-            log::warn!(
-                "{} events lost in the kernel (ring buffer full: a larger --ring-size helps); reconciling",
-                lost - self.lost_seen
-            );
-            self.lost_seen = lost;
+        if self.kernel.new_losses() {
             self.timers.recheck(Duration::ZERO);
         }
     }
@@ -343,12 +317,12 @@ impl Engine {
     fn handle(&mut self, msg: Msg) -> Result<()> {
         match msg {
             Msg::Event(Event::Delete(deletion)) => {
-                self.counters.events += 1;
+                self.figures.counters.events += 1;
                 self.on_deletion(deletion)
             }
             Msg::Event(Event::Release(release)) => {
-                self.counters.events += 1;
-                self.counters.releases += 1;
+                self.figures.counters.events += 1;
+                self.figures.counters.releases += 1;
                 log::debug!(
                     "release hint: {} by {} of {:?} at {}",
                     release.reason_name(),

@@ -6,10 +6,10 @@ use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use anyhow::Result;
 
-use super::{Engine, table::Pin};
+use super::Engine;
 use crate::{
     holders::{InodeId, Snapshot},
-    pins,
+    pins::{self, Pin},
     record::{Status, holders_of, nanos},
 };
 
@@ -19,8 +19,8 @@ impl Engine {
     pub fn start(&mut self) -> Result<()> {
         self.count_store()?;
         self.index.begin();
-        let snapshot = Snapshot::take(&mut self.probes)?;
-        self.counters.scans += 1;
+        let snapshot = self.kernel.snapshot()?;
+        self.figures.counters.scans += 1;
         for (id, dev, ino) in self.index.held()? {
             self.resume(id, dev.zip(ino).map(|(dev, ino)| InodeId { dev, ino }), &snapshot)?;
         }
@@ -35,29 +35,29 @@ impl Engine {
     /// could not take) go: nothing could restore them, and they hold space.
     fn remove_orphans(&mut self) -> Result<()> {
         let captured: HashSet<i64> = self.index.captures()?.iter().map(|c| c.0).collect();
-        for id in self.store.ids()?.into_iter().filter(|id| !captured.contains(id)) {
+        for id in self.storage.files.ids()?.into_iter().filter(|id| !captured.contains(id)) {
             log::info!("removing capture {id}: no record of it");
-            self.store.remove(id)?;
+            self.storage.files.remove(id)?;
         }
         Ok(())
     }
 
     /// A record that was `held` when the daemon stopped.
     fn resume(&mut self, id: i64, inode: Option<InodeId>, snapshot: &Snapshot) -> Result<()> {
-        if self.store.has(id) {
+        if self.storage.files.has(id) {
             // The copy was durable but the index had not been told.
-            let size = self.store.open_capture(id)?.metadata()?.len();
+            let size = self.storage.files.open_capture(id)?.metadata()?.len();
             self.index.mark_captured(id, size, SystemTime::now());
-            let sum = self.store.checksum(id)?;
+            let sum = self.storage.files.checksum(id)?;
             self.index.set_checksum(id, &sum);
             if let Some(record) = self.index.get(id)? {
                 let charged = record.charged_to.or(record.uid).unwrap_or(0);
-                self.usage.add(id, charged, nanos(SystemTime::now()), self.store.cost(id)?);
+                self.storage.usage.add(id, charged, nanos(SystemTime::now()), self.storage.files.cost(id)?);
             }
             return Ok(());
         }
         let held = inode.and_then(|inode| snapshot.files.get(&inode));
-        let pinned = held.and_then(|held| pins::take(held, &self.budget).ok().map(|p| (held, p)));
+        let pinned = held.and_then(|held| pins::take(held, &self.admission.budget).ok().map(|p| (held, p)));
         match pinned {
             Some((held, (fd, meta))) if !self.pins.contains(&held.inode) => {
                 self.index.set_holders(id, &holders_of(&held.holds));
@@ -82,7 +82,7 @@ impl Engine {
                 self.pins.insert(held.inode, pin);
             }
             _ => {
-                self.counters.missed += 1;
+                self.figures.counters.missed += 1;
                 self.index.set_status(id, Status::Missed, Some("released while unrm was not running"));
             }
         }

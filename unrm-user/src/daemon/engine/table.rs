@@ -2,47 +2,9 @@
 //! record, and how many each user is charged with (per-user limits count
 //! them).
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::PathBuf,
-};
+use std::collections::{HashMap, HashSet};
 
-use crate::{
-    access::{AclEntry, Parent},
-    holders::{Hold, InodeId},
-    pins::Pinned,
-};
-
-/// One pinned file.
-pub struct Pin {
-    pub fd: Pinned,
-    pub record: i64,
-    /// Where it was; snapshots leave pinned files' paths out.
-    pub path: PathBuf,
-    /// Whose per-user limits it counts against: its owner if the owner
-    /// holds it, else a holder's user (see `decide::charged_to`).
-    pub charged: u32,
-    /// Last known size (snapshots refresh it).
-    pub size: u64,
-    /// The process that deleted it, when an event said so.
-    pub deleter: Option<u32>,
-    /// Some process other than the deleter held it at some point: not a
-    /// scratch file.
-    pub others_held: bool,
-    pub holds: Vec<Hold>,
-    /// Found by a scan before (or without) its deletion event.
-    pub from_scan: bool,
-    pub capturing: bool,
-    /// The access ACL as read when the file's ctime was the first value
-    /// (inner None: it has none); None until a file worker has read it.
-    pub acl: Option<(i64, Option<Vec<AclEntry>>)>,
-    /// A file worker is reading the ACL again.
-    pub acl_asked: bool,
-    /// The directory it was deleted from, as the probes saw it.
-    pub parent: Option<Parent>,
-    /// Its device as stat(2) reports it.
-    pub dev: u64,
-}
+use crate::{holders::InodeId, pins::Pin};
 
 #[derive(Default)]
 pub struct PinTable {
