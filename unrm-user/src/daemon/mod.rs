@@ -68,20 +68,7 @@ pub const LOCK: &str = "/run/unrm.lock";
 
 pub fn run(opts: Options) -> Result<()> {
     probe::require_root("the daemon")?;
-    let load_policy = {
-        let (path, explicit) = match &opts.config {
-            Some(path) => (path.clone(), true),
-            None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
-        };
-        let max_file_size = opts.max_file_size;
-        move || -> Result<Policy> {
-            let mut policy = Policy::load(&path, explicit)?;
-            if let Some(size) = max_file_size {
-                policy.max_file_size = size;
-            }
-            Ok(policy)
-        }
-    };
+    let load_policy = policy_loader(&opts);
     let policy = load_policy()?;
     // Everything the daemon creates is root's alone.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -108,13 +95,12 @@ pub fn run(opts: Options) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let (exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stopping = Arc::new(AtomicBool::new(false));
+    let threads = Threads::new();
     let exit_stats = Arc::new(exits::ExitStats::default());
     let server_stats = Arc::new(ServerStats::default());
 
     let (ring_tx, reader_budget) = (tx.clone(), budget.clone());
-    supervised("the ring buffer reader", &fatal_tx, &stopping, move || {
+    threads.supervised("the ring buffer reader", move || {
         sched::urgent();
         ingest::forward(ring, ring_tx, reader_budget)
     })?;
@@ -137,53 +123,120 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let mut engine = Engine::new(cfg, parts)?;
     engine.start().context("the start-up scan")?;
-    let engine = supervised("the engine", &fatal_tx, &stopping, move || {
+    let engine = threads.supervised("the engine", move || {
         sched::background();
         engine.run(rx);
         Ok(())
     })?;
 
-    let served = runtime.block_on(async {
-        let listener = server::bind(&opts.socket)?;
-        log::info!("serving {}", opts.socket.display());
-        println!("ready");
-        std::io::stdout().flush()?;
-        let api_tx = tx.clone();
-        let handler: Handler = Arc::new(move |request, caller| {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let _ = api_tx.send(Msg::Api(request, caller, reply_tx));
-            reply_rx
-        });
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let limits = Limits { client_timeout: opts.client_timeout };
-        let serving = server::serve(listener, handler, limits, server_stats);
-        tokio::pin!(serving);
-        loop {
-            tokio::select! {
-                () = &mut serving => bail!("the socket server stopped"),
-                Some(why) = fatal_rx.recv() => bail!("{why}; exiting so that a supervisor can restart unrm"),
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
-                // A bad file is reported and the running policy kept.
-                _ = hup.recv() => match load_policy() {
-                    Ok(policy) => {
-                        log::info!("policy reloaded");
-                        let _ = tx.send(Msg::Reload(Box::new(policy)));
-                    }
-                    Err(err) => log::error!("policy not reloaded: {err:#}"),
-                },
-            }
-        }
-    });
-    stopping.store(true, Ordering::Release);
+    let serving = Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats };
+    let served = runtime.block_on(serve(serving, threads.fatal));
+    threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
     if served.is_ok() {
         let _ = engine.join();
     }
     let _ = std::fs::remove_file(&opts.socket);
     served
+}
+
+/// Reads the policy file (the one named, or the default if it exists) and
+/// applies the command line's overrides; again at each SIGHUP.
+fn policy_loader(opts: &Options) -> impl Fn() -> Result<Policy> + use<> {
+    let (path, explicit) = match &opts.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
+    };
+    let max_file_size = opts.max_file_size;
+    move || {
+        let mut policy = Policy::load(&path, explicit)?;
+        if let Some(size) = max_file_size {
+            policy.max_file_size = size;
+        }
+        Ok(policy)
+    }
+}
+
+/// What the socket server and the signal handlers need.
+struct Serving<'a, F> {
+    opts: &'a Options,
+    tx: std::sync::mpsc::Sender<Msg>,
+    load_policy: &'a F,
+    stats: Arc<ServerStats>,
+}
+
+/// Serves the socket until a signal asks to stop (Ok) or something the
+/// daemon cannot work without ends (Err).
+async fn serve<F: Fn() -> Result<Policy>>(
+    serving: Serving<'_, F>,
+    mut fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Result<()> {
+    let Serving { opts, tx, load_policy, stats } = serving;
+    let listener = server::bind(&opts.socket)?;
+    log::info!("serving {}", opts.socket.display());
+    println!("ready");
+    std::io::stdout().flush()?;
+    let api_tx = tx.clone();
+    let handler: Handler = Arc::new(move |request, caller| {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let _ = api_tx.send(Msg::Api(request, caller, reply_tx));
+        reply_rx
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let limits = Limits { client_timeout: opts.client_timeout };
+    let serving = server::serve(listener, handler, limits, stats);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            () = &mut serving => bail!("the socket server stopped"),
+            Some(why) = fatal.recv() => bail!("{why}; exiting so that a supervisor can restart unrm"),
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            // A bad file is reported and the running policy kept.
+            _ = hup.recv() => match load_policy() {
+                Ok(policy) => {
+                    log::info!("policy reloaded");
+                    let _ = tx.send(Msg::Reload(Box::new(policy)));
+                }
+                Err(err) => log::error!("policy not reloaded: {err:#}"),
+            },
+        }
+    }
+}
+
+/// The threads the daemon cannot work without, and how their end is told.
+struct Threads {
+    fatal_tx: UnboundedSender<String>,
+    fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Threads {
+    fn new() -> Self {
+        let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
+        Threads { fatal_tx, fatal, stopping: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Runs `work` on a thread of its own; its end (returned, failed or
+    /// panicked), unless the daemon is stopping, ends the daemon.
+    fn supervised(
+        &self,
+        name: &'static str,
+        work: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let watchdog =
+            Watchdog { name, fatal: self.fatal_tx.clone(), stopping: self.stopping.clone(), why: None };
+        let thread = std::thread::Builder::new().name(format!("unrm-{}", name.trim_start_matches("the ")));
+        Ok(thread.spawn(move || {
+            let mut watchdog = watchdog;
+            watchdog.why = Some(match work() {
+                Ok(()) => "it returned".into(),
+                Err(err) => format!("{err:#}"),
+            });
+        })?)
+    }
 }
 
 /// Reports, unless the daemon is stopping, that a thread it cannot work
@@ -204,23 +257,6 @@ impl Drop for Watchdog {
         log::error!("{} stopped: {why}", self.name);
         let _ = self.fatal.send(format!("{} stopped: {why}", self.name));
     }
-}
-
-fn supervised(
-    name: &'static str,
-    fatal: &UnboundedSender<String>,
-    stopping: &Arc<AtomicBool>,
-    work: impl FnOnce() -> Result<()> + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>> {
-    let watchdog = Watchdog { name, fatal: fatal.clone(), stopping: stopping.clone(), why: None };
-    let thread = std::thread::Builder::new().name(format!("unrm-{}", name.trim_start_matches("the ")));
-    Ok(thread.spawn(move || {
-        let mut watchdog = watchdog;
-        watchdog.why = Some(match work() {
-            Ok(()) => "it returned".into(),
-            Err(err) => format!("{err:#}"),
-        });
-    })?)
 }
 
 fn lock() -> Result<File> {

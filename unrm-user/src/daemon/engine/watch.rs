@@ -109,10 +109,11 @@ impl Watches {
         if had_holders {
             self.release_idle_since = None;
         } else if self.release_idle_since.get_or_insert_with(Instant::now).elapsed() >= RELEASE_LINGER
-            && let Err(err) = probes.detach_release() {
-                self.attach_errors += 1;
-                log::warn!("detaching the release probes: {err:#}");
-            }
+            && let Err(err) = probes.detach_release()
+        {
+            self.attach_errors += 1;
+            log::warn!("detaching the release probes: {err:#}");
+        }
         // The release probes are syscall tracepoints: in the fs tier they
         // would put every task back on the slow path whenever anything is
         // pinned. There, exits (pidfds) and snapshots decide alone; a close
