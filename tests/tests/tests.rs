@@ -1,0 +1,29 @@
+//! unrm's integration tests, one binary (`cargo xtask test` runs it as
+//! root, one test at a time: one daemon per machine). Each module is one
+//! area, and says in its own header what it proves:
+//!
+//! - `capture`: the capture loop: held, captured, restored, on ext4 and tmpfs.
+//! - `tiers`, `fs_tier`: what must not depend on the probe tier; the fs tier.
+//! - `policy`: what is kept, and the bounds that keep a disk from filling.
+//! - `faults`: crashes, a full store, garbage on the socket.
+//! - `cli`: the CLI on its own and its bad input.
+//! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
+//!   README, one test per attack: reading, aiming a restore, stopping
+//!   unrm, unfair use of the store, a filesystem that stops answering.
+//! - `layout`: the source's own rules (layers, function length, names).
+//!
+//! What they run against (the daemon, holders, mounts, accounts) is in
+//! `unrm-tests` (`tests/src/lib.rs`).
+
+mod abuse;
+mod aim;
+mod capture;
+mod cli;
+mod fairness;
+mod faults;
+mod fs_tier;
+mod layout;
+mod policy;
+mod stuck;
+mod tiers;
+mod users;
