@@ -135,31 +135,47 @@ impl PinFd {
 pub struct Pin {
     pub fd: Pinned,
     pub record: i64,
-    /// Where it was; snapshots leave pinned files' paths out.
-    pub path: PathBuf,
     /// Whose per-user limits it counts against: its owner if the owner
     /// holds it, else a holder's user (the engine's `charged_to`).
     pub charged: u32,
     /// Last known size (snapshots refresh it).
     pub size: u64,
+    pub capturing: bool,
+    pub place: Place,
+    pub holding: Holding,
+    pub acl: AclCache,
+}
+
+/// Where a pinned file was.
+pub struct Place {
+    /// Snapshots leave pinned files' paths out: this is the one recorded.
+    pub path: PathBuf,
+    /// Its device as stat(2) reports it.
+    pub dev: u64,
+    /// The directory it was deleted from, as the probes saw it.
+    pub parent: Option<Parent>,
+}
+
+/// Who held a pinned file, as far as unrm knows.
+pub struct Holding {
+    pub holds: Vec<Hold>,
     /// The process that deleted it, when an event said so.
     pub deleter: Option<u32>,
     /// Some process other than the deleter held it at some point: not a
     /// scratch file.
     pub others_held: bool,
-    pub holds: Vec<Hold>,
     /// Found by a scan before (or without) its deletion event.
     pub from_scan: bool,
-    pub capturing: bool,
-    /// The access ACL as read when the file's ctime was the first value
-    /// (inner None: it has none); None until a file worker has read it.
-    pub acl: Option<(i64, Option<Vec<AclEntry>>)>,
-    /// A file worker is reading the ACL again.
-    pub acl_asked: bool,
-    /// The directory it was deleted from, as the probes saw it.
-    pub parent: Option<Parent>,
-    /// Its device as stat(2) reports it.
-    pub dev: u64,
+}
+
+/// A pinned file's access ACL, as a file worker last read it.
+#[derive(Default)]
+pub struct AclCache {
+    /// The ACL as read when the file's ctime was the first value (inner
+    /// None: it has none); None until a file worker has read it.
+    pub entries: Option<(i64, Option<Vec<AclEntry>>)>,
+    /// A file worker is reading it again.
+    pub asked: bool,
 }
 
 /// Why no pin was taken.

@@ -89,8 +89,8 @@ impl Engine {
     /// Has file workers read the ACLs of held files whose ctime moved.
     fn reread_acls(&mut self, inodes: Vec<InodeId>) {
         for inode in inodes {
-            let Some(pin) = self.pins.get_mut(&inode).filter(|pin| !pin.acl_asked) else { continue };
-            pin.acl_asked = true;
+            let Some(pin) = self.pins.get_mut(&inode).filter(|pin| !pin.acl.asked) else { continue };
+            pin.acl.asked = true;
             let job = jobs::reread_acl(pin.fd.clone(), inode, self.workers.tx.clone());
             self.workers.lanes.run(inode.dev, job);
         }
@@ -159,7 +159,7 @@ impl Engine {
             if visible {
                 let mut file = file.clone();
                 if let Some(pin) = self.pins.get(&file.inode) {
-                    file.path.clone_from(&pin.path);
+                    file.path.clone_from(&pin.place.path);
                 }
                 files.push(file);
             }
@@ -260,7 +260,7 @@ fn may_see(
     }
     let Some((inode, pin)) = pins.of_record(r.id) else { return true };
     let Ok(now) = Meta::of(pin.fd.as_fd()) else { return false };
-    let acl = match &pin.acl {
+    let acl = match &pin.acl.entries {
         Some((ctime, acl)) if *ctime == now.ctime_ns => Some(acl.clone()),
         _ => {
             if visibility == Visibility::Readers && now.uid != caller.uid {

@@ -22,7 +22,7 @@ use crate::{
     },
     holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
     ingest::{Deletion, Grab},
-    pins::{self, Meta, Pin, PinFd, Refused},
+    pins::{self, AclCache, Holding, Meta, Pin, PinFd, Place, Refused},
     policy::Scratch,
     record::{Deleter, Op, Record, Status, holders_of, nanos},
 };
@@ -146,13 +146,14 @@ impl Engine {
             match snapshot.files.get(inode) {
                 Some(held) => {
                     pin.size = held.size;
-                    if held.holds != pin.holds {
-                        pin.holds = held.holds.clone();
-                        pin.others_held |= pin.holds.iter().any(|h| Some(h.pid) != pin.deleter);
+                    if held.holds != pin.holding.holds {
+                        pin.holding.holds = held.holds.clone();
+                        pin.holding.others_held |=
+                            pin.holding.holds.iter().any(|h| Some(h.pid) != pin.holding.deleter);
                         changed.push((
                             *inode,
                             pin.record,
-                            holders_of(&pin.holds),
+                            holders_of(&pin.holding.holds),
                             charged_to(held.uid, &held.holds),
                         ));
                     }
@@ -180,8 +181,9 @@ impl Engine {
     fn resolve(&mut self, p: Pending, snapshot: &Snapshot) {
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
-            None => snapshot
-                .by_path(&p.deletion.path, |inode| self.pins.get(inode).is_some_and(|pin| !pin.from_scan)),
+            None => snapshot.by_path(&p.deletion.path, |inode| {
+                self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan)
+            }),
         };
         if let Some(held) = found {
             if self.pins.contains(&held.inode) {
@@ -214,12 +216,12 @@ impl Engine {
     /// A deletion whose inode is pinned already: if a scan pinned it first,
     /// the event tells the record who deleted it, when, and under what name.
     fn adopt(&mut self, inode: InodeId, p: &Pending) {
-        let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.from_scan) else { return };
+        let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.holding.from_scan) else { return };
         let d = &p.deletion;
-        pin.from_scan = false;
-        pin.path = d.path.clone();
-        pin.deleter = Some(d.pid);
-        pin.others_held = pin.holds.iter().any(|h| h.pid != d.pid);
+        pin.holding.from_scan = false;
+        pin.place.path = d.path.clone();
+        pin.holding.deleter = Some(d.pid);
+        pin.holding.others_held = pin.holding.holds.iter().any(|h| h.pid != d.pid);
         let record = pin.record;
         self.index.set_deletion(record, &deletion_record(d, p.deleted_at, Status::Held, None));
     }
@@ -343,21 +345,16 @@ impl Engine {
         self.figures.counters.pins += 1;
         log::info!("pinned {} ({} bytes) as record {id}", path.display(), meta.size);
         let deleter = pending.map(|p| p.deletion.pid);
+        let others_held = holds.iter().any(|h| Some(h.pid) != deleter);
         let pin = Pin {
             fd: Arc::new(fd),
             record: id,
-            path,
             charged,
             size: meta.size,
-            deleter,
-            others_held: holds.iter().any(|h| Some(h.pid) != deleter),
-            holds,
-            from_scan: pending.is_none(),
             capturing: false,
-            acl: None,
-            acl_asked: false,
-            parent,
-            dev: meta.dev,
+            place: Place { path, dev: meta.dev, parent },
+            holding: Holding { holds, deleter, others_held, from_scan: pending.is_none() },
+            acl: AclCache::default(),
         };
         self.inspect(inode, &pin, path_resolved);
         self.pins.insert(inode, pin);
@@ -372,10 +369,10 @@ impl Engine {
         let subject = jobs::Subject {
             record: pin.record,
             inode,
-            path: pin.path.clone(),
+            path: pin.place.path.clone(),
             host_path,
-            parent: pin.parent,
-            dev: pin.dev,
+            parent: pin.place.parent,
+            dev: pin.place.dev,
         };
         let job = jobs::inspect(fd, subject, tx);
         self.workers.lanes.run(inode.dev, job);
@@ -387,7 +384,10 @@ impl Engine {
         let (record, charged) = (pin.record, pin.charged);
         let size = Meta::of(pin.fd.as_fd()).map_or(pin.size, |m| m.size);
         let policy = &self.cfg.policy;
-        let refused = if policy.scratch == Scratch::Ignore && !pin.others_held && pin.deleter.is_some() {
+        let refused = if policy.scratch == Scratch::Ignore
+            && !pin.holding.others_held
+            && pin.holding.deleter.is_some()
+        {
             Some(
                 "a scratch file: only the process that deleted it ever held it (scratch_files = \"ignore\")"
                     .into(),
@@ -433,13 +433,13 @@ impl Engine {
                     self.index.set_path_resolved(record, false);
                 }
                 if let Some(pin) = self.pins.get_mut(&inode).filter(|pin| pin.record == record) {
-                    pin.acl = found.acl;
+                    pin.acl.entries = found.acl;
                 }
             }
             Done::AclRead { inode, acl } => {
                 if let Some(pin) = self.pins.get_mut(&inode) {
-                    pin.acl = acl;
-                    pin.acl_asked = false;
+                    pin.acl.entries = acl;
+                    pin.acl.asked = false;
                 }
             }
             Done::Captured { record, inode, result, took, at } => {
@@ -483,7 +483,7 @@ impl Engine {
             .pins
             .iter()
             .filter(|(_, p)| !p.capturing)
-            .flat_map(|(_, p)| p.holds.iter().map(|h| h.pid))
+            .flat_map(|(_, p)| p.holding.holds.iter().map(|h| h.pid))
             .collect();
         if self.kernel.watches.sync(inodes, tgids, &mut self.kernel.probes) {
             self.timers.recheck(RECHECK_DELAY);

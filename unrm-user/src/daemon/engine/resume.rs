@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::Engine;
 use crate::{
     holders::{InodeId, Snapshot},
-    pins::{self, Pin},
+    pins::{self, AclCache, Holding, Pin, Place},
     record::{Status, holders_of, nanos},
 };
 
@@ -65,18 +65,17 @@ impl Engine {
                 let pin = Pin {
                     fd: Arc::new(fd),
                     record: id,
-                    path: held.path.clone(),
                     charged: self.index.get(id)?.and_then(|r| r.charged_to).unwrap_or(meta.uid),
                     size: meta.size,
-                    deleter: None,
-                    others_held: true,
-                    holds: held.holds.clone(),
-                    from_scan: false,
                     capturing: false,
-                    acl: None,
-                    acl_asked: false,
-                    parent: held.parent,
-                    dev: meta.dev,
+                    place: Place { path: held.path.clone(), dev: meta.dev, parent: held.parent },
+                    holding: Holding {
+                        holds: held.holds.clone(),
+                        deleter: None,
+                        others_held: true,
+                        from_scan: false,
+                    },
+                    acl: AclCache::default(),
                 };
                 self.inspect(held.inode, &pin, self.index.get(id)?.is_some_and(|r| r.path_resolved));
                 self.pins.insert(held.inode, pin);
