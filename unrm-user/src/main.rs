@@ -14,6 +14,7 @@ mod cli;
 mod clock;
 mod copy;
 mod daemon;
+mod handle;
 mod holders;
 mod index;
 mod ingest;
