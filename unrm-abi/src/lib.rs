@@ -285,7 +285,14 @@ pub mod stat {
     /// kernel and never sent, so a loop of failing calls cannot flood the
     /// ring buffer.
     pub const FAILED_CALLS: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// A read of kernel memory that `bpf_probe_read_kernel` (or its `_str`
+    /// form) refused: a pointer the kernel handed the probes led nowhere.
+    /// NULL pointers meaning "none" are not reads and are not counted. A
+    /// steady stream means wrong offsets; an odd one, a race with an object
+    /// going away. What the read was for is then missing from its event or
+    /// record, or the event is not sent.
+    pub const FAILED_READS: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// `S_IFMT` and `S_IFREG` from `<sys/stat.h>`.

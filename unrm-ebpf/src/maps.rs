@@ -1,4 +1,5 @@
-//! The maps the probes share with each other and with the daemon.
+//! The maps the probes share with each other and with the daemon, and the
+//! read-only globals the daemon fills in before load.
 
 use aya_ebpf::{
     macros::map,
@@ -69,12 +70,28 @@ pub static PATH_BUF: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// Adds one to counter `index` of this CPU.
 pub fn count(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot; the map outlives the program.
+        // SAFETY: a per-CPU slot, so no other program touches it while this
+        // one runs; the map outlives the program.
         unsafe { *slot += 1 };
     }
 }
+
+/// A global the daemon writes before load (`OFFSETS.inode_ino`,
+/// `SELF_TGID`, ...). Volatile, so the compiler reads the value the daemon
+/// wrote rather than the zero this crate was built with; aya freezes these
+/// globals, so the verifier knows each as a constant.
+macro_rules! loaded {
+    ($global:ident $(. $field:ident)*) => {{
+        // SAFETY: an aligned load of a static that nothing writes once the
+        // program is loaded.
+        let value = unsafe { core::ptr::read_volatile(&raw const crate::maps::$global $(. $field)*) };
+        value
+    }};
+}
+pub(crate) use loaded;
 
 /// Field offsets of the running kernel, written by the daemon before load.
 #[unsafe(no_mangle)]

@@ -4,16 +4,16 @@
 //! the daemon re-reads the kernel's state before it decides anything.
 
 use aya_ebpf::{
-    bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
-    macros::tracepoint,
+    bindings::BPF_RB_FORCE_WAKEUP, helpers::bpf_get_current_pid_tgid, macros::tracepoint,
     programs::TracePointContext,
 };
 use unrm_abi::{InodeKey, ReleaseEvent, event_kind, release_reason, stat};
 
 use crate::{
-    kernel::{fd_file, file_inode, inode_facts},
+    event::now_ns,
+    kernel::{InodeFacts, Task},
     maps::{EVENTS, PendingRelease, RELEASES, WATCHED_INODES, WATCHED_TGIDS, count},
+    syscall::{self, arg},
 };
 
 #[inline(always)]
@@ -28,16 +28,11 @@ fn watched(tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
-}
-
-#[inline(always)]
 fn emit(reason: u32, tid: u32, tgid: u32, ret: i64, inode: InodeKey) {
     let event = ReleaseEvent {
         kind: event_kind::RELEASE,
         reason,
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns: now_ns(),
         tid,
         tgid,
         ret,
@@ -57,18 +52,19 @@ fn begin_fd(reason: u32, fd: u64) -> u32 {
     if !watched(tgid) {
         return 0;
     }
-    let inode = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let Some(file) = fd_file(task, fd as u32) else { return 0 };
-        let Some(inode) = file_inode(file) else { return 0 };
-        let Some(facts) = inode_facts(inode) else { return 0 };
-        InodeKey { dev: facts.dev, _pad: 0, ino: facts.ino }
-    };
+    let Some(InodeFacts { dev, ino, .. }) = fd_facts(fd as u32) else { return 0 };
+    let inode = InodeKey { dev, _pad: 0, ino };
     if WATCHED_INODES.get_ptr(&inode).is_none() {
         return 0;
     }
     let _ = RELEASES.insert(&tid, &PendingRelease { reason, _pad: 0, inode }, 0);
     0
+}
+
+/// What the current task's descriptor `fd` is open on.
+#[inline(always)]
+fn fd_facts(fd: u32) -> Option<InodeFacts> {
+    Task::current()?.file(fd)?.inode()?.facts()
 }
 
 #[tracepoint]
@@ -98,9 +94,11 @@ pub fn unrm_enter_close_range(_ctx: TracePointContext) -> u32 {
 pub fn unrm_exit_fd_release(ctx: TracePointContext) -> u32 {
     let (tid, tgid) = current();
     let Some(pending) = RELEASES.get_ptr(&tid) else { return 0 };
+    // SAFETY: a copy of this thread's entry, which only this thread's
+    // programs write, and never while this one runs.
     let pending = unsafe { *pending };
     let _ = RELEASES.remove(&tid);
-    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+    let ret = syscall::ret(&ctx);
     emit(pending.reason, tid, tgid, ret, pending.inode);
     0
 }
@@ -109,7 +107,7 @@ pub fn unrm_exit_fd_release(ctx: TracePointContext) -> u32 {
 fn process_release(ctx: &TracePointContext, reason: u32) -> u32 {
     let (tid, tgid) = current();
     if watched(tgid) {
-        let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(0) };
+        let ret = syscall::ret(ctx);
         emit(reason, tid, tgid, ret, InodeKey::default());
     }
     0

@@ -226,6 +226,21 @@ impl KernelBtf {
     }
 
     /// Where the fentry tier's hooks find their arguments in this kernel.
+    ///
+    /// The positions are looked up by name because the signatures moved:
+    ///
+    /// - `vfs_unlink(dir, dentry, delegated_inode)` gained a first argument,
+    ///   `struct user_namespace *mnt_userns`, in commit 6521f8917082
+    ///   ("namei: prepare for idmapped mounts", Linux 5.12), which commit
+    ///   abf08576afe3 ("fs: port vfs_*() helpers to struct mnt_idmap",
+    ///   Linux 6.3) turned into `struct mnt_idmap *idmap`: `dentry` is the
+    ///   second argument before 5.12, the third since.
+    /// - `vfs_rename` took the two directories, the two dentries, the
+    ///   delegated inode and the flags as arguments until commit
+    ///   9fe61450972d ("namei: introduce struct renamedata", Linux 5.12)
+    ///   gathered them into `struct renamedata *rd`. Before it there is no
+    ///   `rd`, this fails, and the fentry and kprobe tiers cannot load
+    ///   (`auto` falls back to the tracepoint tier).
     pub fn vfs_args(&self) -> Result<unrm_abi::VfsArgs> {
         Ok(unrm_abi::VfsArgs {
             unlink_dentry: self.func_param("vfs_unlink", "dentry")?,
@@ -254,6 +269,11 @@ impl KernelBtf {
             file_inode: o("file", &["f_inode"])?,
             file_path: o("file", &["f_path"])?,
             inode_mode: o("inode", &["i_mode"])?,
+            // Commit a78ef704a8dd ("vfs: protect i_nlink", Linux 3.2) made
+            // `i_nlink` const, in an anonymous union with a writable alias,
+            // `__i_nlink`. Both name the same word, and `i_nlink` is found
+            // through the union; the alias is tried should a kernel keep
+            // only it.
             inode_nlink: o("inode", &["i_nlink", "__i_nlink"])?,
             inode_ino: o("inode", &["i_ino"])?,
             inode_size: o("inode", &["i_size"])?,
@@ -262,6 +282,11 @@ impl KernelBtf {
             inode_gid: o("inode", &["i_gid"])?,
             sb_dev: o("super_block", &["s_dev"])?,
             dentry_parent: o("dentry", &["d_parent"])?,
+            // Commit 180a9cc3fd6a ("make it easier to catch those who try to
+            // modify ->d_name", Linux 6.18) did the same to `d_name`: a const
+            // `d_name` and a writable `__d_name` share an anonymous union.
+            // `d_name` is still found through it; `__d_name` is tried should
+            // a kernel keep only the alias.
             dentry_name: o("dentry", &["d_name", "__d_name"])?,
             dentry_inode: o("dentry", &["d_inode"])?,
             dentry_count: o("dentry", &["d_lockref.count"])?,
@@ -280,6 +305,11 @@ impl KernelBtf {
             task_tasks: o("task_struct", &["tasks"])?,
             fdt_open_fds: o("fdtable", &["open_fds"])?,
             inode_dentry: o("inode", &["i_dentry"])?,
+            // Commit 946e51f2bf37 ("move d_rcu from overlapping d_child to
+            // overlapping d_alias", October 2014; in mainline by 3.19 and
+            // taken into older stable kernels) moved `d_alias` into the
+            // `d_u` union. A top-level `d_alias` is the layout before it,
+            // older than any kernel that publishes its BTF.
             dentry_alias: o("dentry", &["d_u.d_alias", "d_alias"])?,
             sb_magic: o("super_block", &["s_magic"])?,
             task_nsproxy: o("task_struct", &["nsproxy"])?,

@@ -231,6 +231,9 @@ impl ProbeStats {
     pub fn failed_calls(&self) -> u64 {
         self.sum(stat::FAILED_CALLS)
     }
+    pub fn failed_reads(&self) -> u64 {
+        self.sum(stat::FAILED_READS)
+    }
 }
 
 pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
