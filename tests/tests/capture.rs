@@ -292,6 +292,9 @@ fn status_reports_the_probes_and_counters() {
     assert!(status["counters"]["fast_pins"].as_u64().unwrap() >= 1, "{status}");
     assert!(status["held_files"].as_u64().unwrap() >= 1);
     assert!(status["pin_latency_us"]["samples"].as_u64().unwrap() >= 1);
+    // Every kernel read of a plain held file succeeds; one that did not
+    // would be counted here.
+    assert_eq!(status["safety"]["failed_reads"], 0, "{status}");
     let hooks = status["probes"]["fs_hooks"].as_array().unwrap();
     if tier == "tracepoint" {
         assert_eq!(status["probes"]["release_attached"], true, "a pinned file has a live holder");

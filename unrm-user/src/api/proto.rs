@@ -107,6 +107,10 @@ pub struct Safety {
     pub rate_limited: u64,
     /// Failed unlink/rename calls the probes dropped in the kernel.
     pub failed_calls: u64,
+    /// Reads of kernel memory the probes' helper refused (each leaves a
+    /// fact unknown: an event without its inode, a path cut short).
+    #[serde(default)]
+    pub failed_reads: u64,
     /// Inodes or processes the probes' full watch tables could not take.
     pub watch_full: u64,
     /// Holder exits watched by pidfd now, the most allowed, and refused.

@@ -126,8 +126,9 @@ fn safety(g: &crate::api::proto::Safety) {
         g.pins_open, g.pin_budget, g.over_budget, g.over_user_pins, g.over_user_store, g.rate_limited
     );
     println!(
-        "kernel: {} failed calls dropped, {} watches refused by full tables; pidfds: {} of {} ({} refused)",
-        g.failed_calls, g.watch_full, g.pidfds, g.pidfd_budget, g.pidfds_refused
+        "kernel: {} failed calls dropped, {} failed reads, {} watches refused by full tables; \
+         pidfds: {} of {} ({} refused)",
+        g.failed_calls, g.failed_reads, g.watch_full, g.pidfds, g.pidfd_budget, g.pidfds_refused
     );
     println!(
         "index: {} errors, {} writes waiting, {} records dropped, {} pruned for size; engine errors: {}; \

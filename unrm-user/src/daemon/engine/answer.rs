@@ -192,6 +192,7 @@ impl Engine {
             over_user_store: self.figures.guards.over_user_store,
             rate_limited: self.admission.rate.refused,
             failed_calls: self.kernel.stats.failed_calls(),
+            failed_reads: self.kernel.stats.failed_reads(),
             watch_full: self.kernel.watches.full,
             pidfds: self.figures.exit_stats.watched.load(Ordering::Relaxed),
             pidfd_budget: self.figures.pidfd_budget as u64,
