@@ -318,6 +318,11 @@ impl Holder {
         Self::spawn_with(&["fail-unlink", "-", &n.to_string()], user)
     }
 
+    /// A process holding `n` descriptors (of /dev/null): a busy machine.
+    pub fn devnull(n: usize) -> Self {
+        Self::spawn_with(&["devnull", "-", &n.to_string()], None)
+    }
+
     /// A process holding nothing yet (see `scratch_more`).
     pub fn idle() -> Self {
         Self::spawn_with(&["idle", "-"], None)
@@ -576,4 +581,49 @@ pub fn assert_one_line_error(out: &Output, contains: &str) {
     assert!(!out.status.success(), "expected failure, got success: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "expected one line, got: {stderr}");
     assert!(stderr.contains(contains), "expected {contains:?} in: {stderr}");
+}
+
+/// bindfs mirroring `source` at a mount point of its own, in the foreground
+/// so the test can stop and continue it by pid.
+pub struct Fuse {
+    server: Child,
+    pub point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fuse {
+    pub fn mirror(source: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        let server = Command::new("bindfs")
+            .arg("-f")
+            .arg(source)
+            .arg(&point)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("bindfs (cargo xtask test installs it)");
+        let fuse = Fuse { server, point, _dir: dir };
+        wait_until("the FUSE mount", || mounted(&fuse.point));
+        fuse
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(self.server.id() as i32, signal) };
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn mounted(point: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(point.to_str().unwrap()))
 }

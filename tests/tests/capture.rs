@@ -4,7 +4,7 @@
 
 use std::{ffi::CString, fs, os::unix::fs::MetadataExt, path::Path};
 
-use unrm_tests::{Daemon, Holder, Mount, content, rm};
+use unrm_tests::{Daemon, Fuse, Holder, Mount, content, rm};
 
 fn held_by_fd_is_restored(fs: Mount) {
     let data = content("fd");
@@ -288,7 +288,7 @@ fn status_reports_the_probes_and_counters() {
     assert_eq!(status["probes"]["tier"], tier, "{status}");
     assert_eq!(status["probes"]["attached"], true);
     assert!(status["counters"]["pins"].as_u64().unwrap() >= 1);
-    // On ext4 the probe names the holder's descriptor: no snapshot needed.
+    // On ext4 the reader pins by file handle: no snapshot needed.
     assert!(status["counters"]["fast_pins"].as_u64().unwrap() >= 1, "{status}");
     assert!(status["held_files"].as_u64().unwrap() >= 1);
     assert!(status["pin_latency_us"]["samples"].as_u64().unwrap() >= 1);
@@ -452,4 +452,35 @@ fn restore_keeps_times_extended_attributes_and_acls() {
     let after = fs::metadata(&back).unwrap();
     assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()));
     assert_eq!(after.mode(), before.mode());
+}
+
+/// A held file is pinned by its file handle the moment its deletion is
+/// read, with no search for a holder: on ext4, and on tmpfs where the tier
+/// names its inode (the VFS tiers). A filesystem unrm makes no handle for
+/// (FUSE here) is pinned through its holder once a snapshot finds it. Each
+/// is captured whole when its holder lets go.
+#[test]
+fn held_files_are_pinned_by_handle_and_others_by_snapshot() {
+    let (ext4, tmpfs) = (Mount::ext4(), Mount::tmpfs());
+    let fuse_source = Mount::tmpfs();
+    let fuse = Fuse::mirror(&fuse_source.path);
+    let daemon = Daemon::start();
+    let tier = unrm_tests::expected_tier();
+    let vfs_tier = tier == "fentry" || tier == "kprobe";
+    let fast_pins = || daemon.status()["counters"]["fast_pins"].as_u64().unwrap();
+    let cases = [(ext4.path.clone(), true), (tmpfs.path.clone(), vfs_tier), (fuse.point.clone(), false)];
+    for (dir, by_handle) in cases {
+        let data = content(&dir.to_string_lossy());
+        let path = dir.join("kept.bin");
+        std::fs::write(&path, &data).unwrap();
+        let holder = Holder::fd(&path);
+        let before = fast_pins();
+        rm(&path, None);
+        let rec = daemon.wait_record(&path, "held");
+        assert_eq!(fast_pins() - before, by_handle as u64, "{}: {rec}", dir.display());
+        drop(holder);
+        let rec = daemon.wait_record(&path, "captured");
+        let to = tempfile::tempdir().unwrap();
+        assert_eq!(daemon.restore_to(&rec["id"], &to.path().join("back")), data, "{}", dir.display());
+    }
 }

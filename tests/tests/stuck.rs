@@ -3,57 +3,9 @@
 //! pinning, capturing and answering for everything else, says which
 //! filesystem is stuck, and finishes the waiting work once it answers.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
-use unrm_tests::{Daemon, Holder, Mount, content, rm, unrm_bin, wait_until};
-
-/// bindfs mirroring `source` at a mount point of its own, in the foreground
-/// so the test can stop and continue it by pid.
-struct Fuse {
-    server: Child,
-    point: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Fuse {
-    fn mirror(source: &Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let point = dir.path().join("mnt");
-        std::fs::create_dir(&point).unwrap();
-        let server = Command::new("bindfs")
-            .arg("-f")
-            .arg(source)
-            .arg(&point)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("bindfs (cargo xtask test installs it)");
-        let fuse = Fuse { server, point, _dir: dir };
-        wait_until("the FUSE mount", || mounted(&fuse.point));
-        fuse
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: signalling the server this test started.
-        unsafe { libc::kill(self.server.id() as i32, signal) };
-    }
-}
-
-impl Drop for Fuse {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-fn mounted(point: &Path) -> bool {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(point.to_str().unwrap()))
-}
+use unrm_tests::{Daemon, Fuse, Holder, Mount, content, rm, unrm_bin, wait_until};
 
 #[test]
 fn a_filesystem_that_stops_answering_holds_up_only_itself() {

@@ -37,8 +37,6 @@ pub mod victim_flags {
     pub const FS_HOOKED: u32 = 2;
     /// `refs` is valid: the dentry's reference count when it was unlinked.
     pub const REFS_VALID: u32 = 4;
-    /// `holder_tgid`/`holder_fd` name a descriptor on the inode.
-    pub const HOLDER: u32 = 8;
     /// `parent` is valid: the directory the name was removed from.
     pub const PARENT: u32 = 16;
 }
@@ -124,14 +122,10 @@ pub struct Victim {
     pub refs: u32,
     pub uid: u32,
     pub gid: u32,
-    /// A process holding the inode through a descriptor, found in the kernel
-    /// right after the call (`victim_flags::HOLDER`): the daemon can pin
-    /// through `/proc/holder_tgid/fd/holder_fd` without scanning.
-    pub holder_tgid: u32,
-    pub holder_fd: u32,
-    /// The holder's real uid: who keeps the file alive, and so whom its pin
-    /// is charged to (a setuid program it runs does not change that).
-    pub holder_uid: u32,
+    /// `i_generation`: with `ino`, what names the inode to its filesystem
+    /// in a file handle (the daemon pins by handle, `open_by_handle_at`).
+    pub generation: u32,
+    pub _pad: [u32; 2],
     /// The directory the name was removed from (`victim_flags::PARENT`).
     pub parent: DirFacts,
 }
@@ -262,9 +256,6 @@ pub struct KernelOffsets {
     pub vma_start: u32,
     pub vma_end: u32,
     pub vma_file: u32,
-    pub task_real_parent: u32,
-    pub task_tasks: u32,
-    pub fdt_open_fds: u32,
     pub inode_dentry: u32,
     pub dentry_alias: u32,
     pub sb_magic: u32,
@@ -273,6 +264,7 @@ pub struct KernelOffsets {
     pub mnt_ns_inum: u32,
     pub task_real_cred: u32,
     pub cred_uid: u32,
+    pub inode_generation: u32,
 }
 
 /// Indices of the probes' per-CPU counters (`STATS` map).
@@ -309,7 +301,7 @@ const _: () = {
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
     assert!(core::mem::size_of::<HeldRecord>() == 112);
     assert!(core::mem::size_of::<InodeKey>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 48 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 46 * 4);
 };
 
 #[cfg(feature = "user")]

@@ -13,8 +13,7 @@ use unrm_abi::{PATH_MAX, Victim, delete_op, path_flags, stat, victim_flags};
 
 use crate::{
     dirwalk::{Walk, write_dir},
-    event::{add_holder, header, is_self_tgid, maybe_held, send, victim},
-    holder,
+    event::{header, is_self_tgid, maybe_held, rename_victim_refs, send, victim},
     kernel::{Dentry, Inode, PathRef, Task},
     maps::{EVENT_BUF, INFLIGHT, Inflight, count},
     syscall::{self, arg},
@@ -33,7 +32,7 @@ fn begin(ctx: &TracePointContext, op: u32, dirfd: u64, path: u64) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let call = Inflight { op, dirfd: dirfd as i32, path, inode: 0, victim: Victim::default() };
+    let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
     if INFLIGHT.insert(&tid, &call, 0).is_err() {
         count(stat::LOST_INFLIGHT);
         warn!(ctx, "unrm: in-flight table full; deletion by thread {} unseen", tid);
@@ -80,19 +79,12 @@ pub fn unrm_exit_deletion(ctx: TracePointContext) -> u32 {
     let Some(call) = INFLIGHT.get_ptr(&tid) else { return 0 };
     // SAFETY: a copy of this thread's entry, which only this thread's
     // programs write, and never while this one runs.
-    let mut call = unsafe { *call };
+    let call = unsafe { *call };
     let _ = INFLIGHT.remove(&tid);
     let ret = syscall::ret(&ctx);
     if ret != 0 {
         count(stat::FAILED_CALLS);
         return 0;
-    }
-    let v = &mut call.victim;
-    if v.flags & victim_flags::KNOWN != 0
-        && maybe_held(v)
-        && let Some(inode) = Inode::from_addr(call.inode)
-    {
-        add_holder(v, inode);
     }
     emit_deletion(&ctx, &call, ret);
     0
@@ -162,7 +154,6 @@ pub fn unrm_ext4_unlink(ctx: RawTracePointContext) -> u32 {
     // write, and never while this one runs.
     let call = unsafe { &mut *call };
     call.victim = victim(&facts, facts.nlink, refs, Some(dentry));
-    call.inode = inode.addr();
     0
 }
 
@@ -188,7 +179,6 @@ pub fn unrm_ext4_dirty(ctx: RawTracePointContext) -> u32 {
     }
     // The link count before the rename dropped it was one.
     let alias = inode.alias();
-    call.victim = victim(&facts, 1, alias.and_then(holder::rename_victim_refs), alias);
-    call.inode = inode.addr();
+    call.victim = victim(&facts, 1, alias.and_then(rename_victim_refs), alias);
     0
 }

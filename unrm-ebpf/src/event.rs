@@ -17,8 +17,7 @@ use unrm_abi::{DeleteEvent, Victim, event_kind, path_flags, stat, victim_flags};
 
 use crate::{
     dirwalk::{Walk, write_fs_path},
-    holder,
-    kernel::{Dentry, Inode, InodeFacts, Task},
+    kernel::{Dentry, InodeFacts, Task},
     maps::{DATA_LEN, EVENT_BUF, EVENTS, EventBuf, count, loaded},
 };
 
@@ -70,9 +69,8 @@ pub fn victim(facts: &InodeFacts, nlink: u32, refs: Option<u32>, dentry: Option<
         refs: refs.unwrap_or(0),
         uid: facts.uid,
         gid: facts.gid,
-        holder_tgid: 0,
-        holder_fd: 0,
-        holder_uid: 0,
+        generation: facts.generation,
+        _pad: [0; 2],
         parent: parent.unwrap_or_default(),
     }
 }
@@ -84,17 +82,13 @@ pub fn maybe_held(v: &Victim) -> bool {
     v.flags & victim_flags::REFS_VALID == 0 || v.refs > 1
 }
 
-/// Looks for a process holding `inode` through a descriptor and names it
-/// in `v`. Called once the deletion's locks are dropped: holders keep the
-/// inode alive, and a pointer compare against a freed one never matches.
+/// References on a rename victim's dentry, counted like an unlink's: one
+/// for the caller's own lookup, more if anything else holds the file. The
+/// filesystem hook passes only the inode, so the dentry is its alias; the
+/// rename itself holds one reference more than an unlink does.
 #[inline(always)]
-pub fn add_holder(v: &mut Victim, inode: Inode) {
-    if let Some(found) = holder::find(inode) {
-        v.flags |= victim_flags::HOLDER;
-        v.holder_tgid = found.tgid;
-        v.holder_fd = found.fd;
-        v.holder_uid = found.uid;
-    }
+pub fn rename_victim_refs(alias: Dentry) -> Option<u32> {
+    alias.refs().map(|refs| refs.saturating_sub(1))
 }
 
 /// The header of an event about a deletion by the current task, whose text
@@ -139,14 +133,12 @@ pub fn send<C: EbpfContext>(ctx: &C, buf: &EventBuf, text_len: usize, urgent: bo
 }
 
 /// Reports a deletion a filesystem-level hook saw: the path relative to the
-/// filesystem, a holder if the dentry count says one may exist. Shared by
+/// filesystem, and the inode's number and generation, which the daemon pins
+/// it by (a file handle) if the dentry count says it may be held. Shared by
 /// the fs tier (ext4 tracepoints) and the VFS tiers (fentry and kprobe).
 #[inline(always)]
-pub fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: Dentry, inode: Inode, mut v: Victim) {
+pub fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: Dentry, v: Victim) {
     let held = maybe_held(&v);
-    if held {
-        add_holder(&mut v, inode);
-    }
     let Some(buf) = EVENT_BUF.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's slot of a per-CPU map, which nothing else touches
     // while this program runs.

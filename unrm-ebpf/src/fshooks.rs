@@ -13,8 +13,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, progra
 use unrm_abi::{delete_op, stat};
 
 use crate::{
-    event::{emit, is_self, now_ns, victim},
-    holder::rename_victim_refs,
+    event::{emit, is_self, now_ns, rename_victim_refs, victim},
     kernel::{Dentry, Inode},
     maps::{FS_CALLS, FS_RENAMED, FsCall, count, loaded},
 };
@@ -57,9 +56,10 @@ pub fn unrm_fs_unlink_exit(ctx: RawTracePointContext) -> u32 {
     let _ = FS_CALLS.remove(&tid);
     let ret: u64 = ctx.arg(1);
     if ret as i32 == 0
-        && let (Some(dentry), Some(inode)) = (Dentry::from_addr(call.dentry), Inode::from_addr(call.inode))
+        && let Some(dentry) = Dentry::from_addr(call.dentry)
+        && Inode::from_addr(call.inode).is_some()
     {
-        emit(&ctx, delete_op::UNLINK, dentry, inode, call.victim);
+        emit(&ctx, delete_op::UNLINK, dentry, call.victim);
     }
     0
 }
@@ -89,6 +89,6 @@ pub fn unrm_fs_rename_victim(ctx: RawTracePointContext) -> u32 {
     }
     let _ = FS_RENAMED.insert(&tid, &inode.addr(), 0);
     let Some(dentry) = inode.alias() else { return 0 };
-    emit(&ctx, delete_op::RENAME, dentry, inode, victim(&facts, 1, rename_victim_refs(dentry), Some(dentry)));
+    emit(&ctx, delete_op::RENAME, dentry, victim(&facts, 1, rename_victim_refs(dentry), Some(dentry)));
     0
 }

@@ -22,7 +22,6 @@
 //! kernel accepts). What the probes share, imported only from here down:
 //!
 //! - [`event`]: a deletion event as every tier makes and sends it.
-//! - [`holder`]: finding a process that holds a just-deleted inode.
 //! - [`dirwalk`]: a dentry's path written out by walking up the tree.
 //! - [`kernel`]: typed accessors for the kernel structures read, with the
 //!   field offsets the daemon takes from the running kernel's BTF; the only
@@ -40,7 +39,6 @@ mod deletion;
 mod dirwalk;
 mod event;
 mod fshooks;
-mod holder;
 mod iter;
 mod kernel;
 mod maps;

@@ -27,8 +27,6 @@ pub struct Inflight {
     pub op: u32,
     pub dirfd: i32,
     pub path: u64,
-    /// The victim's `struct inode *`, to look for a holder on exit.
-    pub inode: u64,
     pub victim: Victim,
 }
 
@@ -133,9 +131,6 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     vma_start: 0,
     vma_end: 0,
     vma_file: 0,
-    task_real_parent: 0,
-    task_tasks: 0,
-    fdt_open_fds: 0,
     inode_dentry: 0,
     dentry_alias: 0,
     sb_magic: 0,
@@ -144,6 +139,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     mnt_ns_inum: 0,
     task_real_cred: 0,
     cred_uid: 0,
+    inode_generation: 0,
 };
 
 /// `[start, end)` of ext4_rename's code, from /proc/kallsyms: the fs tier

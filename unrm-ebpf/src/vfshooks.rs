@@ -126,9 +126,10 @@ fn end<C: EbpfContext>(ctx: &C, op: u32, ret: Option<i32>) {
     let call = *call;
     let _ = FS_CALLS.remove(&tid);
     if ret == Some(0)
-        && let (Some(dentry), Some(inode)) = (Dentry::from_addr(call.dentry), Inode::from_addr(call.inode))
+        && let Some(dentry) = Dentry::from_addr(call.dentry)
+        && Inode::from_addr(call.inode).is_some()
     {
-        emit(ctx, op, dentry, inode, call.victim);
+        emit(ctx, op, dentry, call.victim);
     }
 }
 

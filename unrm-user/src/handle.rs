@@ -161,7 +161,7 @@ mod tests {
         );
     }
 
-    /// On tmpfs (`/dev/shm`): a held, deleted file opens by its handle with
+    /// On tmpfs: a held, deleted file opens by its handle with
     /// its content; with another generation, or once let go, it does not.
     #[test]
     fn a_held_deleted_file_opens_by_handle_and_a_wrong_generation_is_refused() {
@@ -169,7 +169,13 @@ mod tests {
             eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
             return;
         }
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let is_tmpfs =
+            |dir: &&&str| rustix::fs::statfs(**dir).is_ok_and(|st| i64::from(st.f_type) == TMPFS_MAGIC);
+        let Some(tmpfs) = ["/dev/shm", "/tmp", "/run"].iter().find(is_tmpfs) else {
+            panic!("no tmpfs among /dev/shm, /tmp, /run to test on");
+        };
+        let dir = tempfile::tempdir_in(tmpfs).unwrap();
         let mount = fs::File::open(dir.path()).unwrap();
         let path = dir.path().join("held");
         let mut file = fs::File::create(&path).unwrap();

@@ -1,19 +1,25 @@
 //! From ring-buffer bytes to typed events.
 //!
-//! The reader thread decodes, takes the pins (`pins::grab`) and forwards;
+//! The reader thread decodes, takes the pins (`pins::by_handle`) and forwards;
 //! it never waits on a disk, a filesystem or the index (docs/design.md:
 //! never block the reader), so the ring buffer drains as fast as it fills.
 
 use std::{
     ffi::OsStr,
-    os::unix::ffi::OsStrExt,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Component, Path, PathBuf},
     sync::{Arc, mpsc::Sender},
 };
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::{
+    event::{PollFd, PollFlags, Timespec, poll},
+    fs::OFlags,
+};
 use unrm_abi::{
     DeleteEvent, ReleaseEvent, S_IFMT, S_IFREG, delete_op, event_kind, path_flags, release_reason,
     victim_flags,
@@ -23,6 +29,7 @@ use crate::{
     access::Parent,
     budget::Budget,
     clock::monotonic_ns,
+    handle::Layout,
     holders::{InodeId, comm_string},
     mounts::{Located, Views},
     pins::{self, Meta, PinFd, Refused},
@@ -41,10 +48,8 @@ pub struct Victim {
     pub refs: Option<u32>,
     pub uid: u32,
     pub gid: u32,
-    /// A process and descriptor holding it, found by the probe.
-    pub holder: Option<(u32, u32)>,
-    /// That process's real uid.
-    pub holder_uid: u32,
+    /// `i_generation`: with the inode number, its file handle.
+    pub generation: u32,
     /// The directory its name was removed from.
     pub parent: Option<Parent>,
 }
@@ -55,8 +60,8 @@ impl Victim {
     }
 }
 
-/// unrm's first hold on a deleted inode, taken by the reader the moment an
-/// event named a holder (see `pins::grab`).
+/// unrm's first hold on a deleted inode, taken by the reader by its file
+/// handle the moment the event arrived (see `pins::by_handle`).
 #[derive(Debug)]
 pub struct Grab {
     pub pin: PinFd,
@@ -170,8 +175,7 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         refs: (v.flags & victim_flags::REFS_VALID != 0).then_some(v.refs),
         uid: v.uid,
         gid: v.gid,
-        holder: (v.flags & victim_flags::HOLDER != 0).then_some((v.holder_tgid, v.holder_fd)),
-        holder_uid: v.holder_uid,
+        generation: v.generation,
         parent: (v.flags & victim_flags::PARENT != 0).then(|| Parent::of(&v.parent)).flatten(),
     });
     Ok(Deletion {
@@ -234,25 +238,41 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Pin first: when the probe named a descriptor holding the deleted inode,
-/// take an `O_PATH` handle on it right here, before the event queues behind
-/// anything. It costs two system calls on procfs and never blocks, and it
-/// is taken only within the descriptor budget.
-fn grab(d: &mut Deletion, budget: &Arc<Budget>) {
+/// Pin first: when the dentry count says something else may hold the
+/// deleted inode, take an `O_PATH` descriptor on it right here, by its file
+/// handle (see `handle`), before the event queues behind anything. No
+/// holder is needed: one open of the filesystem's mount point and one
+/// `open_by_handle_at`, never blocking, within the descriptor budget. A
+/// filesystem with no handle unrm can make waits for the engine's snapshot.
+fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
     let Some(victim) = &d.victim else { return };
-    let Some((pid, fd)) = victim.holder else { return };
-    if d.ret != 0 {
+    if d.ret != 0 || !victim.is_regular() || victim.refs.is_some_and(|refs| refs <= 1) {
         return;
     }
-    let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-    match pins::grab(&link, victim.inode, budget) {
+    let Some((point, fstype)) = views.host().and_then(|host| host.filesystem(victim.inode.dev)) else {
+        return;
+    };
+    let Some(layout) = Layout::of(fstype) else { return };
+    let Some(mount) = open_mount(point, victim.inode.dev) else { return };
+    match pins::by_handle(mount.as_fd(), layout, victim.inode, victim.generation, budget) {
         Ok((pin, meta)) => d.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
         Err(Refused::Budget) => d.over_budget = true,
         Err(err) => {
             let late_us = monotonic_ns().saturating_sub(d.ktime_ns) / 1000;
-            log::debug!("{}: no grab through {} after {late_us} µs: {err}", d.path.display(), link.display());
+            log::debug!("{}: no pin by handle after {late_us} µs: {err}", d.path.display());
         }
     }
+}
+
+/// A descriptor on the mount point of filesystem `dev`, for
+/// `open_by_handle_at`; None if what is there now is another filesystem
+/// (mounted over it). Opened for each pin and closed at once, so that
+/// unrm keeps no filesystem busy that holds nothing it pinned.
+fn open_mount(point: &Path, dev: u64) -> Option<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(point, flags, rustix::fs::Mode::empty()).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (st.st_dev == dev).then_some(fd)
 }
 
 /// Gives the deletion the host's path, and keeps the deleter's own view
@@ -347,7 +367,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>, budget
             match decode(&item) {
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
-                        grab(d, &budget);
+                        grab(d, &budget, &mut views);
                         place(d, &mut views);
                     }
                     if tx.send(event.into()).is_err() {
@@ -385,9 +405,8 @@ mod tests {
                 refs: 2,
                 uid: 1000,
                 gid: 1000,
-                holder_tgid: 0,
-                holder_fd: 0,
-                holder_uid: 0,
+                generation: 0,
+                _pad: [0; 2],
                 parent: unrm_abi::DirFacts::default(),
             },
             path_len: path.len() as u32,

@@ -20,6 +20,8 @@ struct Mount {
     point: PathBuf,
     /// overlayfs: its files' inodes belong to the layers below.
     stacked: bool,
+    /// The filesystem's type, as mountinfo names it (`ext4`, `tmpfs`...).
+    fstype: String,
 }
 
 /// Where a path leads: the filesystem, the path inside it, and whether it
@@ -49,6 +51,7 @@ impl Mounts {
                     root: unescape(fields.get(3)?),
                     point: unescape(fields.get(4)?),
                     stacked: *fstype == "overlay",
+                    fstype: fstype.to_string(),
                 })
             })
             .collect();
@@ -65,6 +68,12 @@ impl Mounts {
             .filter(|m| m.dev == dev && fs_path.starts_with(&m.root))
             .max_by_key(|m| (m.root.as_os_str().len(), std::cmp::Reverse(m.point.as_os_str().len())))?;
         Some(best.point.join(fs_path.strip_prefix(&best.root).ok()?))
+    }
+
+    /// Filesystem `dev`: where one of its mounts is, and its type.
+    pub fn filesystem(&self, dev: u64) -> Option<(&Path, &str)> {
+        let mount = self.mounts.iter().rev().find(|m| m.dev == dev)?;
+        Some((&mount.point, &mount.fstype))
     }
 
     /// What `path` names: through the mount at the longest matching mount

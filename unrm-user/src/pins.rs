@@ -32,6 +32,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags, open, statx};
 use crate::{
     access::{AclEntry, Parent},
     budget::{Budget, Ticket},
+    handle::{self, Layout},
     holders::{HeldFile, Hold, InodeId},
 };
 
@@ -225,12 +226,37 @@ pub fn grab(link: &Path, want: InodeId, budget: &Arc<Budget>) -> Result<(PinFd, 
     let ticket = budget.take().ok_or(Refused::Budget)?;
     let fd =
         open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(|e| Refused::Gone(e.into()))?;
+    verified(fd, ticket, want, || link.display().to_string())
+}
+
+/// Pins the deleted inode `want` of generation `generation` by its file
+/// handle, on the filesystem `mount` is a descriptor on (see `handle`):
+/// no holder needed, O(1). Fails with `ESTALE` once nothing holds it.
+pub fn by_handle(
+    mount: BorrowedFd,
+    layout: Layout,
+    want: InodeId,
+    generation: u32,
+    budget: &Arc<Budget>,
+) -> Result<(PinFd, Meta), Refused> {
+    let ticket = budget.take().ok_or(Refused::Budget)?;
+    let fd = handle::open(mount, layout, want.ino, generation).map_err(Refused::Gone)?;
+    verified(fd, ticket, want, || format!("the handle of inode {}", want.ino))
+}
+
+/// Keeps `fd` as a pin if it is the deleted regular file `want`.
+fn verified(
+    fd: OwnedFd,
+    ticket: Ticket,
+    want: InodeId,
+    what: impl Fn() -> String,
+) -> Result<(PinFd, Meta), Refused> {
     let meta = Meta::of(fd.as_fd()).map_err(Refused::Gone)?;
     let same = meta.ino == want.ino && (meta.dev == want.dev || mount_device(&fd) == Some(want.dev));
     if !same || !meta.is_regular() || meta.nlink != 0 {
         return Err(Refused::Gone(io::Error::other(format!(
             "{} is no longer the deleted file (dev {:x} ino {} nlink {}, wanted dev {:x} ino {})",
-            link.display(),
+            what(),
             meta.dev,
             meta.ino,
             meta.nlink,

@@ -5,6 +5,7 @@
 //! Figures are ratios or percentiles measured in the same run; the machine
 //! is noisy, so absolute numbers from different runs are not comparable.
 
+pub mod held_unlink;
 pub mod hot;
 pub mod pin;
 pub mod scan;

@@ -56,6 +56,10 @@ fn main() {
         rows.extend(bench::hot::measure(rounds, "fs", &["--tier", "fs"]));
         rows
     });
+    section("held", &|| {
+        let sizes: &[usize] = if q { &[1_000, 100_000] } else { &[1_000, 100_000, 1_000_000] };
+        bench::held_unlink::measure(sizes, if q { 3 } else { 7 }, 100, &[])
+    });
     section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
     section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, &[])]);
     section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));

@@ -10,6 +10,7 @@
 //!   holder connect SOCKET N    open N connections to a Unix socket, send nothing
 //!   holder fail-unlink N       call unlink(2) N times on a path that does not exist
 //!   holder idle -              hold nothing (until told to, see `scratch`)
+//!   holder devnull - N         hold N descriptors (of /dev/null), for a machine with many open
 //!
 //! It prints `ready` once it holds what it holds. Commands: `append TEXT` (fd mode: write at the end), `chmod OCTAL` (fd
 //! mode: fchmod the held descriptor), `exit`. End of input also exits.
@@ -51,15 +52,22 @@ fn main() {
                 many.push(file);
             }
         }
-        "connect" => {
-            // As many descriptors as this process may have.
-            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: get and set this process's own limit with a valid struct.
-            unsafe {
-                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                limit.rlim_cur = limit.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        "devnull" => {
+            raise_nofile();
+            let null = File::open("/dev/null").expect("/dev/null");
+            for _ in 1..count() {
+                // SAFETY: duplicating a descriptor this process owns; the
+                // duplicates live until the process exits.
+                assert!(
+                    unsafe { libc::dup(null.as_raw_fd()) } >= 0,
+                    "dup: {}",
+                    std::io::Error::last_os_error()
+                );
             }
+            held = Some(null);
+        }
+        "connect" => {
+            raise_nofile();
             let conns: Vec<UnixStream> = (0..count()).filter_map(|_| UnixStream::connect(arg).ok()).collect();
             println!("ready");
             std::io::stdout().flush().unwrap();
@@ -83,9 +91,21 @@ fn main() {
     drop(many);
 }
 
+/// As many descriptors as this process may have.
+fn raise_nofile() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get and set this process's own limit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N | idle -"
+        "usage: holder fd|mmap|scratch PATH | scratch-many DIR N | connect SOCKET N | fail-unlink N | \
+         devnull - N | idle -"
     );
     std::process::exit(2);
 }

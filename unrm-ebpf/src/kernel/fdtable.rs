@@ -17,11 +17,6 @@ kernel_struct! {
     FdArray
 }
 
-kernel_struct! {
-    /// `fdtable.open_fds`: a bitmap of the descriptors in use, in `u64` words.
-    OpenFds
-}
-
 impl Files {
     /// `fdt`.
     #[inline(always)]
@@ -42,11 +37,6 @@ impl FdTable {
         self.read_ptr(off!(fdt_fd)).map(FdArray)
     }
 
-    #[inline(always)]
-    pub fn open_fds(self) -> Option<OpenFds> {
-        self.read_ptr(off!(fdt_open_fds)).map(OpenFds)
-    }
-
     /// The open file behind descriptor `fd`; `None` past the table's end
     /// (not read) or for an empty slot.
     #[inline(always)]
@@ -65,13 +55,5 @@ impl FdArray {
     #[inline(always)]
     pub fn get(self, fd: u32) -> Option<File> {
         self.read_ptr(fd as usize * 8).map(File)
-    }
-}
-
-impl OpenFds {
-    /// Word `index` of the bitmap: descriptors `64 * index` to `64 * index + 63`.
-    #[inline(always)]
-    pub fn word(self, index: u64) -> Option<u64> {
-        self.read::<u64>(index as usize * 8)
     }
 }

@@ -23,6 +23,7 @@ pub struct InodeFacts {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    pub generation: u32,
 }
 
 impl InodeFacts {
@@ -71,6 +72,13 @@ impl Inode {
         self.read::<u32>(off!(inode_gid))
     }
 
+    /// `i_generation`: bumped when the filesystem gives the inode number
+    /// out again, so that a file handle names one inode, never its successor.
+    #[inline(always)]
+    pub fn generation(self) -> Option<u32> {
+        self.read::<u32>(off!(inode_generation))
+    }
+
     /// Everything the events say of an inode, in one go.
     #[inline(always)]
     pub fn facts(self) -> Option<InodeFacts> {
@@ -83,6 +91,7 @@ impl Inode {
             nlink: self.nlink()?,
             uid: self.uid()?,
             gid: self.gid()?,
+            generation: self.generation()?,
         })
     }
 

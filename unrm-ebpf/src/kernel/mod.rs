@@ -58,7 +58,7 @@ use unrm_abi::stat;
 pub use self::{
     args::{Regs, RenameData},
     dentry::Dentry,
-    fdtable::{FdArray, Files, OpenFds},
+    fdtable::Files,
     file::{File, FsStruct, Path, PathRef},
     inode::{Inode, InodeFacts, SuperBlock},
     mm::{Mm, Vma},

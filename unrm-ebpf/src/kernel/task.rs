@@ -64,19 +64,6 @@ impl Task {
         self.read_ptr(off!(task_mm)).map(Mm)
     }
 
-    /// `real_parent`; `init_task` is its own.
-    #[inline(always)]
-    pub fn real_parent(self) -> Option<Task> {
-        self.read_ptr(off!(task_real_parent)).map(Task)
-    }
-
-    /// The next thread-group leader on `init_task.tasks`, a circular list.
-    #[inline(always)]
-    pub fn next_process(self) -> Option<Task> {
-        let node = self.read_ptr(off!(task_tasks))?;
-        Task::new(node.as_ptr().wrapping_sub(off!(task_tasks)))
-    }
-
     /// `nsproxy`; `None` once an exiting task has dropped it.
     #[inline(always)]
     pub fn nsproxy(self) -> Option<NsProxy> {

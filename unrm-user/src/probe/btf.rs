@@ -279,6 +279,7 @@ impl KernelBtf {
             inode_size: o("inode", &["i_size"])?,
             inode_sb: o("inode", &["i_sb"])?,
             inode_uid: o("inode", &["i_uid"])?,
+            inode_generation: o("inode", &["i_generation"])?,
             inode_gid: o("inode", &["i_gid"])?,
             sb_dev: o("super_block", &["s_dev"])?,
             dentry_parent: o("dentry", &["d_parent"])?,
@@ -301,9 +302,6 @@ impl KernelBtf {
             vma_start: o("vm_area_struct", &["vm_start"])?,
             vma_end: o("vm_area_struct", &["vm_end"])?,
             vma_file: o("vm_area_struct", &["vm_file"])?,
-            task_real_parent: o("task_struct", &["real_parent"])?,
-            task_tasks: o("task_struct", &["tasks"])?,
-            fdt_open_fds: o("fdtable", &["open_fds"])?,
             inode_dentry: o("inode", &["i_dentry"])?,
             // Commit 946e51f2bf37 ("move d_rcu from overlapping d_child to
             // overlapping d_alias", October 2014; in mainline by 3.19 and

@@ -20,7 +20,7 @@ use crate::{
         jobs::{self, Done},
         lanes,
     },
-    holders::{HeldFile, Hold, HolderKind, InodeId, Snapshot},
+    holders::{HeldFile, Hold, InodeId, Snapshot},
     ingest::{Deletion, Grab},
     pins::{self, AclCache, Holding, Meta, Pin, PinFd, Place, Refused},
     policy::Scratch,
@@ -70,54 +70,27 @@ impl Engine {
             self.index.insert(deletion_record(&d, deleted_at, Status::Unheld, None));
             return Ok(());
         }
-        let mut pending = Pending { deletion: d, deleted_at, held_hint };
-        if self.pin_through_probe_holder(&mut pending)? {
+        let pending = Pending { deletion: d, deleted_at, held_hint };
+        if let Some(victim) = pending.deletion.victim
+            && self.pins.contains(&victim.inode)
+        {
+            self.adopt(victim.inode, &pending);
             return Ok(());
         }
-        if pending.deletion.over_budget || self.admission.budget.exhausted() {
+        let grabbed = pending.deletion.grabbed.is_some();
+        if !grabbed && (pending.deletion.over_budget || self.admission.budget.exhausted()) {
             // No snapshot can help: there is no descriptor to pin with.
             self.not_pinned(None, Some(&pending), NotPinned::Budget);
             return Ok(());
         }
         log::debug!(
-            "{}: held {:?} (refs {:?}), probe holder {:?}, waiting for a snapshot",
+            "{}: held {:?} (refs {:?}), pinned by handle: {grabbed}; waiting for a snapshot",
             pending.deletion.path.display(),
             held_hint,
             pending.deletion.victim.and_then(|v| v.refs),
-            pending.deletion.victim.and_then(|v| v.holder)
         );
         self.pending.push(pending);
         Ok(())
-    }
-
-    /// The fast path: the reader already holds the inode through the
-    /// descriptor the probe named. Record it; a snapshot follows once fast
-    /// pins pause, to learn every holder.
-    fn pin_through_probe_holder(&mut self, p: &mut Pending) -> Result<bool> {
-        let Some(victim) = p.deletion.victim else { return Ok(false) };
-        if self.pins.contains(&victim.inode) {
-            self.adopt(victim.inode, p);
-            return Ok(true);
-        }
-        let Some(grab) = p.deletion.grabbed.take() else { return Ok(false) };
-        let Some((pid, fd)) = victim.holder else { return Ok(false) };
-        let uid = victim.holder_uid;
-        let hold = Hold { kind: HolderKind::Fd, pid, uid, comm: String::new(), fd, vm_start: 0, vm_end: 0 };
-        if let Some(why) = self.over_user_pins(charged_to(grab.meta.uid, std::slice::from_ref(&hold))) {
-            self.not_pinned(None, Some(p), why);
-            return Ok(true);
-        }
-        self.figures.pin_latency(grab.at_ns.saturating_sub(p.deletion.ktime_ns));
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let hold = Hold { comm: comm.trim_end().to_owned(), ..hold };
-        let held = held_file(victim.inode, p.deletion.path.clone(), &grab.meta, vec![hold], victim.parent);
-        let Grab { pin, meta, .. } = *grab;
-        self.add_pin(&held, pin, &meta, Some(p));
-        self.figures.counters.fast_pins += 1;
-        // Watch the holder we know now; the snapshot adds the others.
-        self.kernel.watches.stale = true;
-        self.timers.want_holders();
-        Ok(true)
     }
 
     pub(super) fn reconcile(&mut self) -> Result<()> {
@@ -136,7 +109,7 @@ impl Engine {
         for held in snapshot.files.values() {
             let known = self.pins.contains(&held.inode) || self.pins.was_refused(&held.inode);
             if !known && self.cfg.policy.wants(&held.path, Some(held.uid)) {
-                self.pin(held, None);
+                self.pin(held, None, None);
             }
         }
         self.pins.retain_refused(|inode| snapshot.files.contains_key(inode));
@@ -178,7 +151,8 @@ impl Engine {
     }
 
     /// Decides what a deletion was, now that the snapshot says who holds what.
-    fn resolve(&mut self, p: Pending, snapshot: &Snapshot) {
+    fn resolve(&mut self, mut p: Pending, snapshot: &Snapshot) {
+        let grab = p.deletion.grabbed.take();
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
             None => snapshot.by_path(&p.deletion.path, |inode| {
@@ -189,7 +163,18 @@ impl Engine {
             if self.pins.contains(&held.inode) {
                 return self.adopt(held.inode, &p);
             }
-            if self.pin(held, Some(&p)) {
+            if self.pin(held, Some(&p), grab) {
+                return;
+            }
+        } else if let (Some(grab), Some(v)) = (grab, p.deletion.victim) {
+            // Its holders let go before the snapshot: unrm's pin is all
+            // that is left of it, and the content is final. Who held it is
+            // unknown, so it is not judged a scratch file.
+            let held = held_file(v.inode, p.deletion.path.clone(), &grab.meta, Vec::new(), v.parent);
+            if self.pin(&held, Some(&p), Some(grab)) {
+                if let Some(pin) = self.pins.get_mut(&v.inode) {
+                    pin.holding.others_held = true;
+                }
                 return;
             }
         }
@@ -226,18 +211,27 @@ impl Engine {
         self.index.set_deletion(record, &deletion_record(d, p.deleted_at, Status::Held, None));
     }
 
-    /// Takes a pin on `held` and records it. Returns false if every hold had
-    /// gone by the time unrm reached for it (true when it was recorded as
-    /// not pinned, over a limit).
-    fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>) -> bool {
+    /// Takes a pin on `held` (or keeps the one the reader took by handle,
+    /// `grab`) and records it. Returns false if every hold had gone by the
+    /// time unrm reached for it (true when it was recorded as not pinned,
+    /// over a limit). Whom it is charged to is decided here, now that the
+    /// snapshot names its holders.
+    fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>, grab: Option<Box<Grab>>) -> bool {
         if let Some(why) = self.over_user_pins(charged_to(held.uid, &held.holds)) {
             self.not_pinned(Some(held), pending, why);
             return true;
         }
-        match pins::take(held, &self.admission.budget) {
-            Ok((fd, meta)) => {
+        let taken = match grab.filter(|g| g.meta.ino == held.inode.ino) {
+            Some(grab) => {
+                self.figures.counters.fast_pins += 1;
+                Ok((grab.pin, grab.meta, grab.at_ns))
+            }
+            None => pins::take(held, &self.admission.budget).map(|(fd, meta)| (fd, meta, monotonic_ns())),
+        };
+        match taken {
+            Ok((fd, meta, at_ns)) => {
                 if let Some(p) = pending {
-                    self.figures.pin_latency(monotonic_ns().saturating_sub(p.deletion.ktime_ns));
+                    self.figures.pin_latency(at_ns.saturating_sub(p.deletion.ktime_ns));
                 }
                 self.add_pin(held, fd, &meta, pending);
                 true

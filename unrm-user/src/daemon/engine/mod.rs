@@ -133,36 +133,17 @@ const COMMIT_EVERY: Duration = Duration::from_millis(10);
 /// How long a re-check may wait so that hints close together share one
 /// snapshot. The pin already protects the content meanwhile.
 const RECHECK_DELAY: Duration = Duration::from_millis(10);
-/// Learning a fast pin's other holders waits for a lull in fast pins of this
-/// long, or at most `HOLDERS_MAX_WAIT`. The pin is taken and its known
-/// holder watched; a snapshot walks every process's descriptors, and during
-/// a burst of deletions it would only slow the pins themselves (a reader's
-/// open of /proc/PID/fd/N was seen waiting milliseconds behind one).
-const HOLDERS_QUIET: Duration = Duration::from_millis(250);
-const HOLDERS_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// When the engine next has something to do without being asked.
 #[derive(Default)]
 struct Timers {
     /// When the next snapshot is due, beyond the periodic one.
     recheck_at: Option<Instant>,
-    /// First and latest fast pin whose other holders are not known yet.
-    holders_wanted: Option<(Instant, Instant)>,
     /// When the open index transaction began.
     txn_since: Option<Instant>,
 }
 
 impl Timers {
-    /// A fast pin's other holders are wanted (see `HOLDERS_QUIET`).
-    fn want_holders(&mut self) {
-        let now = Instant::now();
-        self.holders_wanted = Some(self.holders_wanted.map_or((now, now), |(first, _)| (first, now)));
-    }
-
-    fn holders_due(&self) -> Option<Instant> {
-        self.holders_wanted.map(|(first, last)| (last + HOLDERS_QUIET).min(first + HOLDERS_MAX_WAIT))
-    }
-
     /// Asks for a snapshot within `delay`; requests close together share one.
     fn recheck(&mut self, delay: Duration) {
         let at = Instant::now() + delay;
@@ -223,7 +204,7 @@ impl Engine {
         let mut requests = VecDeque::new();
         loop {
             let mut deadline = next_rescan;
-            for at in [self.timers.recheck_at, self.timers.holders_due()].into_iter().flatten() {
+            if let Some(at) = self.timers.recheck_at {
                 deadline = deadline.min(at);
             }
             if let Some(since) = self.timers.txn_since {
@@ -253,11 +234,9 @@ impl Engine {
             self.notice_losses();
             let now = Instant::now();
             let rescan = now >= next_rescan;
-            let holders = self.timers.holders_due().is_some_and(|at| now >= at);
             let recheck = self.timers.recheck_at.is_some_and(|at| now >= at);
-            if rescan || holders || recheck || !self.pending.is_empty() {
+            if rescan || recheck || !self.pending.is_empty() {
                 self.timers.recheck_at = None;
-                self.timers.holders_wanted = None;
                 self.begin();
                 if let Err(err) = self.reconcile() {
                     self.fault("reconciling with the kernel", &err);
