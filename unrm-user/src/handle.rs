@@ -169,9 +169,7 @@ mod tests {
             eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
             return;
         }
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        let is_tmpfs =
-            |dir: &&&str| rustix::fs::statfs(**dir).is_ok_and(|st| i64::from(st.f_type) == TMPFS_MAGIC);
+        let is_tmpfs = |dir: &&&str| rustix::fs::statfs(**dir).is_ok_and(|st| st.f_type == libc::TMPFS_MAGIC);
         let Some(tmpfs) = ["/dev/shm", "/tmp", "/run"].iter().find(is_tmpfs) else {
             panic!("no tmpfs among /dev/shm, /tmp, /run to test on");
         };
