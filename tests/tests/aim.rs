@@ -72,6 +72,9 @@ fn a_path_made_up_in_another_namespace_is_not_restored_there() {
     }
 
     let rec = daemon.wait_record(forged, "held");
+    // A snapshot may find the held file before its deletion event is read;
+    // the event then tells the record where the file was deleted.
+    let rec = daemon.wait_show(&rec["id"], |r| !r["deleted_by"].is_null());
     assert_eq!(rec["path_resolved"], false, "{rec}");
     let out = daemon.cli(&["restore", &rec["id"].to_string()]);
     assert_one_line_error(&out, "--to");

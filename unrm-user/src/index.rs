@@ -849,6 +849,20 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_event_rewrites_what_a_scan_recorded() {
+        let (_dir, mut idx) = index();
+        let mut scan = new("/found", Status::Held, 1);
+        (scan.op, scan.deleted_by, scan.path_resolved) = (Op::Scan, None, true);
+        let id = idx.insert(scan);
+        let mut event = new("/deleted/here", Status::Held, 2);
+        event.path_resolved = false;
+        idx.set_deletion(id, &event);
+        let got = idx.get(id).unwrap().unwrap();
+        assert_eq!((got.path.as_str(), got.op, got.path_resolved), ("/deleted/here", Op::Unlink, false));
+        assert_eq!(got.deleted_by, event.deleted_by);
+    }
+
+    #[test]
     fn status_moves_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");

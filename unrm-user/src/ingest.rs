@@ -269,7 +269,10 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
 /// (mounted over it). Opened for each pin and closed at once, so that
 /// unrm keeps no filesystem busy that holds nothing it pinned.
 fn open_mount(point: &Path, dev: u64) -> Option<OwnedFd> {
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    // Not `O_PATH`: open_by_handle_at refuses one for its mount descriptor.
+    // Only filesystems with a handle layout get here (no FUSE server to
+    // wait on).
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::open(point, flags, rustix::fs::Mode::empty()).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
     (st.st_dev == dev).then_some(fd)

@@ -107,7 +107,7 @@ impl Engine {
         // Held files no event told us about: deleted before the daemon
         // started, on paths no probe covers, or lost events.
         for held in snapshot.files.values() {
-            let known = self.pins.contains(&held.inode) || self.pins.was_refused(&held.inode);
+            let known = self.pins.contains(&held.inode) || self.pins.refused(&held.inode).is_some();
             if !known && self.cfg.policy.wants(&held.path, Some(held.uid)) {
                 self.pin(held, None, None);
             }
@@ -259,6 +259,15 @@ impl Engine {
     /// Records a held file unrm would not pin, and why (within its
     /// deleter's `records_per_minute`).
     fn not_pinned(&mut self, held: Option<&HeldFile>, pending: Option<&Pending>, why: NotPinned) {
+        let inode =
+            held.map(|h| h.inode).or_else(|| pending.and_then(|p| p.deletion.victim.map(|v| v.inode)));
+        // A snapshot recorded it first, while its event was on the way:
+        // the event tells that record who deleted it, and where.
+        if let (Some(record), Some(p)) = (inode.and_then(|i| self.pins.refused(&i)), pending) {
+            let d = &p.deletion;
+            self.index.set_deletion(record, &deletion_record(d, p.deleted_at, Status::Skipped, None));
+            return;
+        }
         if let Some(p) = pending
             && !self.admission.rate.allow(p.deletion.uid, self.cfg.policy.per_user.records_per_minute)
         {
@@ -304,12 +313,10 @@ impl Engine {
         }
         // Recorded once: later snapshots leave it be while it stays held
         // (first come, first kept).
-        let inode =
-            held.map(|h| h.inode).or_else(|| pending.and_then(|p| p.deletion.victim.map(|v| v.inode)));
+        let id = self.index.insert(record);
         if let Some(inode) = inode {
-            self.pins.refuse(inode);
+            self.pins.refuse(inode, id);
         }
-        self.index.insert(record);
     }
 
     /// Records a new pin: from a deletion event, or (`pending` None) found

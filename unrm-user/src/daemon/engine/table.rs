@@ -2,7 +2,7 @@
 //! record, and how many each user is charged with (per-user limits count
 //! them).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::{holders::InodeId, pins::Pin};
 
@@ -13,7 +13,7 @@ pub struct PinTable {
     per_user: HashMap<u32, usize>,
     /// Held files a scan found and unrm recorded as not pinned (over a
     /// limit): recorded once, not at every scan while they stay held.
-    refused: HashSet<InodeId>,
+    refused: HashMap<InodeId, i64>,
 }
 
 impl PinTable {
@@ -97,17 +97,17 @@ impl PinTable {
         self.by_inode.keys()
     }
 
-    /// Whether `inode` was already recorded as refused.
-    pub fn was_refused(&self, inode: &InodeId) -> bool {
-        self.refused.contains(inode)
+    /// The record of `inode` if it was already recorded as refused.
+    pub fn refused(&self, inode: &InodeId) -> Option<i64> {
+        self.refused.get(inode).copied()
     }
 
-    pub fn refuse(&mut self, inode: InodeId) {
-        self.refused.insert(inode);
+    pub fn refuse(&mut self, inode: InodeId, record: i64) {
+        self.refused.insert(inode, record);
     }
 
     /// Keeps refusals only for files still held.
     pub fn retain_refused(&mut self, still_held: impl Fn(&InodeId) -> bool) {
-        self.refused.retain(|inode| still_held(inode));
+        self.refused.retain(|inode, _| still_held(inode));
     }
 }
