@@ -24,11 +24,15 @@ mod slot {
     pub const VMA: usize = 2;
 }
 
+/// What both iterator contexts are: a pointer to their layout, `meta`
+/// then `task` first.
+struct IterCtx(*mut c_void);
+
 /// The context of a `task_file` iterator: one open descriptor of one task.
-pub struct TaskFileCtx(*mut c_void);
+pub struct TaskFileCtx(IterCtx);
 
 /// The context of a `task_vma` iterator: one mapping of one task.
-pub struct TaskVmaCtx(*mut c_void);
+pub struct TaskVmaCtx(IterCtx);
 
 /// A file the iterator handed over, still typed as the kernel's
 /// `struct file` (what `bpf_d_path` needs).
@@ -43,89 +47,85 @@ pub struct IterVma(NonNull<u8>);
 /// The `struct seq_file` behind the iterator's file descriptor.
 pub struct SeqFile(*mut c_void);
 
-/// Loads slot `index` of an iterator context.
-///
-/// # Safety
-/// `ctx` is the context the kernel passed the iterator program, and the
-/// slot is one of its members.
-#[inline(always)]
-unsafe fn load<T>(ctx: *mut c_void, index: usize) -> T {
-    unsafe { core::ptr::read_volatile((ctx as *const u64).add(index) as *const T) }
-}
+impl IterCtx {
+    /// Loads slot `index`, a member of type `T` in this context's layout
+    /// (see `slot`).
+    #[inline(always)]
+    fn load<T>(&self, index: usize) -> T {
+        // SAFETY: `self.0` is the iterator's context, as the `new` that made
+        // it was promised, and its callers here name one of its members.
+        unsafe { core::ptr::read_volatile((self.0 as *const u64).add(index) as *const T) }
+    }
 
-/// The seq file of an iterator context: `ctx->meta->seq`.
-///
-/// # Safety
-/// As for [`load`].
-#[inline(always)]
-unsafe fn seq_of(ctx: *mut c_void) -> SeqFile {
-    unsafe {
-        let meta: *const *mut c_void = load(ctx, slot::META);
-        // `seq` is the first member of `struct bpf_iter_meta`.
-        SeqFile(core::ptr::read_volatile(meta))
+    /// The task; `None` on the iterator's last, empty call.
+    #[inline(always)]
+    fn task(&self) -> Option<Task> {
+        Task::new(self.load(slot::TASK))
+    }
+
+    /// `meta->seq`.
+    #[inline(always)]
+    fn seq(&self) -> SeqFile {
+        let meta: *const *mut c_void = self.load(slot::META);
+        // SAFETY: `meta` is the context's `struct bpf_iter_meta *`, whose
+        // first member is `seq`; the verifier checks the load against BTF.
+        SeqFile(unsafe { core::ptr::read_volatile(meta) })
     }
 }
 
 impl TaskFileCtx {
     /// # Safety
-    /// `ctx` is the context the kernel passed a `iter/task_file` program.
+    /// `ctx` is the context the kernel passed an `iter/task_file` program.
     #[inline(always)]
     pub unsafe fn new(ctx: *mut c_void) -> Self {
-        Self(ctx)
+        Self(IterCtx(ctx))
     }
 
     /// The task; `None` on the iterator's last, empty call.
     #[inline(always)]
     pub fn task(&self) -> Option<Task> {
-        // SAFETY: a member of the context `new` was given.
-        Task::new(unsafe { load(self.0, slot::TASK) })
+        self.0.task()
     }
 
     #[inline(always)]
     pub fn file(&self) -> Option<IterFile> {
-        // SAFETY: a member of the context `new` was given.
-        NonNull::new(unsafe { load::<*mut u8>(self.0, slot::FILE) }).map(IterFile)
+        NonNull::new(self.0.load::<*mut u8>(slot::FILE)).map(IterFile)
     }
 
     /// The descriptor number of `file`.
     #[inline(always)]
     pub fn fd(&self) -> u32 {
-        // SAFETY: a member of the context `new` was given.
-        unsafe { load(self.0, slot::FILE_FD) }
+        self.0.load(slot::FILE_FD)
     }
 
     #[inline(always)]
     pub fn seq(&self) -> SeqFile {
-        // SAFETY: the context `new` was given.
-        unsafe { seq_of(self.0) }
+        self.0.seq()
     }
 }
 
 impl TaskVmaCtx {
     /// # Safety
-    /// `ctx` is the context the kernel passed a `iter/task_vma` program.
+    /// `ctx` is the context the kernel passed an `iter/task_vma` program.
     #[inline(always)]
     pub unsafe fn new(ctx: *mut c_void) -> Self {
-        Self(ctx)
+        Self(IterCtx(ctx))
     }
 
     /// The task; `None` on the iterator's last, empty call.
     #[inline(always)]
     pub fn task(&self) -> Option<Task> {
-        // SAFETY: a member of the context `new` was given.
-        Task::new(unsafe { load(self.0, slot::TASK) })
+        self.0.task()
     }
 
     #[inline(always)]
     pub fn vma(&self) -> Option<IterVma> {
-        // SAFETY: a member of the context `new` was given.
-        NonNull::new(unsafe { load::<*mut u8>(self.0, slot::VMA) }).map(IterVma)
+        NonNull::new(self.0.load::<*mut u8>(slot::VMA)).map(IterVma)
     }
 
     #[inline(always)]
     pub fn seq(&self) -> SeqFile {
-        // SAFETY: the context `new` was given.
-        unsafe { seq_of(self.0) }
+        self.0.seq()
     }
 }
 
