@@ -455,20 +455,26 @@ fn restore_keeps_times_extended_attributes_and_acls() {
 }
 
 /// A held file is pinned by its file handle the moment its deletion is
-/// read, with no search for a holder: on ext4, and on tmpfs where the tier
-/// names its inode (the VFS tiers). A filesystem unrm makes no handle for
-/// (FUSE here) is pinned through its holder once a snapshot finds it. Each
-/// is captured whole when its holder lets go.
+/// read, with no search for a holder: on ext4, and on xfs where the tier
+/// names its inodes (the VFS tiers). A filesystem unrm makes no handle for
+/// (tmpfs, FUSE) is pinned through its holder once a snapshot finds it.
+/// Each is captured whole when its holder lets go.
 #[test]
 fn held_files_are_pinned_by_handle_and_others_by_snapshot() {
     let (ext4, tmpfs) = (Mount::ext4(), Mount::tmpfs());
+    let xfs = Mount::image("xfs", 300 << 20).expect("mkfs.xfs (cargo xtask test installs xfsprogs)");
     let fuse_source = Mount::tmpfs();
     let fuse = Fuse::mirror(&fuse_source.path);
     let daemon = Daemon::start();
     let tier = unrm_tests::expected_tier();
     let vfs_tier = tier == "fentry" || tier == "kprobe";
     let fast_pins = || daemon.status()["counters"]["fast_pins"].as_u64().unwrap();
-    let cases = [(ext4.path.clone(), true), (tmpfs.path.clone(), vfs_tier), (fuse.point.clone(), false)];
+    let cases = [
+        (ext4.path.clone(), true),
+        (tmpfs.path.clone(), false),
+        (xfs.path.clone(), vfs_tier),
+        (fuse.point.clone(), false),
+    ];
     for (dir, by_handle) in cases {
         let data = content(&dir.to_string_lossy());
         let path = dir.join("kept.bin");

@@ -9,10 +9,13 @@
 //! a pin taken in O(1) by the daemon, without knowing who holds the file:
 //! the probes only have to report the inode number and generation.
 //!
-//! The layouts here are the filesystems' own (their `encode_fh`); a
-//! filesystem not listed (btrfs wants its subvolume's id, FUSE and network
-//! filesystems their server's say) gets no handle, and unrm falls back to
-//! finding a holder (`holders::Snapshot`).
+//! The layouts here are the filesystems' own (their `encode_fh`). A
+//! filesystem not listed gets no handle, and unrm falls back to finding a
+//! holder (`holders::Snapshot`): btrfs wants its subvolume's id, FUSE and
+//! network filesystems their server's say, and tmpfs finds an inode from
+//! a handle only in the inode hash, where it puts an inode the first time
+//! someone *asks* for its handle (`shmem_encode_fh`) — a file nobody asked
+//! about is `ESTALE` to its handle however many hold it.
 
 use std::{
     io,
@@ -26,9 +29,6 @@ pub enum Layout {
     /// (ext2/3/4 and the filesystems that use the kernel's generic
     /// `generic_encode_ino32_fh`).
     Ino32Gen,
-    /// tmpfs (`shmem_encode_fh`): the generation, then the 64-bit inode
-    /// number as two 32-bit halves, low first.
-    Shmem,
     /// xfs (`xfs_fs_encode_fh`): `FILEID_INO32_GEN` while the inode number
     /// fits 32 bits, else the same type with xfs's 64-bit flag and a
     /// 64-bit number before the generation.
@@ -40,7 +40,6 @@ impl Layout {
     pub fn of(fstype: &str) -> Option<Self> {
         match fstype {
             "ext2" | "ext3" | "ext4" => Some(Layout::Ino32Gen),
-            "tmpfs" => Some(Layout::Shmem),
             "xfs" => Some(Layout::Xfs),
             _ => None,
         }
@@ -75,7 +74,6 @@ impl Handle {
         let (low, high) = (ino as u32, (ino >> 32) as u32);
         match layout {
             Layout::Ino32Gen => (high == 0).then(|| Handle::new(FILEID_INO32_GEN, &[low, generation])),
-            Layout::Shmem => Some(Handle::new(FILEID_INO32_GEN, &[generation, low, high])),
             Layout::Xfs if high == 0 => Some(Handle::new(FILEID_INO32_GEN, &[low, generation])),
             // `struct xfs_fid64`: a native-endian u64, then the generation.
             Layout::Xfs => {
@@ -121,28 +119,10 @@ mod tests {
         fs,
         io::Write,
         os::{fd::AsFd, unix::fs::MetadataExt},
+        process::Command,
     };
 
     use super::*;
-
-    /// The handle the kernel itself gives `path` (`name_to_handle_at`).
-    fn kernel_handle(path: &std::path::Path) -> Handle {
-        let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        let mut handle = Handle { bytes: 16, kind: 0, data: [0; 16] };
-        let mut mount_id = 0;
-        // SAFETY: `handle` has room for the 16 bytes it says it has.
-        let ret = unsafe {
-            libc::name_to_handle_at(
-                libc::AT_FDCWD,
-                name.as_ptr(),
-                (&raw mut handle).cast::<libc::file_handle>(),
-                &mut mount_id,
-                0,
-            )
-        };
-        assert_eq!(ret, 0, "name_to_handle_at: {}", io::Error::last_os_error());
-        handle
-    }
 
     #[test]
     fn encodes_each_layout_as_its_filesystem_does() {
@@ -150,9 +130,8 @@ mod tests {
         assert_eq!((h.bytes, h.kind), (8, 1));
         assert_eq!(&h.data[..8], [12u32.to_ne_bytes(), 7u32.to_ne_bytes()].concat());
         assert!(Handle::encode(Layout::Ino32Gen, 1 << 32, 7).is_none());
-        let h = Handle::encode(Layout::Shmem, (5 << 32) | 12, 7).unwrap();
-        assert_eq!((h.bytes, h.kind), (12, 1));
-        assert_eq!(&h.data[..12], [7u32.to_ne_bytes(), 12u32.to_ne_bytes(), 5u32.to_ne_bytes()].concat());
+        let h = Handle::encode(Layout::Xfs, 12, 7).unwrap();
+        assert_eq!((h.bytes, h.kind), (8, 1));
         let h = Handle::encode(Layout::Xfs, (5 << 32) | 12, 7).unwrap();
         assert_eq!((h.bytes, h.kind), (12, 0x81));
         assert_eq!(
@@ -161,41 +140,66 @@ mod tests {
         );
     }
 
-    /// On tmpfs: a held, deleted file opens by its handle with
-    /// its content; with another generation, or once let go, it does not.
+    /// An ext4 image of its own, unmounted when dropped.
+    struct Ext4(tempfile::TempDir);
+
+    impl Ext4 {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("img");
+            fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
+            let ok = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+            ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+            fs::create_dir(dir.path().join("mnt")).unwrap();
+            ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path().join("mnt")));
+            Ext4(dir)
+        }
+    }
+
+    impl Drop for Ext4 {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path().join("mnt")).status();
+        }
+    }
+
+    /// The generation as ext4 reports it (`FS_IOC_GETVERSION`).
+    fn generation(file: &fs::File) -> u32 {
+        const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+        let mut value: libc::c_long = 0;
+        // SAFETY: the ioctl writes one long into `value`.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION as _, &mut value) };
+        assert_eq!(ret, 0, "FS_IOC_GETVERSION: {}", io::Error::last_os_error());
+        value as u32
+    }
+
+    /// On ext4: a held, deleted file opens by its handle with its content;
+    /// with another generation (its number given to a newer file), or once
+    /// let go, it does not.
     #[test]
     fn a_held_deleted_file_opens_by_handle_and_a_wrong_generation_is_refused() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+            eprintln!("skipped: mounting and open_by_handle_at need root");
             return;
         }
-        let is_tmpfs = |dir: &&&str| rustix::fs::statfs(**dir).is_ok_and(|st| st.f_type == libc::TMPFS_MAGIC);
-        let Some(tmpfs) = ["/dev/shm", "/tmp", "/run"].iter().find(is_tmpfs) else {
-            panic!("no tmpfs among /dev/shm, /tmp, /run to test on");
-        };
-        let dir = tempfile::tempdir_in(tmpfs).unwrap();
-        let mount = fs::File::open(dir.path()).unwrap();
-        let path = dir.path().join("held");
+        let ext4 = Ext4::new();
+        let mnt = ext4.0.path().join("mnt");
+        let mount = fs::File::open(&mnt).unwrap();
+        let path = mnt.join("held");
         let mut file = fs::File::create(&path).unwrap();
         file.write_all(b"kept").unwrap();
-        let ino = file.metadata().unwrap().ino();
-        // tmpfs puts the generation first; the rest must be what unrm writes.
-        let theirs = kernel_handle(&path);
-        let generation = u32::from_ne_bytes(theirs.data[..4].try_into().unwrap());
-        let ours = Handle::encode(Layout::Shmem, ino, generation).unwrap();
-        assert_eq!((ours.bytes, ours.kind, ours.data), (theirs.bytes, theirs.kind, theirs.data));
+        let (ino, generation) = (file.metadata().unwrap().ino(), generation(&file));
         fs::remove_file(&path).unwrap();
 
-        let fd = open(mount.as_fd(), Layout::Shmem, ino, generation).unwrap();
+        let fd = open(mount.as_fd(), Layout::Ino32Gen, ino, generation).unwrap();
         let reopened = fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         assert_eq!(reopened, b"kept");
         let st = rustix::fs::fstat(&fd).unwrap();
         assert_eq!((st.st_ino, st.st_nlink), (ino, 0));
 
-        let err = open(mount.as_fd(), Layout::Shmem, ino, generation.wrapping_add(1)).unwrap_err();
+        let err = open(mount.as_fd(), Layout::Ino32Gen, ino, generation.wrapping_add(1)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
         drop((file, fd));
-        let err = open(mount.as_fd(), Layout::Shmem, ino, generation).unwrap_err();
+        let err = open(mount.as_fd(), Layout::Ino32Gen, ino, generation).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
     }
 }
