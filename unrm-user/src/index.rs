@@ -677,14 +677,16 @@ fn from_json<T: serde::de::DeserializeOwned>(text: Option<String>) -> Option<T> 
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
-fn insert(c: &Connection, r: &Record) -> Result<()> {
+/// `INSERT` of every column, by name; made once (an `rm -rf` inserts
+/// hundreds of thousands).
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let names: Vec<&str> = RECORD_COLUMNS.iter().map(|(name, _)| *name).collect();
     let values: Vec<String> = names.iter().map(|name| format!(":{name}")).collect();
-    let mut stmt = c.prepare_cached(&format!(
-        "INSERT INTO records ({}) VALUES ({})",
-        names.join(", "),
-        values.join(", ")
-    ))?;
+    format!("INSERT INTO records ({}) VALUES ({})", names.join(", "), values.join(", "))
+});
+
+fn insert(c: &Connection, r: &Record) -> Result<()> {
+    let mut stmt = c.prepare_cached(&INSERT)?;
     let by = r.deleted_by.as_ref();
     stmt.execute(named_params! {
         ":id": r.id,

@@ -2,7 +2,7 @@
 //! descriptors grow: the `unlink(2)` call's own latency, from its start to
 //! its return, daemon off and on, at each size, in interleaved rounds.
 //! The probes once searched every process's descriptors inside that call
-//! (~150 ns each); pinning by file handle should make it flat.
+//! (~150 ns each); pinning by file handle makes it flat.
 
 use std::{ffi::CString, path::Path, time::Instant};
 
@@ -14,23 +14,23 @@ use crate::{Daemon, Holder, Mount};
 /// Descriptors one helper process holds (below this machine's hard limit).
 const PER_PROCESS: usize = 16_000;
 
-/// The median latency, in ns, of `n` unlinks of files this process holds
-/// open (the file is held, so the deletion is one unrm must pin).
+/// The median latency, in ns, of `n` unlinks of files another process
+/// holds open. Each holder is started after the processes that make the
+/// machine busy, so a search for it through the process list (as unrm's
+/// probes once did) walks all of theirs first, as it would on a server.
 fn unlink_latency(dir: &Path, n: usize) -> f64 {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        let path = CString::new(dir.join(format!("held{i}")).as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: plain system calls on a valid path and the descriptor
-        // this loop opened.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_RDWR | libc::O_TRUNC, 0o600);
-            assert!(fd >= 0);
-            libc::write(fd, b"held".as_ptr().cast(), 4);
-            let started = Instant::now();
-            libc::unlink(path.as_ptr());
-            samples.push(started.elapsed().as_nanos() as f64);
-            libc::close(fd);
-        }
+        let file = dir.join(format!("held{i}"));
+        std::fs::write(&file, b"held").unwrap();
+        let holder = Holder::fd(&file);
+        let path = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+        let started = Instant::now();
+        // SAFETY: unlink(2) of a valid NUL-terminated path.
+        let ret = unsafe { libc::unlink(path.as_ptr()) };
+        samples.push(started.elapsed().as_nanos() as f64);
+        assert_eq!(ret, 0, "unlink: {}", std::io::Error::last_os_error());
+        drop(holder);
     }
     median(&mut samples)
 }
