@@ -246,7 +246,16 @@ pub fn normalize(path: &Path) -> PathBuf {
 /// filesystem with no handle unrm can make waits for the engine's snapshot.
 fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
     let Some(victim) = &d.victim else { return };
-    if d.ret != 0 || !victim.is_regular() || victim.refs.is_some_and(|refs| refs <= 1) {
+    // A file that keeps another name is no loss; generation 0 is a
+    // wildcard to ext4's handle lookup, which could then open another file
+    // that took the number since: both are left to the snapshot.
+    let relinked = d.op == Op::Unlink && victim.nlink > 1;
+    if d.ret != 0
+        || !victim.is_regular()
+        || relinked
+        || victim.generation == 0
+        || victim.refs.is_some_and(|refs| refs <= 1)
+    {
         return;
     }
     let Some((point, fstype)) = views.host().and_then(|host| host.filesystem(victim.inode.dev)) else {
