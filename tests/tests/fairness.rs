@@ -40,6 +40,17 @@ fn owned(dir: &Path, name: &str, owner: Option<&User>, size: usize) -> std::path
     path
 }
 
+/// An ext4 of its own with a directory `name` that `user` owns, reachable
+/// by everyone.
+fn home_on_ext4(user: &User, name: &str) -> (Mount, std::path::PathBuf) {
+    let fs = Mount::ext4();
+    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = fs.path.join(name);
+    fs::create_dir(&home).unwrap();
+    chown(&home, Some(user.uid), Some(user.gid)).unwrap();
+    (fs, home)
+}
+
 #[test]
 fn filling_the_stores_filesystem_cannot_wipe_every_capture() {
     let bob = User::ensure("unrm-test-bob");
@@ -138,11 +149,7 @@ fn reflinked_captures_are_counted_once() {
 #[test]
 fn one_user_cannot_take_every_pin_nor_flood_the_index() {
     let bob = User::ensure("unrm-test-bob");
-    let fs = Mount::ext4();
-    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
-    let his = fs.path.join("bob");
-    fs::create_dir(&his).unwrap();
-    chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
+    let (fs, his) = home_on_ext4(&bob, "bob");
     let config = "[per_user]\npins = 5\nrecords_per_minute = 100\n";
     let (_config, daemon) = Daemon::with_config(config, &[]);
     // Eight held files of bob's: five pinned, three recorded as not.
@@ -184,11 +191,7 @@ fn one_user_cannot_take_every_pin_nor_flood_the_index() {
 #[test]
 fn holding_another_users_files_cannot_use_up_that_users_share() {
     let (alice, mallory) = (User::ensure("unrm-test-alice"), User::ensure("unrm-test-mallory"));
-    let fs = Mount::ext4();
-    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
-    let home = fs.path.join("alice");
-    fs::create_dir(&home).unwrap();
-    chown(&home, Some(alice.uid), Some(alice.gid)).unwrap();
+    let (_fs, home) = home_on_ext4(&alice, "alice");
     let (_config, daemon) = Daemon::with_config("[per_user]\npins = 3\n", &[]);
     // Mallory holds five of alice's readable files; alice cleans them up.
     let held: Vec<(std::path::PathBuf, Holder)> = (0..5)
@@ -221,11 +224,7 @@ fn holding_another_users_files_cannot_use_up_that_users_share() {
 #[test]
 fn a_flood_of_records_is_pruned_from_the_flooder_not_from_what_has_content() {
     let bob = User::ensure("unrm-test-bob");
-    let fs = Mount::ext4();
-    fs::set_permissions(fs.path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
-    let his = fs.path.join("bob");
-    fs::create_dir(&his).unwrap();
-    chown(&his, Some(bob.uid), Some(bob.gid)).unwrap();
+    let (fs, his) = home_on_ext4(&bob, "bob");
     let config = "max_index_size = \"512K\"\n";
     let (_config, daemon) = Daemon::with_config(config, &["--rescan-interval", "200ms"]);
     let kept = captured(&daemon, &owned(&fs.path, "roots", None, 1000), "captured");

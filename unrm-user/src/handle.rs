@@ -73,8 +73,8 @@ impl Handle {
     fn encode(layout: Layout, ino: u64, generation: u32) -> Option<Self> {
         let (low, high) = (ino as u32, (ino >> 32) as u32);
         match layout {
-            Layout::Ino32Gen => (high == 0).then(|| Handle::new(FILEID_INO32_GEN, &[low, generation])),
-            Layout::Xfs if high == 0 => Some(Handle::new(FILEID_INO32_GEN, &[low, generation])),
+            _ if high == 0 => Some(Handle::new(FILEID_INO32_GEN, &[low, generation])),
+            Layout::Ino32Gen => None,
             // `struct xfs_fid64`: a native-endian u64, then the generation.
             Layout::Xfs => {
                 let ino = ino.to_ne_bytes();

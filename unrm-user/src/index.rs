@@ -110,8 +110,11 @@ fn schema() -> String {
 }
 
 /// Every column, for `SELECT`.
-fn columns() -> String {
-    RECORD_COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+static COLUMNS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| RECORD_COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "));
+
+fn columns() -> &'static str {
+    &COLUMNS
 }
 
 /// A column a single write changes.

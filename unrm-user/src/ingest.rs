@@ -58,6 +58,13 @@ impl Victim {
     pub fn is_regular(&self) -> bool {
         self.mode & S_IFMT == S_IFREG
     }
+
+    /// A regular file that lost its last name in `op`: content unrm could
+    /// save. (A symlink, device or FIFO has none; a file unlinked while it
+    /// has other links lives on under them.)
+    pub fn lost_content(&self, op: Op) -> bool {
+        self.is_regular() && !(op == Op::Unlink && self.nlink > 1)
+    }
 }
 
 /// unrm's first hold on a deleted inode, taken by the reader by its file
@@ -242,17 +249,17 @@ pub fn normalize(path: &Path) -> PathBuf {
 /// deleted inode, take an `O_PATH` descriptor on it right here, by its file
 /// handle (see `handle`), before the event queues behind anything. No
 /// holder is needed: one open of the filesystem's mount point and one
-/// `open_by_handle_at`, never blocking, within the descriptor budget. A
-/// filesystem with no handle unrm can make waits for the engine's snapshot.
+/// `open_by_handle_at`, within the descriptor budget. Not yet free of
+/// waits: the filesystem may make that call wait while it frees that very
+/// inode, and the mount point's path could lead through a hung FUSE mount
+/// (README, Limits). A filesystem with no handle unrm can make waits for
+/// the engine's snapshot.
 fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
     let Some(victim) = &d.victim else { return };
-    // A file that keeps another name is no loss; generation 0 is a
-    // wildcard to ext4's handle lookup, which could then open another file
-    // that took the number since: both are left to the snapshot.
-    let relinked = d.op == Op::Unlink && victim.nlink > 1;
+    // Generation 0 is a wildcard to ext4's handle lookup, which could then
+    // open another file that took the number since: left to the snapshot.
     if d.ret != 0
-        || !victim.is_regular()
-        || relinked
+        || !victim.lost_content(d.op)
         || victim.generation == 0
         || victim.refs.is_some_and(|refs| refs <= 1)
     {
@@ -279,8 +286,6 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
 /// unrm keeps no filesystem busy that holds nothing it pinned.
 fn open_mount(point: &Path, dev: u64) -> Option<OwnedFd> {
     // Not `O_PATH`: open_by_handle_at refuses one for its mount descriptor.
-    // Only filesystems with a handle layout get here (no FUSE server to
-    // wait on).
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::open(point, flags, rustix::fs::Mode::empty()).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;

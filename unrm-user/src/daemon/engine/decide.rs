@@ -39,10 +39,7 @@ impl Engine {
             return Ok(());
         }
         let held_hint = match &d.victim {
-            // A symlink, device or FIFO: no content to save.
-            Some(v) if !v.is_regular() => return Ok(()),
-            // The file lives on under another name.
-            Some(v) if d.op == Op::Unlink && v.nlink > 1 => return Ok(()),
+            Some(v) if !v.lost_content(d.op) => return Ok(()),
             // The deleter's own lookup holds one dentry reference.
             Some(v) => v.refs.map(|refs| refs > 1),
             // The filesystem reported no inode losing its last name.
