@@ -6,20 +6,14 @@
 
 use std::{
     ffi::OsStr,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
+    os::unix::ffi::OsStrExt,
     path::{Component, Path, PathBuf},
     sync::{Arc, mpsc::Sender},
 };
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
-use rustix::{
-    event::{PollFd, PollFlags, Timespec, poll},
-    fs::OFlags,
-};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use unrm_abi::{
     DeleteEvent, ReleaseEvent, S_IFMT, S_IFREG, delete_op, event_kind, path_flags, release_reason,
     victim_flags,
@@ -27,9 +21,9 @@ use unrm_abi::{
 
 use crate::{
     access::Parent,
+    anchors::Anchors,
     budget::Budget,
     clock::monotonic_ns,
-    handle::Layout,
     holders::{InodeId, comm_string},
     mounts::{Located, Views},
     pins::{self, Meta, PinFd, Refused},
@@ -246,15 +240,12 @@ pub fn normalize(path: &Path) -> PathBuf {
 }
 
 /// Pin first: when the dentry count says something else may hold the
-/// deleted inode, take an `O_PATH` descriptor on it right here, by its file
-/// handle (see `handle`), before the event queues behind anything. No
-/// holder is needed: one open of the filesystem's mount point and one
-/// `open_by_handle_at`, within the descriptor budget. Not yet free of
-/// waits: the filesystem may make that call wait while it frees that very
-/// inode, and the mount point's path could lead through a hung FUSE mount
-/// (README, Limits). A filesystem with no handle unrm can make waits for
-/// the engine's snapshot.
-fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
+/// deleted inode, take a descriptor on it right here, by its file handle
+/// (see `handle`), before the event queues behind anything. No holder is
+/// needed: one `open_by_handle_at` through the filesystem's anchor (see
+/// `anchors`; the reader never opens a path), within the descriptor
+/// budget. A filesystem without an anchor waits for the engine's snapshot.
+fn grab(d: &mut Deletion, budget: &Arc<Budget>, anchors: &Anchors) {
     let Some(victim) = &d.victim else { return };
     // Generation 0 is a wildcard to ext4's handle lookup, which could then
     // open another file that took the number since: left to the snapshot.
@@ -265,12 +256,8 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
     {
         return;
     }
-    let Some((point, fstype)) = views.host().and_then(|host| host.filesystem(victim.inode.dev)) else {
-        return;
-    };
-    let Some(layout) = Layout::of(fstype) else { return };
-    let Some(mount) = open_mount(point, victim.inode.dev) else { return };
-    match pins::by_handle(mount.as_fd(), layout, victim.inode, victim.generation, budget) {
+    let Some(anchor) = anchors.get(victim.inode.dev) else { return };
+    match pins::by_handle(anchor.fd(), anchor.layout, victim.inode, victim.generation, budget) {
         Ok((pin, meta)) => d.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
         Err(Refused::Budget) => d.over_budget = true,
         Err(err) => {
@@ -278,18 +265,6 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, views: &mut Views) {
             log::debug!("{}: no pin by handle after {late_us} µs: {err}", d.path.display());
         }
     }
-}
-
-/// A descriptor on the mount point of filesystem `dev`, for
-/// `open_by_handle_at`; None if what is there now is another filesystem
-/// (mounted over it). Opened for each pin and closed at once, so that
-/// unrm keeps no filesystem busy that holds nothing it pinned.
-fn open_mount(point: &Path, dev: u64) -> Option<OwnedFd> {
-    // Not `O_PATH`: open_by_handle_at refuses one for its mount descriptor.
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let fd = rustix::fs::open(point, flags, rustix::fs::Mode::empty()).ok()?;
-    let st = rustix::fs::fstat(&fd).ok()?;
-    (st.st_dev == dev).then_some(fd)
 }
 
 /// Gives the deletion the host's path, and keeps the deleter's own view
@@ -369,7 +344,12 @@ fn unstack(d: &mut Deletion, located: Option<&Located>) {
 /// A thread of its own blocked in poll(2), rather than a task on the async
 /// runtime: one wake-up between the kernel's notification and the first
 /// pin, instead of the reactor's and then a worker's.
-pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>, budget: Arc<Budget>) -> Result<()> {
+pub fn forward<M: From<Event>>(
+    mut ring: RingBuf<MapData>,
+    tx: Sender<M>,
+    budget: Arc<Budget>,
+    anchors: Arc<Anchors>,
+) -> Result<()> {
     let mut views = Views::new();
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
@@ -384,7 +364,7 @@ pub fn forward<M: From<Event>>(mut ring: RingBuf<MapData>, tx: Sender<M>, budget
             match decode(&item) {
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
-                        grab(d, &budget, &mut views);
+                        grab(d, &budget, &anchors);
                         place(d, &mut views);
                     }
                     if tx.send(event.into()).is_err() {

@@ -8,6 +8,7 @@
 //! see what) → `api` (the socket) → `cli` (what the user types).
 
 mod access;
+mod anchors;
 mod api;
 mod budget;
 mod cli;

@@ -70,10 +70,16 @@ impl Mounts {
         Some(best.point.join(fs_path.strip_prefix(&best.root).ok()?))
     }
 
-    /// Filesystem `dev`: where one of its mounts is, and its type.
-    pub fn filesystem(&self, dev: u64) -> Option<(&Path, &str)> {
-        let mount = self.mounts.iter().rev().find(|m| m.dev == dev)?;
-        Some((&mount.point, &mount.fstype))
+    /// Every filesystem once: its device, where it is mounted (a mount of
+    /// its whole tree if there is one, the first listed of those), and its
+    /// type.
+    pub fn filesystems(&self) -> Vec<(u64, &Path, &str)> {
+        let mut best: HashMap<u64, &Mount> = HashMap::new();
+        for m in &self.mounts {
+            let whole = m.root == Path::new("/");
+            best.entry(m.dev).and_modify(|b| if whole && b.root != Path::new("/") { *b = m }).or_insert(m);
+        }
+        best.into_values().map(|m| (m.dev, m.point.as_path(), m.fstype.as_str())).collect()
     }
 
     /// What `path` names: through the mount at the longest matching mount

@@ -41,6 +41,7 @@ use engine::{Config, Engine, Msg, Parts};
 
 use crate::{
     api::server::{self, Handler, Limits, ServerStats},
+    anchors::Anchors,
     budget::{Budget, Shares},
     index::Index,
     ingest,
@@ -99,10 +100,11 @@ pub fn run(opts: Options) -> Result<()> {
     let exit_stats = Arc::new(exits::ExitStats::default());
     let server_stats = Arc::new(ServerStats::default());
 
-    let (ring_tx, reader_budget) = (tx.clone(), budget.clone());
+    let anchors = Arc::new(Anchors::default());
+    let (ring_tx, reader_budget, reader_anchors) = (tx.clone(), budget.clone(), anchors.clone());
     threads.supervised("the ring buffer reader", move || {
         sched::urgent();
-        ingest::forward(ring, ring_tx, reader_budget)
+        ingest::forward(ring, ring_tx, reader_budget, reader_anchors)
     })?;
     runtime.spawn(exits::watch(exit_rx, tx.clone(), shares.pidfds, exit_stats.clone()));
     if let Some(logger) = logger {
@@ -120,6 +122,7 @@ pub fn run(opts: Options) -> Result<()> {
         exit_stats,
         pidfd_budget: shares.pidfds,
         server_stats: server_stats.clone(),
+        anchors,
     };
     let mut engine = Engine::new(cfg, parts)?;
     engine.start().context("the start-up scan")?;

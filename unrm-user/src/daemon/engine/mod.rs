@@ -32,6 +32,7 @@ use std::{
 use anyhow::Result;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
+mod anchoring;
 mod answer;
 mod decide;
 mod figures;
@@ -53,6 +54,7 @@ use crate::{
         proto::Request,
         server::{Reply, ServerStats},
     },
+    anchors::Anchors,
     budget::Budget,
     index::Index,
     ingest::{Deletion, Event},
@@ -60,6 +62,7 @@ use crate::{
     probe::Probes,
     store::{Store, usage::Usage},
 };
+use anchoring::Anchoring;
 use figures::Figures;
 use kernel::Kernel;
 use limits::{Admission, RateLimiter};
@@ -113,6 +116,8 @@ pub struct Parts {
     pub exit_stats: Arc<ExitStats>,
     pub pidfd_budget: usize,
     pub server_stats: Arc<ServerStats>,
+    /// Shared with the reader, which pins through them.
+    pub anchors: Arc<Anchors>,
 }
 
 /// A deletion waiting for the next snapshot to say whether it is held.
@@ -180,11 +185,13 @@ pub struct Engine {
     workers: Workers,
     /// What `unrm status` reports.
     figures: Figures,
+    /// Where the reader's pins by file handle go through.
+    anchoring: Anchoring,
 }
 
 impl Engine {
     pub fn new(cfg: Config, parts: Parts) -> Result<Self> {
-        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats } = parts;
+        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats, anchors } = parts;
         Ok(Self {
             cfg,
             kernel: Kernel::new(probes, exits)?,
@@ -196,6 +203,7 @@ impl Engine {
             timers: Timers::default(),
             workers: Workers { lanes: Lanes::new(), tx },
             figures: Figures::new(exit_stats, pidfd_budget, server_stats),
+            anchoring: Anchoring::new(anchors),
         })
     }
 
@@ -246,6 +254,7 @@ impl Engine {
                         self.fault("enforcing the store's bounds", &err);
                     }
                     self.workers.lanes.tick();
+                    self.refresh_anchors();
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }

@@ -1,0 +1,93 @@
+//! One open directory per filesystem, for pinning by file handle.
+//!
+//! `open_by_handle_at(2)` needs a descriptor on the filesystem the handle
+//! belongs to. The reader must take the pin in microseconds and must never
+//! wait on a filesystem, so it may not open one itself: walking a mount
+//! point's path can wait on anything that path crosses (a hung FUSE server,
+//! a network mount). The engine opens these anchors on the filesystem's own
+//! file worker (`daemon::lanes`), once per filesystem, and the reader only
+//! looks them up.
+//!
+//! An anchor is a *detached copy* of one mount (`open_tree` with
+//! `OPEN_TREE_CLONE`): the administrator's `umount` still succeeds (the copy
+//! keeps the superblock alive, like a lazy unmount), and the engine lets the
+//! copy go once the filesystem has left the mount table.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::Path,
+    sync::{Arc, RwLock},
+};
+
+use rustix::{
+    fs::{CWD, Mode, OFlags},
+    mount::{OpenTreeFlags, open_tree},
+};
+
+use crate::handle::Layout;
+
+/// A descriptor on the root of a detached copy of one of the filesystem's
+/// mounts, and how that filesystem lays out its handles.
+#[derive(Debug)]
+pub struct Anchor {
+    fd: OwnedFd,
+    pub layout: Layout,
+}
+
+impl Anchor {
+    /// Opens an anchor on the filesystem `dev` mounted at `point`. May wait
+    /// on that filesystem and any on the way: only on its file worker.
+    pub fn open(point: &Path, dev: u64, layout: Layout) -> io::Result<Anchor> {
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+        let tree = open_tree(CWD, point, flags)?;
+        // `open_tree` gives an `O_PATH` descriptor, which open_by_handle_at
+        // refuses as its mount descriptor: open the copy's root for real.
+        let fd = rustix::fs::openat(&tree, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_dev != dev {
+            return Err(io::Error::other(format!("{} is no longer filesystem {dev:x}", point.display())));
+        }
+        Ok(Anchor { fd, layout })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The anchors, by filesystem: the engine adds and removes, the reader looks
+/// up (a read lock held for a map lookup and a reference count).
+#[derive(Default)]
+pub struct Anchors {
+    by_dev: RwLock<HashMap<u64, Arc<Anchor>>>,
+}
+
+impl Anchors {
+    pub fn get(&self, dev: u64) -> Option<Arc<Anchor>> {
+        self.by_dev.read().unwrap().get(&dev).cloned()
+    }
+
+    pub fn contains(&self, dev: u64) -> bool {
+        self.by_dev.read().unwrap().contains_key(&dev)
+    }
+
+    pub fn insert(&self, dev: u64, anchor: Anchor) {
+        self.by_dev.write().unwrap().insert(dev, Arc::new(anchor));
+    }
+
+    /// Removes the anchors of filesystems `keep` says no to, and returns
+    /// them: closing the last descriptor on a detached mount can write the
+    /// filesystem back, so the caller drops them where waiting is allowed.
+    pub fn remove_unless(&self, keep: impl Fn(u64) -> bool) -> Vec<(u64, Arc<Anchor>)> {
+        let mut map = self.by_dev.write().unwrap();
+        let gone: Vec<u64> = map.keys().copied().filter(|dev| !keep(*dev)).collect();
+        gone.into_iter().filter_map(|dev| Some((dev, map.remove(&dev)?))).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_dev.read().unwrap().len()
+    }
+}
