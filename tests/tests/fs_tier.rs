@@ -1,10 +1,11 @@
 //! The fs tier (`--tier fs`): deletions seen by ext4's own tracepoints, with
 //! no syscall tracepoint attached. Same records, same statuses, same CLI as
-//! the tracepoint tier; other filesystems are reached by snapshots only.
+//! the tracepoint tier. Other filesystems are reported by fanotify where
+//! they have file handles (tmpfs, xfs, btrfs), else reached by snapshots.
 
 use std::{ffi::CString, fs, os::fd::AsRawFd, path::Path};
 
-use unrm_tests::{Daemon, Holder, Mount, content, rm};
+use unrm_tests::{Daemon, Fuse, Holder, Mount, content, rm};
 
 fn fs_daemon(extra: &[&str]) -> Daemon {
     let mut args = vec!["--tier", "fs"];
@@ -79,16 +80,68 @@ fn written_after_unlink_is_captured() {
     assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), b"before and after");
 }
 
+/// Filesystems without ext4's hooks are reported by fanotify: each
+/// deletion names the deleted inode's handle, and the reader pins the file
+/// by it before anything else (on tmpfs too, which opens a handle only for
+/// an inode whose handle was asked for: fanotify asked, in the deleter's
+/// call). A deletion nothing held leaves nothing to pin and no record.
+#[test]
+fn other_filesystems_are_reported_by_fanotify_and_pinned_by_handle() {
+    let tmpfs = Mount::tmpfs();
+    let xfs = Mount::image("xfs", 300 << 20).expect("mkfs.xfs (cargo xtask test installs xfsprogs)");
+    let daemon = fs_daemon(&[]);
+    let fast_pins = || daemon.status()["counters"]["fast_pins"].as_u64().unwrap();
+    for fs in [&tmpfs, &xfs] {
+        let dir = fs.path.join("sub");
+        fs::create_dir(&dir).unwrap();
+        let data = content(&fs.path.to_string_lossy());
+        let (held, loose) = (dir.join("held.bin"), fs.file("loose", b"nobody"));
+        fs::write(&held, &data).unwrap();
+        let holder = Holder::fd(&held);
+        // Anchors are opened as filesystems appear: the first deletion may
+        // come before this one's, and is then left to snapshots.
+        let mut tries = 0;
+        unrm_tests::wait_until("the filesystem's anchor", || {
+            tries += 1;
+            let probe = fs.file(&format!("probe{tries}"), b"x");
+            let probe_holder = Holder::fd(&probe);
+            let before = fast_pins();
+            rm(&probe, None);
+            daemon.wait_record(&probe, "held");
+            probe_holder.exit();
+            // Settled: no snapshot still running to find the next one first.
+            daemon.wait_record(&probe, "captured");
+            fast_pins() > before
+        });
+        rm(&loose, None);
+        let before = fast_pins();
+        let rm_pid = rm(&held, None);
+        let rec = daemon.wait_record(&held, "held");
+        assert_eq!((rec["op"].as_str(), fast_pins() - before), (Some("unlink"), 1), "{rec}");
+        assert_eq!(rec["deleted_by"]["pid"], rm_pid);
+        holder.exit();
+        let rec = daemon.wait_record(&held, "captured");
+        assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), data);
+        let listed = daemon.json(&["list", "--json"]).to_string();
+        assert!(!listed.contains(&*loose.to_string_lossy()), "an unheld deletion was recorded: {listed}");
+    }
+}
+
+/// A filesystem fanotify cannot report on (FUSE: no file handles) is
+/// reached by snapshots.
 #[test]
 fn unhooked_filesystems_are_reached_by_snapshots() {
-    let tmpfs = Mount::tmpfs();
-    let data = content("tmpfs");
-    let path = tmpfs.file("held", &data);
+    let source = Mount::tmpfs();
+    let fuse = Fuse::mirror(&source.path);
+    let data = content("fuse");
+    let path = fuse.point.join("held");
+    fs::write(&path, &data).unwrap();
     let daemon = fs_daemon(&["--rescan-interval", "100ms"]);
     let holder = Holder::fd(&path);
     rm(&path, None);
     let rec = daemon.wait_record(&path, "held");
     assert_eq!(rec["op"], "scan", "no hook saw it; a snapshot did");
-    assert_eq!(daemon.restore_to(&rec["id"], &tmpfs.path.join("back")), data);
+    let to = tempfile::tempdir().unwrap();
+    assert_eq!(daemon.restore_to(&rec["id"], &to.path().join("back")), data);
     drop(holder);
 }

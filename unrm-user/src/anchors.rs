@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
@@ -29,17 +29,26 @@ use rustix::{
 use crate::handle::Layout;
 
 /// A descriptor on the root of a detached copy of one of the filesystem's
-/// mounts, and how that filesystem lays out its handles.
+/// mounts, and what handles on that filesystem need.
 #[derive(Debug)]
 pub struct Anchor {
     fd: OwnedFd,
-    pub layout: Layout,
+    pub dev: u64,
+    /// How unrm builds a handle from an inode number and generation; None
+    /// where only handles the kernel encoded work (fanotify's, `notify`).
+    pub layout: Option<Layout>,
+    /// The filesystem's id (statfs `f_fsid`), by which fanotify names it.
+    pub fsid: [i32; 2],
+    /// The directory of the filesystem the copied mount shows (`/` unless
+    /// a bind mount of a subtree): paths read through the anchor start there.
+    pub root: PathBuf,
 }
 
 impl Anchor {
-    /// Opens an anchor on the filesystem `dev` mounted at `point`. May wait
-    /// on that filesystem and any on the way: only on its file worker.
-    pub fn open(point: &Path, dev: u64, layout: Layout) -> io::Result<Anchor> {
+    /// Opens an anchor on the filesystem `dev` mounted at `point`, a mount
+    /// of its directory `root`. May wait on that filesystem and any on the
+    /// way: only on its file worker.
+    pub fn open(point: &Path, root: &Path, dev: u64, layout: Option<Layout>) -> io::Result<Anchor> {
         let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
         let tree = open_tree(CWD, point, flags)?;
@@ -50,7 +59,8 @@ impl Anchor {
         if st.st_dev != dev {
             return Err(io::Error::other(format!("{} is no longer filesystem {dev:x}", point.display())));
         }
-        Ok(Anchor { fd, layout })
+        let fsid = fsid_of(fd.as_fd())?;
+        Ok(Anchor { fd, dev, layout, fsid, root: root.to_path_buf() })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -68,6 +78,11 @@ pub struct Anchors {
 impl Anchors {
     pub fn get(&self, dev: u64) -> Option<Arc<Anchor>> {
         self.by_dev.read().unwrap().get(&dev).cloned()
+    }
+
+    /// The anchor of the filesystem whose statfs id is `fsid`.
+    pub fn by_fsid(&self, fsid: [i32; 2]) -> Option<Arc<Anchor>> {
+        self.by_dev.read().unwrap().values().find(|a| a.fsid == fsid).cloned()
     }
 
     pub fn contains(&self, dev: u64) -> bool {
@@ -90,4 +105,14 @@ impl Anchors {
     pub fn len(&self) -> usize {
         self.by_dev.read().unwrap().len()
     }
+}
+
+fn fsid_of(fd: BorrowedFd) -> io::Result<[i32; 2]> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs(2) fills `st` on success.
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&fd), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled above; `fsid_t` is two C ints, whose fields libc hides.
+    Ok(unsafe { std::mem::transmute::<libc::fsid_t, [i32; 2]>(st.assume_init().f_fsid) })
 }

@@ -99,13 +99,41 @@ pub fn open(mount: BorrowedFd, layout: Layout, ino: u64, generation: u32) -> io:
     let Some(mut handle) = Handle::encode(layout, ino, generation) else {
         return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
     };
-    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: `handle` is a `struct file_handle` whose `handle_bytes`
-    // covers only its own initialised `data`; the kernel reads it, nothing
-    // more. The descriptor returned is new and ours alone.
-    let fd = unsafe {
-        libc::open_by_handle_at(mount.as_raw_fd(), (&raw mut handle).cast::<libc::file_handle>(), flags)
-    };
+    // covers only its own initialised `data`.
+    unsafe { open_at(mount, (&raw mut handle).cast()) }
+}
+
+/// The largest handle the kernel makes (`MAX_HANDLE_SZ`).
+const MAX_HANDLE_BYTES: usize = 128;
+
+/// Opens, as `open` does, the inode a handle the kernel itself encoded
+/// names (`struct file_handle` as bytes: its size, its type, then the
+/// handle; fanotify reports these). Refused unless the size is the rest.
+pub fn open_encoded(mount: BorrowedFd, handle: &[u8]) -> io::Result<OwnedFd> {
+    let size = handle.get(..4).map(|b| u32::from_ne_bytes(b.try_into().unwrap()) as usize);
+    if size != Some(handle.len().saturating_sub(8)) || handle.len() > 8 + MAX_HANDLE_BYTES {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // `struct file_handle` is 4-byte aligned: copied into words.
+    let mut words = [0u32; (8 + MAX_HANDLE_BYTES) / 4];
+    for (word, bytes) in words.iter_mut().zip(handle.chunks(4)) {
+        let mut four = [0u8; 4];
+        four[..bytes.len()].copy_from_slice(bytes);
+        *word = u32::from_ne_bytes(four);
+    }
+    // SAFETY: `words` holds a `struct file_handle` whose `handle_bytes`
+    // was checked to cover no more than what follows it.
+    unsafe { open_at(mount, words.as_mut_ptr().cast()) }
+}
+
+/// # Safety
+/// `handle` points to a `struct file_handle` whose `handle_bytes` bytes
+/// after its header are readable. The kernel only reads it.
+unsafe fn open_at(mount: BorrowedFd, handle: *mut libc::file_handle) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: as the caller promised; the descriptor returned is ours alone.
+    let fd = unsafe { libc::open_by_handle_at(mount.as_raw_fd(), handle, flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

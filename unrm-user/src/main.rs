@@ -20,6 +20,7 @@ mod holders;
 mod index;
 mod ingest;
 mod mounts;
+mod notify;
 mod pins;
 mod policy;
 mod probe;

@@ -33,6 +33,16 @@ pub struct Located {
     pub stacked: bool,
 }
 
+/// A filesystem, and one mount of it.
+pub struct Filesystem<'a> {
+    pub dev: u64,
+    pub point: &'a Path,
+    /// The directory of the filesystem the mount shows.
+    pub root: &'a Path,
+    /// As mountinfo names it (`ext4`, `tmpfs`...).
+    pub fstype: &'a str,
+}
+
 #[derive(Default)]
 pub struct Mounts {
     mounts: Vec<Mount>,
@@ -70,16 +80,16 @@ impl Mounts {
         Some(best.point.join(fs_path.strip_prefix(&best.root).ok()?))
     }
 
-    /// Every filesystem once: its device, where it is mounted (a mount of
-    /// its whole tree if there is one, the first listed of those), and its
-    /// type.
-    pub fn filesystems(&self) -> Vec<(u64, &Path, &str)> {
-        let mut best: HashMap<u64, &Mount> = HashMap::new();
+    /// Every filesystem once, through one of its mounts: one of its whole
+    /// tree if there is one, the first listed of those.
+    pub fn filesystems<'a>(&'a self) -> Vec<Filesystem<'a>> {
+        let mut best: HashMap<u64, &'a Mount> = HashMap::new();
         for m in &self.mounts {
             let whole = m.root == Path::new("/");
             best.entry(m.dev).and_modify(|b| if whole && b.root != Path::new("/") { *b = m }).or_insert(m);
         }
-        best.into_values().map(|m| (m.dev, m.point.as_path(), m.fstype.as_str())).collect()
+        let filesystem = |m: &'a Mount| Filesystem { dev: m.dev, point: &m.point, root: &m.root, fstype: &m.fstype };
+        best.into_values().map(filesystem).collect()
     }
 
     /// What `path` names: through the mount at the longest matching mount

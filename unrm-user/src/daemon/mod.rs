@@ -42,6 +42,8 @@ use engine::{Config, Engine, Msg, Parts};
 use crate::{
     api::server::{self, Handler, Limits, ServerStats},
     anchors::Anchors,
+    notify::Group,
+    probe::Tier,
     budget::{Budget, Shares},
     index::Index,
     ingest,
@@ -101,10 +103,12 @@ pub fn run(opts: Options) -> Result<()> {
     let server_stats = Arc::new(ServerStats::default());
 
     let anchors = Arc::new(Anchors::default());
-    let (ring_tx, reader_budget, reader_anchors) = (tx.clone(), budget.clone(), anchors.clone());
+    let group = notify_group(probes.tier());
+    let sources = ingest::Sources { ring, group: group.clone(), budget: budget.clone(), anchors: anchors.clone() };
+    let ring_tx = tx.clone();
     threads.supervised("the ring buffer reader", move || {
         sched::urgent();
-        ingest::forward(ring, ring_tx, reader_budget, reader_anchors)
+        ingest::forward(sources, ring_tx)
     })?;
     runtime.spawn(exits::watch(exit_rx, tx.clone(), shares.pidfds, exit_stats.clone()));
     if let Some(logger) = logger {
@@ -123,6 +127,7 @@ pub fn run(opts: Options) -> Result<()> {
         pidfd_budget: shares.pidfds,
         server_stats: server_stats.clone(),
         anchors,
+        group,
     };
     let mut engine = Engine::new(cfg, parts)?;
     engine.start().context("the start-up scan")?;
@@ -145,6 +150,22 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// Reads the policy file (the one named, or the default if it exists) and
 /// applies the command line's overrides; again at each SIGHUP.
+/// The fs tier hooks only ext4: a fanotify group reports deletions on the
+/// other filesystems it can (`notify`). None in the other tiers, whose
+/// hooks see every filesystem, or where the kernel refuses (before 5.17).
+fn notify_group(tier: Tier) -> Option<Arc<Group>> {
+    if tier != Tier::Fs {
+        return None;
+    }
+    match Group::new() {
+        Ok(group) => Some(Arc::new(group)),
+        Err(err) => {
+            log::warn!("fanotify: {err}; deletions on filesystems other than ext4 are found by snapshots only");
+            None
+        }
+    }
+}
+
 fn policy_loader(opts: &Options) -> impl Fn() -> Result<Policy> + use<> {
     let (path, explicit) = match &opts.config {
         Some(path) => (path.clone(), true),

@@ -1,10 +1,13 @@
 //! Keeps one anchor (`anchors`) per filesystem that unrm can pin by file
 //! handle, as filesystems come and go: opened on the filesystem's file
 //! worker, published for the reader, let go (also on the worker) once the
-//! filesystem has left the host's mount table.
+//! filesystem has left the host's mount table. With a fanotify group (the
+//! fs tier), the filesystems its hooks do not see are marked through their
+//! anchors as they are opened.
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,7 +17,14 @@ use crate::{
     anchors::{Anchor, Anchors},
     handle::Layout,
     mounts::Views,
+    notify::Group,
 };
+
+/// Filesystems whose deletions fanotify reports to the fs tier (its own
+/// hooks are ext4's): those that can encode a file handle, so that each
+/// report names the inode, and that a user cannot mount (FUSE could make a
+/// mark or an open wait).
+const NOTIFIED: &[&str] = &["tmpfs", "xfs", "btrfs"];
 
 /// Filesystems anchored at most (each anchor is a descriptor, inside the
 /// budget's reserve); past it, the rest are pinned by snapshot.
@@ -30,46 +40,93 @@ pub struct Anchoring {
     /// Filesystems asked for, and when: not asked again within
     /// `RETRY_AFTER` (an open that failed or still waits on its worker).
     asked: HashMap<u64, Instant>,
+    group: Option<Arc<Group>>,
+    /// When the mount table was last looked at.
+    looked: Instant,
 }
 
 impl Anchoring {
-    pub fn new(anchors: Arc<Anchors>) -> Self {
-        Anchoring { anchors, views: Views::new(), asked: HashMap::new() }
+    pub fn new(anchors: Arc<Anchors>, group: Option<Arc<Group>>) -> Self {
+        Anchoring { anchors, views: Views::new(), asked: HashMap::new(), group, looked: Instant::now() }
     }
 }
 
+/// How often a deletion on a filesystem without an anchor makes the engine
+/// look at the mount table (it looks anyway at every rescan).
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 impl Engine {
+    /// A deletion came from filesystem `dev`: if it has no anchor, it may
+    /// have been mounted since the last look.
+    pub(super) fn anchor_wanted(&mut self, dev: u64) {
+        if !self.anchoring.anchors.contains(dev) && self.anchoring.looked.elapsed() >= LOOK_AGAIN_AFTER {
+            self.refresh_anchors();
+        }
+    }
+
     /// Opens anchors for filesystems that have none and lets go of those of
     /// filesystems no longer mounted. Cheap when nothing changed: a poll of
     /// the mount table and a lookup per filesystem.
     pub(super) fn refresh_anchors(&mut self) {
-        let Anchoring { anchors, views, asked } = &mut self.anchoring;
+        self.anchoring.looked = Instant::now();
+        let Anchoring { anchors, views, asked, group, .. } = &mut self.anchoring;
         let Some(host) = views.host() else { return };
-        let wanted: Vec<(u64, std::path::PathBuf, Layout)> = host
+        let wanted: Vec<Wanted> = host
             .filesystems()
             .into_iter()
-            .filter_map(|(dev, point, fstype)| Some((dev, point.to_path_buf(), Layout::of(fstype)?)))
+            .filter_map(|fs| {
+                let notified = group.is_some() && NOTIFIED.contains(&fs.fstype);
+                let layout = Layout::of(fs.fstype);
+                (layout.is_some() || notified).then(|| Wanted {
+                    dev: fs.dev,
+                    point: fs.point.to_path_buf(),
+                    root: fs.root.to_path_buf(),
+                    layout,
+                    notified,
+                })
+            })
             .collect();
-        for (dev, anchor) in anchors.remove_unless(|dev| wanted.iter().any(|w| w.0 == dev)) {
+        for (dev, anchor) in anchors.remove_unless(|dev| wanted.iter().any(|w| w.dev == dev)) {
             // Dropped on its worker: the last close of a detached mount can
             // write the filesystem back.
             self.workers.lanes.run(dev, Box::new(move || drop(anchor)));
         }
         asked.retain(|_, at| at.elapsed() < RETRY_AFTER);
         let lanes = &mut self.workers.lanes;
-        for (dev, point, layout) in wanted {
-            if anchors.len() >= MAX_ANCHORS || anchors.contains(dev) || asked.contains_key(&dev) {
+        for w in wanted {
+            if anchors.len() >= MAX_ANCHORS || anchors.contains(w.dev) || asked.contains_key(&w.dev) {
                 continue;
             }
-            asked.insert(dev, Instant::now());
-            let anchors = anchors.clone();
-            lanes.run_first(
-                dev,
-                Box::new(move || match Anchor::open(&point, dev, layout) {
-                    Ok(anchor) => anchors.insert(dev, anchor),
-                    Err(err) => log::debug!("no handle anchor on {}: {err}", point.display()),
-                }),
-            );
+            asked.insert(w.dev, Instant::now());
+            let (anchors, group) = (anchors.clone(), group.clone().filter(|_| w.notified));
+            lanes.run_first(w.dev, Box::new(move || w.open(&anchors, group.as_deref())));
         }
+    }
+}
+
+/// A filesystem to anchor, and one of its mounts.
+struct Wanted {
+    dev: u64,
+    point: PathBuf,
+    root: PathBuf,
+    layout: Option<Layout>,
+    /// Its deletions come from fanotify.
+    notified: bool,
+}
+
+impl Wanted {
+    /// On the filesystem's worker: opens the anchor, marks the filesystem
+    /// for `group` if given, publishes the anchor.
+    fn open(self, anchors: &Anchors, group: Option<&Group>) {
+        let anchor = match Anchor::open(&self.point, &self.root, self.dev, self.layout) {
+            Ok(anchor) => anchor,
+            Err(err) => return log::debug!("no handle anchor on {}: {err}", self.point.display()),
+        };
+        if let Some(group) = group
+            && let Err(err) = group.watch(anchor.fd())
+        {
+            log::warn!("deletions on {} will be found by snapshots only: fanotify: {err}", self.point.display());
+        }
+        anchors.insert(self.dev, anchor);
     }
 }

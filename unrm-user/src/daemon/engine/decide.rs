@@ -67,6 +67,9 @@ impl Engine {
             self.index.insert(deletion_record(&d, deleted_at, Status::Unheld, None));
             return Ok(());
         }
+        if let Some(v) = &d.victim {
+            self.anchor_wanted(v.inode.dev);
+        }
         let pending = Pending { deletion: d, deleted_at, held_hint };
         if let Some(victim) = pending.deletion.victim
             && self.pins.contains(&victim.inode)

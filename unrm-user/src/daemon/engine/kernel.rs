@@ -21,6 +21,8 @@ pub struct Kernel {
     pub probes: Probes,
     pub watches: Watches,
     pub stats: ProbeStats,
+    /// Times fanotify's queue overflowed (the fs tier's other filesystems).
+    pub notify_lost: u64,
     /// Probe-side losses already acted on.
     lost_seen: u64,
     /// The snapshot the last `unrm scan` was answered from.
@@ -31,7 +33,7 @@ impl Kernel {
     pub fn new(mut probes: Probes, exits: UnboundedSender<Watch>) -> Result<Self> {
         let watches = Watches::new(probes.take_watch_maps()?, exits);
         let stats = probes.take_stats()?;
-        Ok(Kernel { probes, watches, stats, lost_seen: 0, last_scan: None })
+        Ok(Kernel { probes, watches, stats, notify_lost: 0, lost_seen: 0, last_scan: None })
     }
 
     /// Who holds which deleted file, now.
@@ -50,9 +52,10 @@ impl Kernel {
         Ok((!fresh, &self.last_scan.as_ref().expect("just taken").1))
     }
 
-    /// Events the probes dropped in all (ring buffer or in-flight table full).
+    /// Events dropped in all: by the probes (ring buffer or in-flight table
+    /// full) and by fanotify (each overflow counts one).
     pub fn lost_events(&self) -> u64 {
-        self.stats.lost_events() + self.stats.lost_inflight()
+        self.stats.lost_events() + self.stats.lost_inflight() + self.notify_lost
     }
 
     /// Whether the probes dropped events since last asked (logged).
@@ -62,7 +65,8 @@ impl Kernel {
             return false;
         }
         log::warn!(
-            "{} events lost in the kernel (ring buffer full: a larger --ring-size helps); reconciling",
+            "{} events lost in the kernel (ring buffer full: a larger --ring-size helps; or fanotify's queue); \
+             reconciling",
             lost - self.lost_seen
         );
         self.lost_seen = lost;

@@ -58,6 +58,7 @@ use crate::{
     budget::Budget,
     index::Index,
     ingest::{Deletion, Event},
+    notify::Group,
     policy::Policy,
     probe::Probes,
     store::{Store, usage::Usage},
@@ -118,6 +119,8 @@ pub struct Parts {
     pub server_stats: Arc<ServerStats>,
     /// Shared with the reader, which pins through them.
     pub anchors: Arc<Anchors>,
+    /// The fs tier's fanotify group, which anchoring marks filesystems for.
+    pub group: Option<Arc<Group>>,
 }
 
 /// A deletion waiting for the next snapshot to say whether it is held.
@@ -191,7 +194,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: Config, parts: Parts) -> Result<Self> {
-        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats, anchors } = parts;
+        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats, anchors, group } = parts;
         Ok(Self {
             cfg,
             kernel: Kernel::new(probes, exits)?,
@@ -203,7 +206,7 @@ impl Engine {
             timers: Timers::default(),
             workers: Workers { lanes: Lanes::new(), tx },
             figures: Figures::new(exit_stats, pidfd_budget, server_stats),
-            anchoring: Anchoring::new(anchors),
+            anchoring: Anchoring::new(anchors, group),
         })
     }
 
@@ -319,6 +322,11 @@ impl Engine {
                     release.ktime_ns
                 );
                 self.timers.recheck(RECHECK_DELAY);
+                Ok(())
+            }
+            Msg::Event(Event::Lost) => {
+                // Counted with the probes' losses, and reconciled the same way.
+                self.kernel.notify_lost += 1;
                 Ok(())
             }
             Msg::HolderExited(pid) => {

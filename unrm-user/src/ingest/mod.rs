@@ -4,6 +4,8 @@
 //! it never waits on a disk, a filesystem or the index (docs/design.md:
 //! never block the reader), so the ring buffer drains as fast as it fills.
 
+mod notified;
+
 use std::{
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
@@ -22,6 +24,7 @@ use unrm_abi::{
 use crate::{
     access::Parent,
     anchors::Anchors,
+    notify::{Group, Notice},
     budget::Budget,
     clock::monotonic_ns,
     holders::{InodeId, comm_string},
@@ -136,6 +139,8 @@ impl Release {
 pub enum Event {
     Delete(Deletion),
     Release(Release),
+    /// fanotify's queue overflowed: deletions went unreported.
+    Lost,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Event> {
@@ -257,7 +262,8 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, anchors: &Anchors) {
         return;
     }
     let Some(anchor) = anchors.get(victim.inode.dev) else { return };
-    match pins::by_handle(anchor.fd(), anchor.layout, victim.inode, victim.generation, budget) {
+    let Some(layout) = anchor.layout else { return };
+    match pins::by_handle(anchor.fd(), layout, victim.inode, victim.generation, budget) {
         Ok((pin, meta)) => d.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
         Err(Refused::Budget) => d.over_budget = true,
         Err(err) => {
@@ -338,40 +344,62 @@ fn unstack(d: &mut Deletion, located: Option<&Located>) {
     v.inode.dev = at.dev;
 }
 
-/// Drains the ring buffer for as long as the daemon runs, forwarding every
-/// event. Undecodable records are logged, never fatal.
+/// Where the reader's events come from, and what it pins with.
+pub struct Sources {
+    pub ring: RingBuf<MapData>,
+    /// The fs tier's fanotify group, for filesystems without its hooks.
+    pub group: Option<Arc<Group>>,
+    pub budget: Arc<Budget>,
+    pub anchors: Arc<Anchors>,
+}
+
+/// Drains the ring buffer (and the fanotify group) for as long as the
+/// daemon runs, forwarding every event. Undecodable records are logged,
+/// never fatal.
 ///
 /// A thread of its own blocked in poll(2), rather than a task on the async
 /// runtime: one wake-up between the kernel's notification and the first
 /// pin, instead of the reactor's and then a worker's.
-pub fn forward<M: From<Event>>(
-    mut ring: RingBuf<MapData>,
-    tx: Sender<M>,
-    budget: Arc<Budget>,
-    anchors: Arc<Anchors>,
-) -> Result<()> {
+pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
     let mut views = Views::new();
+    let mut buf = vec![0u8; 64 << 10];
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
     let patience = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
     loop {
-        let mut fds = [PollFd::new(&ring, PollFlags::IN)];
+        let mut fds = vec![PollFd::new(&src.ring, PollFlags::IN)];
+        fds.extend(src.group.as_deref().map(|group| PollFd::new(group, PollFlags::IN)));
         match poll(&mut fds, Some(&patience)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(err) => return Err(err.into()),
         }
-        while let Some(item) = ring.next() {
+        drop(fds);
+        let mut events = Vec::new();
+        if let Some(group) = &src.group {
+            for notice in group.read(&mut buf)? {
+                events.extend(match notice {
+                    Notice::Deleted(report) => notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete),
+                    Notice::Lost => Some(Event::Lost),
+                });
+            }
+        }
+        while let Some(item) = src.ring.next() {
             match decode(&item) {
                 Ok(mut event) => {
                     if let Event::Delete(d) = &mut event {
-                        grab(d, &budget, &anchors);
-                        place(d, &mut views);
+                        grab(d, &src.budget, &src.anchors);
                     }
-                    if tx.send(event.into()).is_err() {
-                        return Ok(());
-                    }
+                    events.push(event);
                 }
                 Err(err) => log::warn!("dropping an undecodable event: {err:#}"),
+            }
+        }
+        for mut event in events {
+            if let Event::Delete(d) = &mut event {
+                place(d, &mut views);
+            }
+            if tx.send(event.into()).is_err() {
+                return Ok(());
             }
         }
         views.expire();

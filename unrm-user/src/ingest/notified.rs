@@ -1,0 +1,97 @@
+//! A deletion from a fanotify report (`notify`): pinned first, through the
+//! filesystem's anchor and the handle the kernel encoded for the deleted
+//! inode, then named from the directory's handle.
+//!
+//! Only what can be saved becomes a deletion: a regular file that lost its
+//! last name and that something still held when the reader got to it. A
+//! handle that no longer opens (`ESTALE`) means the inode is gone, with
+//! nothing left to save; the name is not recorded (README, Limits).
+
+use std::{
+    ffi::OsStr,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::PathBuf,
+    sync::Arc,
+};
+
+use super::{Deletion, Grab, Victim, normalize};
+use crate::{
+    access::Parent,
+    anchors::Anchors,
+    budget::Budget,
+    clock::monotonic_ns,
+    handle,
+    holders::InodeId,
+    notify::Report,
+    pins::{self, Meta, Refused},
+    record::Op,
+};
+
+/// Links before the deletion, as far as anyone can tell now: the name just
+/// removed was the last one.
+const LAST_LINK: u32 = 1;
+
+pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<Deletion> {
+    let anchor = anchors.by_fsid(r.fsid)?;
+    let (grabbed, over_budget) = match pins::by_encoded_handle(anchor.fd(), &r.target, budget) {
+        Ok((pin, meta)) if meta.is_regular() && meta.nlink == 0 => {
+            (Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })), false)
+        }
+        Ok(_) | Err(Refused::Gone(_)) => return None,
+        Err(Refused::Budget) => (None, true),
+    };
+    let dir = handle::open_encoded(anchor.fd(), &r.dir).ok();
+    let parent = dir.as_ref().and_then(|fd| Meta::of(fd.as_fd()).ok()).map(|m| Parent {
+        ino: m.ino,
+        uid: m.uid,
+        gid: m.gid,
+        mode: m.mode,
+    });
+    let dir_path = dir.and_then(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok());
+    let path_complete = dir_path.is_some();
+    let mut path = anchor.root.join(dir_path.unwrap_or_default().strip_prefix("/").unwrap_or(&PathBuf::new()));
+    path.push(OsStr::from_bytes(&r.name));
+    let (uid, comm) = deleter(r.pid);
+    let victim = grabbed.as_ref().map(|g| Victim {
+        inode: InodeId { dev: anchor.dev, ino: g.meta.ino },
+        size: g.meta.size,
+        mode: g.meta.mode,
+        nlink: LAST_LINK,
+        // Held by something: its handle still opened.
+        refs: Some(2),
+        uid: g.meta.uid,
+        gid: g.meta.gid,
+        generation: 0,
+        parent,
+    });
+    Some(Deletion {
+        op: Op::Unlink,
+        ktime_ns: monotonic_ns(),
+        pid: r.pid,
+        uid,
+        comm,
+        ret: 0,
+        path: normalize(&path),
+        host_path: false,
+        seen_path: None,
+        mnt_ns: 0,
+        path_complete,
+        fs_hooked: victim.is_some(),
+        victim,
+        fs_relative: true,
+        grabbed,
+        over_budget,
+    })
+}
+
+/// The deleter's real uid and name, if it is still there to ask; fanotify
+/// reports only its pid.
+fn deleter(pid: u32) -> (u32, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(u32::MAX);
+    (uid, field("Name:").unwrap_or("?").to_owned())
+}
