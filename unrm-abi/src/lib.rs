@@ -139,7 +139,9 @@ pub struct Victim {
 pub struct DeleteEvent {
     pub kind: u32,
     pub op: u32,
-    /// `bpf_ktime_get_ns()` when the call returned (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the first hook saw the
+    /// call begin: the syscall's entry in the tracepoint tier, the VFS or
+    /// ext4 function's in the others. Pin latency counts from it.
     pub ktime_ns: u64,
     pub tid: u32,
     pub tgid: u32,

@@ -13,7 +13,7 @@ use unrm_abi::{PATH_MAX, Victim, delete_op, path_flags, stat, victim_flags};
 
 use crate::{
     dirwalk::{Walk, write_dir},
-    event::{header, is_self_tgid, maybe_held, rename_victim_refs, send, victim},
+    event::{header, is_self_tgid, maybe_held, now_ns, rename_victim_refs, send, victim},
     kernel::{Dentry, Inode, PathRef, Task},
     maps::{EVENT_BUF, INFLIGHT, Inflight, count},
     syscall::{self, arg},
@@ -32,7 +32,7 @@ fn begin(ctx: &TracePointContext, op: u32, dirfd: u64, path: u64) -> u32 {
         return 0;
     }
     let tid = pid_tgid as u32;
-    let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default() };
+    let call = Inflight { op, dirfd: dirfd as i32, path, victim: Victim::default(), started_ns: now_ns() };
     if INFLIGHT.insert(&tid, &call, 0).is_err() {
         count(stat::LOST_INFLIGHT);
         warn!(ctx, "unrm: in-flight table full; deletion by thread {} unseen", tid);
@@ -122,6 +122,7 @@ fn emit_deletion(ctx: &TracePointContext, call: &Inflight, ret: i64) {
         }
     }
     buf.header = header(call.op, ret as i32, call.victim, path_len, dir_len, flags);
+    buf.header.ktime_ns = call.started_ns;
     // Only a deletion that may be held is urgent: the daemon races its
     // holders to pin it. The rest wait for the reader's next wake-up, so an
     // `rm -rf` of unheld files does not wake it per file.

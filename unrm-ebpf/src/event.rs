@@ -136,8 +136,9 @@ pub fn send<C: EbpfContext>(ctx: &C, buf: &EventBuf, text_len: usize, urgent: bo
 /// filesystem, and the inode's number and generation, which the daemon pins
 /// it by (a file handle) if the dentry count says it may be held. Shared by
 /// the fs tier (ext4 tracepoints) and the VFS tiers (fentry and kprobe).
+/// `started_ns`: when the hook saw the call begin.
 #[inline(always)]
-pub fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: Dentry, v: Victim) {
+pub fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: Dentry, v: Victim, started_ns: u64) {
     let held = maybe_held(&v);
     let Some(buf) = EVENT_BUF.get_ptr_mut(0) else { return };
     // SAFETY: this CPU's slot of a per-CPU map, which nothing else touches
@@ -148,5 +149,6 @@ pub fn emit<C: EbpfContext>(ctx: &C, op: u32, dentry: Dentry, v: Victim) {
         Walk::Truncated(len) => (len, path_flags::FS_RELATIVE | path_flags::DIR_TRUNCATED),
     };
     buf.header = header(op, 0, v, 0, dir_len, flags);
+    buf.header.ktime_ns = started_ns;
     send(ctx, buf, dir_len, held);
 }

@@ -59,7 +59,7 @@ pub fn unrm_fs_unlink_exit(ctx: RawTracePointContext) -> u32 {
         && let Some(dentry) = Dentry::from_addr(call.dentry)
         && Inode::from_addr(call.inode).is_some()
     {
-        emit(&ctx, delete_op::UNLINK, dentry, call.victim);
+        emit(&ctx, delete_op::UNLINK, dentry, call.victim, call.at_ns);
     }
     0
 }
@@ -89,6 +89,8 @@ pub fn unrm_fs_rename_victim(ctx: RawTracePointContext) -> u32 {
     }
     let _ = FS_RENAMED.insert(&tid, &inode.addr(), 0);
     let Some(dentry) = inode.alias() else { return 0 };
-    emit(&ctx, delete_op::RENAME, dentry, victim(&facts, 1, rename_victim_refs(dentry), Some(dentry)));
+    let v = victim(&facts, 1, rename_victim_refs(dentry), Some(dentry));
+    // The rename's start is not seen here (no hook on its entry).
+    emit(&ctx, delete_op::RENAME, dentry, v, now_ns());
     0
 }

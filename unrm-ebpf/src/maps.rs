@@ -28,6 +28,8 @@ pub struct Inflight {
     pub dirfd: i32,
     pub path: u64,
     pub victim: Victim,
+    /// When the call entered (the deletion's time: pin latency counts from it).
+    pub started_ns: u64,
 }
 
 #[map]

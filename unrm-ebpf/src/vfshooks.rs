@@ -129,7 +129,7 @@ fn end<C: EbpfContext>(ctx: &C, op: u32, ret: Option<i32>) {
         && let Some(dentry) = Dentry::from_addr(call.dentry)
         && Inode::from_addr(call.inode).is_some()
     {
-        emit(ctx, op, dentry, call.victim);
+        emit(ctx, op, dentry, call.victim, call.at_ns);
     }
 }
 

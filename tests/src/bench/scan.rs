@@ -12,18 +12,18 @@ use serde_json::json;
 use super::{Row, median};
 use crate::{Daemon, unrm_bin};
 
-/// A child that opens `fds` descriptors on files in `dir`, deletes `delete`
-/// of those files, says `ready` and waits for its stdin to close.
-pub fn hold_many(dir: &str, fds: usize, delete: usize) {
+/// A child that opens `fds` descriptors on `files` files in `dir`, deletes
+/// `delete` of those files, says `ready` and waits for its stdin to close.
+pub fn hold_many(dir: &str, fds: usize, files: usize, delete: usize) {
     let limit = libc::rlimit { rlim_cur: (fds + 64) as u64, rlim_max: (fds + 64) as u64 };
     // SAFETY: raising our own descriptor limit (we run as root).
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     let mut held = Vec::with_capacity(fds);
     for i in 0..fds {
-        let path = std::path::Path::new(dir).join(format!("f{}", i % 50));
+        let path = std::path::Path::new(dir).join(format!("f{}", i % files));
         held.push(std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap());
     }
-    for i in 0..delete.min(50) {
+    for i in 0..delete.min(files) {
         let _ = std::fs::remove_file(std::path::Path::new(dir).join(format!("f{i}")));
     }
     println!("ready");
@@ -33,17 +33,28 @@ pub fn hold_many(dir: &str, fds: usize, delete: usize) {
     drop(held);
 }
 
-pub fn measure(processes: usize, fds_each: usize, runs: usize) -> Row {
+/// How the open descriptors are spread: over how many files per process,
+/// and how many of those each process deletes (one process in ten, or all).
+pub struct Shape {
+    pub processes: usize,
+    pub fds_each: usize,
+    pub files_each: usize,
+    pub deleted_each: usize,
+    pub every_process_deletes: bool,
+}
+
+pub fn measure(shape: &Shape, runs: usize) -> Row {
+    let Shape { processes, fds_each, files_each, deleted_each, every_process_deletes } = *shape;
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let me = std::env::current_exe().unwrap();
     let mut children: Vec<Child> = (0..processes)
         .map(|p| {
             let dir = root.path().join(format!("p{p}"));
             std::fs::create_dir(&dir).unwrap();
-            // One process in ten deletes a few of its files.
-            let delete = if p % 10 == 0 { 5 } else { 0 };
+            let delete = if every_process_deletes || p % 10 == 0 { deleted_each } else { 0 };
+            let args = [fds_each, files_each, delete].map(|n| n.to_string());
             let mut child = Command::new(&me)
-                .args(["hold-many", dir.to_str().unwrap(), &fds_each.to_string(), &delete.to_string()])
+                .args(["hold-many", dir.to_str().unwrap(), &args[0], &args[1], &args[2]])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -74,7 +85,10 @@ pub fn measure(processes: usize, fds_each: usize, runs: usize) -> Row {
     };
     let nowhere = root.path().join("no-daemon.sock");
     let (alone, lsof_alone, found_alone) = compare(&nowhere);
-    let daemon = Daemon::start();
+    // The daemon leaves these files alone (it would pin and later copy
+    // each): `scan` still lists them, which is what is measured.
+    let policy = format!("exclude = [\"{}/**\"]\n", root.path().display());
+    let (_state, daemon) = Daemon::with_config(&policy, &[]);
     let (served, lsof_served, found_served) = compare(&daemon.socket);
     drop(daemon);
     for child in &mut children {
@@ -85,7 +99,11 @@ pub fn measure(processes: usize, fds_each: usize, runs: usize) -> Row {
     let speedup_alone = lsof_alone / alone;
     Row {
         measure: "scan".into(),
-        how: format!("unrm scan vs lsof -nP +L1, {} open fds in {processes} processes", processes * fds_each),
+        how: format!(
+            "unrm scan vs lsof -nP +L1, {} open fds in {processes} processes, {} deleted files held",
+            processes * fds_each,
+            found_alone
+        ),
         result: format!(
             "{speedup:.1}× faster with the daemon ({served:.0} vs {lsof_served:.0} ms); {speedup_alone:.1}× standalone ({alone:.0} vs {lsof_alone:.0} ms)"
         ),

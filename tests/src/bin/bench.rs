@@ -22,7 +22,8 @@ fn parse() -> Options {
             "--out" => opts.out = args.next().map(PathBuf::from).expect("--out PATH"),
             "hold-many" => {
                 let rest: Vec<String> = args.collect();
-                bench::scan::hold_many(&rest[0], rest[1].parse().unwrap(), rest[2].parse().unwrap());
+                let n = |i: usize| rest[i].parse().unwrap();
+                bench::scan::hold_many(&rest[0], n(1), n(2), n(3));
                 std::process::exit(0);
             }
             other => {
@@ -63,7 +64,19 @@ fn main() {
     section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
     section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, &[])]);
     section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));
-    section("scan", &|| vec![bench::scan::measure(50, if q { 200 } else { 1000 }, 5)]);
+    section("scan", &|| {
+        let fds_each = if q { 200 } else { 1000 };
+        // Few deleted among many open, then every open file deleted.
+        let few = bench::scan::Shape {
+            processes: 50,
+            fds_each,
+            files_each: 50,
+            deleted_each: 5,
+            every_process_deletes: false,
+        };
+        let all = bench::scan::Shape { files_each: fds_each, deleted_each: fds_each, every_process_deletes: true, ..few };
+        vec![bench::scan::measure(&few, 5), bench::scan::measure(&all, 5)]
+    });
     section("snapshot", &|| bench::snapshot::measure(if q { 256 << 20 } else { 1 << 30 }, 3));
 
     let report = json!({
