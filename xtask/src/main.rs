@@ -44,7 +44,7 @@ enum Task {
     },
     /// Benchmarks against the anchors (not part of the tests; as root).
     /// Writes target/bench/latest.json. Pass `-- --quick` for a smaller run,
-    /// `-- --only hot,pin,capture,storm,scan,snapshot` for some of it.
+    /// `-- --only hot,held,pin,capture,storm,memory,scan,snapshot` for some of it.
     Bench {
         #[arg(last = true)]
         args: Vec<String>,

@@ -7,6 +7,7 @@
 
 pub mod held_unlink;
 pub mod hot;
+pub mod memory;
 pub mod pin;
 pub mod scan;
 pub mod snapshot;

@@ -37,7 +37,8 @@ fn settle(daemon: &Daemon, timeout: Duration, check: impl Fn(&Value) -> bool) ->
 }
 
 /// 1000 files held by this process, deleted one by one, 1 ms apart; the
-/// daemon times each pin against the kernel's timestamp of the unlink.
+/// daemon times each pin from the kernel's timestamp of the start of the
+/// unlink call.
 pub fn latency(files: usize, extra: &[&str]) -> Row {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), extra);
@@ -72,7 +73,7 @@ pub fn latency(files: usize, extra: &[&str]) -> Row {
     let (p50, p99) = (l["p50"].as_u64().unwrap_or(u64::MAX), l["p99"].as_u64().unwrap_or(u64::MAX));
     Row {
         measure: "pin latency".into(),
-        how: format!("{files} held files deleted 1 ms apart, after one warm-up"),
+        how: format!("{files} held files deleted 1 ms apart, after one warm-up; from the start of the unlink call"),
         result: format!("p50 {p50} µs, p99 {p99} µs ({} fast pins)", status["counters"]["fast_pins"]),
         target: "p50 ≤ 100 µs, p99 ≤ 1 ms".into(),
         met: Some(p50 <= 100 && p99 <= 1000),
@@ -80,10 +81,35 @@ pub fn latency(files: usize, extra: &[&str]) -> Row {
     }
 }
 
-/// For each delay, files whose only holder closes that long after the
-/// unlink: the share unrm still saved.
-pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
+/// The share of files captured when the holder closes each delay after the
+/// unlink, over `runs` runs (a fresh daemon each): the worst run per delay.
+pub fn capture_rate(per_delay: usize, runs: usize, extra: &[&str]) -> Row {
     let delays_us = [0u64, 100, 1000, 2000, 10000];
+    let mut worst = vec![f64::INFINITY; delays_us.len()];
+    let mut all_runs = Vec::new();
+    for run in 0..runs {
+        let curve = capture_curve(&delays_us, per_delay, extra);
+        for (w, c) in worst.iter_mut().zip(&curve) {
+            *w = w.min(c["share"].as_f64().unwrap_or(0.0));
+        }
+        all_runs.push(curve);
+        eprintln!("  capture rate: run {}/{runs}", run + 1);
+    }
+    let text: Vec<String> =
+        delays_us.iter().zip(&worst).map(|(us, share)| format!("{} ms: {:.0}%", *us as f64 / 1000.0, share * 100.0)).collect();
+    let share_at = |us: u64| delays_us.iter().position(|d| *d == us).map_or(0.0, |i| worst[i]);
+    Row {
+        measure: "capture rate".into(),
+        how: format!("{per_delay} files per delay, worst of {runs} runs; holder closes that long after the unlink"),
+        result: text.join(", "),
+        target: "100% at ≥ 1 ms in every run".into(),
+        met: Some([1000, 2000, 10000].iter().all(|us| share_at(*us) >= 1.0)),
+        data: json!({ "delays_us": delays_us, "worst_share": worst, "runs": all_runs }),
+    }
+}
+
+/// One run of `capture_rate`: per delay, what became of the files.
+fn capture_curve(delays_us: &[u64], per_delay: usize, extra: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     // This process both deletes and holds each file, which the default
     // policy takes for a scratch file and does not copy: ask for copies.
@@ -93,7 +119,7 @@ pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
     args.extend_from_slice(extra);
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &args);
     let mut curve = Vec::new();
-    for &delay in &delays_us {
+    for &delay in delays_us {
         let sub = dir.path().join(format!("d{delay}"));
         std::fs::create_dir(&sub).unwrap();
         for i in 0..per_delay {
@@ -133,24 +159,5 @@ pub fn capture_rate(per_delay: usize, extra: &[&str]) -> Row {
             "share": saved as f64 / per_delay as f64,
         }));
     }
-    let share_at =
-        |us: u64| curve.iter().find(|c| c["delay_us"] == us).and_then(|c| c["share"].as_f64()).unwrap_or(0.0);
-    let text: Vec<String> = curve
-        .iter()
-        .map(|c| {
-            format!(
-                "{} ms: {:.0}%",
-                c["delay_us"].as_f64().unwrap() / 1000.0,
-                c["share"].as_f64().unwrap() * 100.0
-            )
-        })
-        .collect();
-    Row {
-        measure: "capture rate".into(),
-        how: format!("{per_delay} files per delay; holder closes that long after the unlink"),
-        result: text.join(", "),
-        target: "100% at ≥ 2 ms".into(),
-        met: Some(share_at(2000) >= 1.0 && share_at(10000) >= 1.0),
-        data: json!({ "curve": curve }),
-    }
+    curve
 }

@@ -1,5 +1,6 @@
 //! `rm -rf` of a million empty files with the daemon running: nothing lost,
-//! little CPU; then queries against the million records it left.
+//! little CPU; then queries against the million records it left, and the
+//! memory the daemon keeps with them.
 
 use std::{
     ffi::CString,
@@ -100,6 +101,15 @@ pub fn measure(files: usize, extra: &[&str]) -> Vec<Row> {
     let held = time_cli(&["list", "--json", "--status", "held"]);
     let recent = time_cli(&["list", "--json", "--since", "10s"]);
     let records = daemon.json(&["status", "--json"])["records"].as_u64().unwrap_or(0);
+    let rss = super::memory::rss_mib(daemon.pid());
+    let memory = Row {
+        measure: "daemon memory, records".into(),
+        how: format!("resident set with {records} records in the index, after the storm and the queries"),
+        result: format!("{rss:.1} MiB"),
+        target: "≤ 64 MiB".into(),
+        met: Some(rss <= 64.0),
+        data: json!({ "records": records, "rss_mib": rss }),
+    };
     let query = Row {
         measure: "query".into(),
         how: format!("unrm list --json with {records} records"),
@@ -109,5 +119,5 @@ pub fn measure(files: usize, extra: &[&str]) -> Vec<Row> {
         met: (records >= 1_000_000).then_some(list < 100.0),
         data: json!({ "records": records, "list_ms": list, "status_held_ms": held, "since_ms": recent }),
     };
-    vec![storm, query]
+    vec![storm, query, memory]
 }

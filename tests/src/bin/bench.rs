@@ -62,8 +62,9 @@ fn main() {
         bench::held_unlink::measure(sizes, if q { 3 } else { 7 }, 100, &[])
     });
     section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
-    section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, &[])]);
+    section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, if q { 2 } else { 10 }, &[])]);
     section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));
+    section("memory", &|| vec![bench::memory::pinned(if q { 2_000 } else { 10_000 })]);
     section("scan", &|| {
         let fds_each = if q { 200 } else { 1000 };
         // Few deleted among many open, then every open file deleted.
