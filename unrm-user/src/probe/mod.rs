@@ -49,6 +49,10 @@ pub struct Probes {
     /// The VFS tiers' links, owned here so that they live as long as the
     /// probes.
     vfs_links: Vec<vfs::Link>,
+    /// The VFS tiers' final-release hook, when the kernel allows it, and
+    /// its link while attached (only while something is watched).
+    fput: Option<vfs::Kind>,
+    fput_link: Option<vfs::Link>,
     fs_hooks: Vec<&'static str>,
 }
 
@@ -100,6 +104,8 @@ impl Probes {
             ebpf,
             release_links: Vec::new(),
             vfs_links: Vec::new(),
+            fput: None,
+            fput_link: None,
             fs_hooks: Vec::new(),
         };
         if !opts.hooks {
@@ -142,21 +148,30 @@ impl Probes {
     }
 
     pub fn release_attached(&self) -> bool {
-        !self.release_links.is_empty()
+        !self.release_links.is_empty() || self.fput_link.is_some()
     }
 
+    /// Attaches the release probes: the syscall tracepoints in the
+    /// tracepoint tier, `__fput` in the VFS tiers (none in the fs tier).
     pub fn attach_release(&mut self) -> Result<()> {
-        if self.release_links.is_empty() {
-            self.release_links = self.attach(RELEASE)?;
-            log::debug!("release probes attached");
+        match (self.tier, self.fput) {
+            (Tier::Tracepoint, _) if self.release_links.is_empty() => {
+                self.release_links = self.attach(RELEASE)?;
+                log::debug!("release probes attached");
+            }
+            (Tier::Fentry | Tier::Kprobe, Some(kind)) if self.fput_link.is_none() => {
+                self.fput_link = Some(vfs::attach_fput(&mut self.ebpf, kind)?);
+                log::debug!("final-release hook attached");
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// Detaching a tracepoint waits for RCU grace periods (tens of ms per
-    /// link), so the links are dropped on a thread of their own.
+    /// Detaching waits for RCU grace periods (tens of ms per link), so the
+    /// links are dropped on a thread of their own.
     pub fn detach_release(&mut self) -> Result<()> {
-        if self.release_links.is_empty() {
+        if !self.release_attached() {
             return Ok(());
         }
         let mut links = Vec::new();
@@ -164,8 +179,9 @@ impl Probes {
             let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
             links.push(prog.take_link(id)?);
         }
+        let fput = self.fput_link.take();
         std::thread::Builder::new().name("unrm-detach".into()).spawn(move || {
-            drop(links);
+            drop((links, fput));
             log::debug!("release probes detached");
         })?;
         Ok(())

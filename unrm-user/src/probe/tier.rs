@@ -120,6 +120,7 @@ impl Probes {
             match attached {
                 Ok((links, fput)) => {
                     self.vfs_links = links;
+                    self.fput = fput.then_some(kind);
                     self.fs_hooks.extend(fput.then_some("__fput"));
                     self.fs_hooks.extend(["vfs_unlink", "vfs_rename"]);
                     self.tier = tier;

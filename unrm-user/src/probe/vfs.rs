@@ -38,9 +38,11 @@ const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 /// The final-release hook, as (fentry, kprobe) programs on `__fput`.
 const FPUT: (&str, &str) = ("unrm_fput", "unrm_kp_fput");
 
-/// Loads and attaches the deletion hooks, all or nothing, and the release
-/// hook if the kernel allows it (without it, releases are seen by pidfds
-/// and snapshots). Returns the links and whether `__fput` is hooked.
+/// Loads and attaches the deletion hooks, all or nothing, and loads the
+/// release hook if the kernel allows it (without it, releases are seen by
+/// pidfds and snapshots). Returns the links and whether `__fput` can be
+/// hooked: it is attached only while something is watched (`attach_fput`),
+/// since every close on the machine would run it.
 pub fn attach(ebpf: &mut Ebpf, btf: &Btf, kind: Kind) -> Result<(Vec<Link>, bool)> {
     if kind == Kind::Kprobe && !std::path::Path::new(KPROBE_PMU).exists() {
         bail!("this kernel has no kprobes ({KPROBE_PMU} is missing)");
@@ -54,11 +56,9 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, kind: Kind) -> Result<(Vec<Link>, bool
         );
     }
     let name = if kind == Kind::Fentry { FPUT.0 } else { FPUT.1 };
-    let fput = match one(ebpf, btf, kind, name, "__fput", true) {
-        Ok(link) => {
-            links.push(link);
-            true
-        }
+    // Attached once to learn that it can be, then let go until needed.
+    let fput = match load(ebpf, btf, kind, name, "__fput", true).and_then(|()| attach_fput(ebpf, kind)) {
+        Ok(_link) => true,
         Err(err) => {
             log::info!("no final-release hook (__fput): {err:#}");
             false
@@ -67,23 +67,40 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, kind: Kind) -> Result<(Vec<Link>, bool
     Ok((links, fput))
 }
 
+/// Attaches the final-release hook `attach` loaded.
+pub fn attach_fput(ebpf: &mut Ebpf, kind: Kind) -> Result<Link> {
+    let name = if kind == Kind::Fentry { FPUT.0 } else { FPUT.1 };
+    attach_loaded(ebpf, kind, name, "__fput", true)
+}
+
 fn one(ebpf: &mut Ebpf, btf: &Btf, kind: Kind, name: &str, function: &str, entry: bool) -> Result<Link> {
+    load(ebpf, btf, kind, name, function, entry)?;
+    attach_loaded(ebpf, kind, name, function, entry)
+}
+
+fn load(ebpf: &mut Ebpf, btf: &Btf, kind: Kind, name: &str, function: &str, entry: bool) -> Result<()> {
+    match (kind, entry) {
+        (Kind::Fentry, true) => program::<FEntry>(ebpf, name)?.load(function, btf),
+        (Kind::Fentry, false) => program::<FExit>(ebpf, name)?.load(function, btf),
+        (Kind::Kprobe, _) => program::<KProbe>(ebpf, name)?.load(),
+    }
+    .map_err(|err| verifier_error(name, err))
+}
+
+fn attach_loaded(ebpf: &mut Ebpf, kind: Kind, name: &str, function: &str, entry: bool) -> Result<Link> {
     Ok(match (kind, entry) {
         (Kind::Fentry, true) => {
             let prog: &mut FEntry = program(ebpf, name)?;
-            prog.load(function, btf).map_err(|err| verifier_error(name, err))?;
             let id = prog.attach()?;
             Link::Entry(prog.take_link(id)?)
         }
         (Kind::Fentry, false) => {
             let prog: &mut FExit = program(ebpf, name)?;
-            prog.load(function, btf).map_err(|err| verifier_error(name, err))?;
             let id = prog.attach()?;
             Link::Exit(prog.take_link(id)?)
         }
         (Kind::Kprobe, _) => {
             let prog: &mut KProbe = program(ebpf, name)?;
-            prog.load().map_err(|err| verifier_error(name, err))?;
             let id = prog.attach(function, 0)?;
             Link::Probe(prog.take_link(id)?)
         }

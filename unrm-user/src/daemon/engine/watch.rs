@@ -114,12 +114,12 @@ impl Watches {
             self.attach_errors += 1;
             log::warn!("detaching the release probes: {err:#}");
         }
-        // The release probes are syscall tracepoints: in the fs tier they
-        // would put every task back on the slow path whenever anything is
-        // pinned. There, exits (pidfds) and snapshots decide alone; a close
-        // is noticed by the next snapshot, and the pin keeps the content
-        // safe until then.
-        if had_holders && probes.tier() == Tier::Tracepoint && !probes.release_attached() {
+        // Attached only while something is watched: every close on the
+        // machine runs them. The fs tier has none (they would be syscall
+        // tracepoints, putting every task back on the slow path): there,
+        // exits (pidfds) and snapshots decide alone; a close is noticed by
+        // the next snapshot, and the pin keeps the content safe until then.
+        if had_holders && probes.tier() != Tier::Fs && !probes.release_attached() {
             return match probes.attach_release() {
                 Ok(()) => true,
                 Err(err) => {
