@@ -75,6 +75,39 @@ pub fn bench(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The hot-path rows again inside the stock-kernel VM, where the VFS tiers
+/// load (emulated: ratios only, each measured side by side in the guest),
+/// added to the host's report.
+pub fn bench_in_vm(root: &Path, bin: &Path, args: &[String], guest: &crate::vm::Guest) -> Result<()> {
+    const MARK: &str = "@@unrm-bench-json@@";
+    let quick = if args.iter().any(|a| a == "--quick") { " --quick" } else { "" };
+    let script = format!(
+        "cd {root}; export UNRM_BIN={bin}; target/release/bench --emulated{quick} --only hot --out /tmp/vm.json \
+         && echo {MARK} && cat /tmp/vm.json",
+        root = root.display(),
+        bin = bin.display()
+    );
+    eprintln!("bench: vm (booting the stock kernel under qemu)");
+    let (code, out) = guest.run_quietly(&script)?;
+    let Some((table, json)) = out.split_once(MARK) else {
+        bail!("the benchmark in the VM failed (exit {code}):\n{out}");
+    };
+    print!("{}", table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| measure")).map(|l| format!("{l}\n")).collect::<String>());
+    let vm: serde_json::Value = serde_json::from_str(json.trim()).context("the VM's report")?;
+    let out_path = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| root.join("target/bench/latest.json"), |p| root.join(p));
+    let mut report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_path)?)?;
+    let rows = report["rows"].as_array_mut().context("the host's report has no rows")?;
+    rows.extend(vm["rows"].as_array().cloned().unwrap_or_default());
+    report["vm_machine"] = vm["machine"].clone();
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("bench: VM rows added to {}", out_path.display());
+    Ok(())
+}
+
 /// Builds the test binaries without running them; their paths (the unit
 /// tests of unrm-user, then the integration tests).
 pub fn test_binaries(root: &Path, bin: &Path) -> Result<Vec<PathBuf>> {

@@ -44,7 +44,8 @@ enum Task {
     },
     /// Benchmarks against the anchors (not part of the tests; as root).
     /// Writes target/bench/latest.json. Pass `-- --quick` for a smaller run,
-    /// `-- --only hot,held,pin,capture,storm,memory,scan,snapshot` for some of it.
+    /// `-- --only hot,held,pin,capture,storm,memory,scan,snapshot,vm` for
+    /// some of it (`vm`: the hot paths in the stock-kernel VM, emulated).
     Bench {
         #[arg(last = true)]
         args: Vec<String>,
@@ -103,9 +104,19 @@ fn run(cli: Cli) -> Result<()> {
             let bin = build::all(&root)?;
             require_root("cargo xtask bench")?;
             build::bench(&root, &bin, &args)?;
+            if bench_wants_vm(&args) {
+                let guest = vm::Guest::prepare(&root)?;
+                build::bench_in_vm(&root, &bin, &args, &guest)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Whether the bench's `--only` (if any) asks for the VM section.
+fn bench_wants_vm(args: &[String]) -> bool {
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    only.is_none_or(|list| list.split(',').any(|s| s == "vm"))
 }
 
 fn workspace_root() -> PathBuf {

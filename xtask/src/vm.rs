@@ -207,6 +207,13 @@ impl Guest {
     /// Boots, runs `command` as root in the guest, prints its output, and
     /// returns its exit status.
     pub fn run(&self, command: &str) -> Result<i32> {
+        let (code, body) = self.run_quietly(command)?;
+        print!("{body}");
+        Ok(code)
+    }
+
+    /// The same, returning the output instead of printing it.
+    pub fn run_quietly(&self, command: &str) -> Result<(i32, String)> {
         let out = self.dir.join("out.txt");
         let _ = std::fs::remove_file(&out);
         let script = self.dir.join("script.sh");
@@ -247,8 +254,7 @@ impl Guest {
                 )
             }
         };
-        print!("{body}");
-        Ok(code)
+        Ok((code, body.to_owned()))
     }
 }
 

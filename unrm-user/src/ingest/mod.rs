@@ -74,6 +74,10 @@ pub struct Grab {
     pub at_ns: u64,
 }
 
+/// A deleter's uid nobody could read (fanotify names only the pid, and the
+/// process may be gone by then).
+pub const UNKNOWN_UID: u32 = u32::MAX;
+
 #[derive(Debug)]
 pub struct Deletion {
     /// `Unlink` or `Rename`.

@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Deletion, Grab, Victim, normalize};
+use super::{Deletion, Grab, UNKNOWN_UID, Victim, normalize};
 use crate::{
     access::Parent,
     anchors::Anchors,
@@ -92,6 +92,6 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
 fn deleter(pid: u32) -> (u32, String) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(u32::MAX);
+    let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(UNKNOWN_UID);
     (uid, field("Name:").unwrap_or("?").to_owned())
 }

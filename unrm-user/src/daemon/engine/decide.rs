@@ -21,7 +21,7 @@ use crate::{
         lanes,
     },
     holders::{HeldFile, Hold, InodeId, Snapshot},
-    ingest::{Deletion, Grab},
+    ingest::{Deletion, Grab, UNKNOWN_UID},
     pins::{self, AclCache, Holding, Meta, Pin, PinFd, Place, Refused},
     policy::Scratch,
     record::{Deleter, Op, Record, Status, holders_of, nanos},
@@ -169,7 +169,8 @@ impl Engine {
         } else if let (Some(grab), Some(v)) = (grab, p.deletion.victim) {
             // Its holders let go before the snapshot: unrm's pin is all
             // that is left of it, and the content is final. Who held it is
-            // unknown, so it is not judged a scratch file.
+            // unknown, so it is not judged a scratch file, and the deleter
+            // pays for it (`payer`).
             let held = held_file(v.inode, p.deletion.path.clone(), &grab.meta, Vec::new(), v.parent);
             if self.pin(&held, Some(&p), Some(grab)) {
                 if let Some(pin) = self.pins.get_mut(&v.inode) {
@@ -217,7 +218,7 @@ impl Engine {
     /// over a limit). Whom it is charged to is decided here, now that the
     /// snapshot names its holders.
     fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>, grab: Option<Box<Grab>>) -> bool {
-        if let Some(why) = self.over_user_pins(charged_to(held.uid, &held.holds)) {
+        if let Some(why) = self.over_user_pins(payer(held.uid, &held.holds, pending.map(|p| p.deletion.uid))) {
             self.not_pinned(Some(held), pending, why);
             return true;
         }
@@ -333,7 +334,7 @@ impl Engine {
         };
         fill_meta(&mut record, inode, meta);
         record.holders = holders_of(&holds);
-        let charged = charged_to(meta.uid, &holds);
+        let charged = payer(meta.uid, &holds, pending.map(|p| p.deletion.uid));
         record.charged_to = Some(charged);
         // A snapshot knows the directory where an event could not say.
         record.restore.parent = record.restore.parent.or(held.parent);
@@ -505,6 +506,18 @@ impl Engine {
 /// keeps someone else's deleted files alive pays for them, not their owner:
 /// otherwise anyone able to read another user's files could use up that
 /// user's pins, and with them evict that user's captures.
+/// Whom a new pin counts against: as `charged_to` while anything holds the
+/// file; once every holder let go before a snapshot could name them, the
+/// deleter (whose uid the probes read), so that deleting someone else's
+/// file and letting go of it at once charges oneself, not its owner. The
+/// owner only when even the deleter is unknown (fanotify could not tell).
+fn payer(owner: u32, holds: &[Hold], deleter: Option<u32>) -> u32 {
+    match deleter {
+        Some(deleter) if holds.is_empty() && deleter != UNKNOWN_UID => deleter,
+        _ => charged_to(owner, holds),
+    }
+}
+
 pub(super) fn charged_to(owner: u32, holds: &[Hold]) -> u32 {
     if holds.iter().any(|h| h.uid == owner) {
         return owner;
@@ -558,4 +571,29 @@ fn fill_meta(record: &mut Record, inode: InodeId, meta: &Meta) {
     record.gid = Some(meta.gid);
     record.restore.atime_ns = Some(meta.atime_ns);
     record.restore.mtime_ns = Some(meta.mtime_ns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::holders::HolderKind;
+
+    fn hold(uid: u32) -> Hold {
+        Hold { kind: HolderKind::Fd, pid: 7, uid, comm: "holder".into(), fd: 3, vm_start: 0, vm_end: 0 }
+    }
+
+    #[test]
+    fn a_pin_is_paid_by_its_holders_then_its_deleter_then_its_owner() {
+        let (owner, reader, deleter) = (1000, 1001, 1002);
+        // The owner's own process holds it: the owner pays.
+        assert_eq!(payer(owner, &[hold(reader), hold(owner)], Some(deleter)), owner);
+        // Only someone else holds it: that someone.
+        assert_eq!(payer(owner, &[hold(reader)], Some(deleter)), reader);
+        // Every holder let go before a snapshot named them: the deleter,
+        // never the owner (deleting and closing another's file at once).
+        assert_eq!(payer(owner, &[], Some(deleter)), deleter);
+        // Not even the deleter is known.
+        assert_eq!(payer(owner, &[], Some(UNKNOWN_UID)), owner);
+        assert_eq!(payer(owner, &[], None), owner);
+    }
 }
