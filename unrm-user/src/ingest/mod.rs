@@ -109,10 +109,16 @@ pub struct Deletion {
     /// `path` is relative to the victim's filesystem (fs tier) until the
     /// reader finds where that filesystem is mounted.
     pub fs_relative: bool,
+    /// The filesystem an `fs_relative` path is on, where no `victim` says
+    /// (a fanotify report of an inode already gone).
+    pub fs_dev: Option<u64>,
     /// Boxed: most deletions have none, and events travel by value.
     pub grabbed: Option<Box<Grab>>,
     /// The reader found the descriptor budget spent when it tried to grab.
     pub over_budget: bool,
+    /// The inode was already gone when the reader looked (fanotify's
+    /// handle no longer opened): nothing held it, whatever it was.
+    pub nothing_held: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -203,8 +209,10 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         victim,
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
         fs_relative,
+        fs_dev: None,
         grabbed: None,
         over_budget: false,
+        nothing_held: false,
     })
 }
 
@@ -283,7 +291,8 @@ fn grab(d: &mut Deletion, budget: &Arc<Budget>, anchors: &Anchors) {
 /// deleter's mount table to the filesystem, then through the host's.
 fn place(d: &mut Deletion, views: &mut Views) {
     let located = if d.fs_relative {
-        d.victim.map(|v| Located { dev: v.inode.dev, fs_path: d.path.clone(), stacked: false })
+        let dev = d.victim.map(|v| v.inode.dev).or(d.fs_dev);
+        dev.map(|dev| Located { dev, fs_path: d.path.clone(), stacked: false })
     } else if views.is_own(d.mnt_ns) {
         // Already the host's path. Only a deletion that looks held can be
         // overlayfs' doing: the rest pay nothing here.

@@ -2,10 +2,11 @@
 //! filesystem's anchor and the handle the kernel encoded for the deleted
 //! inode, then named from the directory's handle.
 //!
-//! Only what can be saved becomes a deletion: a regular file that lost its
-//! last name and that something still held when the reader got to it. A
-//! handle that no longer opens (`ESTALE`) means the inode is gone, with
-//! nothing left to save; the name is not recorded (README, Limits).
+//! A regular file that lost its last name and that something still held
+//! when the reader got to it is pinned. A handle that no longer opens
+//! (`ESTALE`) means the inode is gone: nothing held it, and the name is
+//! recorded as an unheld deletion, without inode, size or type (it may have
+//! been a symlink), as the tracepoint tier records one on such filesystems.
 
 use std::{
     ffi::OsStr,
@@ -36,14 +37,18 @@ const LAST_LINK: u32 = 1;
 
 pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<Deletion> {
     let anchor = anchors.by_fsid(r.fsid)?;
-    let (grabbed, over_budget) = match pins::by_encoded_handle(anchor.fd(), &r.target, budget) {
+    let (grabbed, over_budget, nothing_held) = match pins::by_encoded_handle(anchor.fd(), &r.target, budget) {
         Ok((pin, meta)) if meta.is_regular() && meta.nlink == 0 => {
-            (Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })), false)
+            (Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })), false, false)
         }
-        Ok(_) | Err(Refused::Gone(_)) => return None,
-        Err(Refused::Budget) => (None, true),
+        // Not a file, or it lives on under another name: nothing lost.
+        Ok(_) => return None,
+        Err(Refused::Gone(_)) => (None, false, true),
+        Err(Refused::Budget) => (None, true, false),
     };
-    let dir = handle::open_encoded(anchor.fd(), &r.dir).ok();
+    let dir = handle::open_encoded(anchor.fd(), &r.dir)
+        .inspect_err(|err| log::debug!("fanotify: the directory of {:?} does not open: {err}", OsStr::from_bytes(&r.name)))
+        .ok();
     let parent = dir.as_ref().and_then(|fd| Meta::of(fd.as_fd()).ok()).map(|m| Parent {
         ino: m.ino,
         uid: m.uid,
@@ -82,8 +87,10 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
         fs_hooked: victim.is_some(),
         victim,
         fs_relative: true,
+        fs_dev: Some(anchor.dev),
         grabbed,
         over_budget,
+        nothing_held,
     })
 }
 

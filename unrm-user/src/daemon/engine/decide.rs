@@ -44,6 +44,7 @@ impl Engine {
             Some(v) => v.refs.map(|refs| refs > 1),
             // The filesystem reported no inode losing its last name.
             None if d.fs_hooked => return Ok(()),
+            None if d.nothing_held => Some(false),
             None => None,
         };
         self.figures.counters.deletions += 1;
@@ -155,9 +156,9 @@ impl Engine {
         let grab = p.deletion.grabbed.take();
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
-            None => snapshot.by_path(&p.deletion.path, |inode| {
-                self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan)
-            }),
+            None => snapshot
+                .by_path(&p.deletion.path, |inode| self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan))
+                .or_else(|| snapshot.files.get(&self.pins.scanned_at(&p.deletion.path)?)),
         };
         if let Some(held) = found {
             if self.pins.contains(&held.inode) {

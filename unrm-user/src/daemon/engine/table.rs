@@ -81,6 +81,15 @@ impl PinTable {
         self.per_user.get(&uid).copied().unwrap_or(0)
     }
 
+    /// The one pin a snapshot took (no event yet) of a file last seen at
+    /// `path`. Snapshots leave the paths of pinned files out (the daemon
+    /// knows them), so an event that names only a path is matched here.
+    pub fn scanned_at(&self, path: &std::path::Path) -> Option<InodeId> {
+        let mut found = self.by_inode.iter().filter(|(_, pin)| pin.holding.from_scan && pin.place.path == path);
+        let (inode, _) = found.next()?;
+        found.next().is_none().then_some(*inode)
+    }
+
     pub fn len(&self) -> usize {
         self.by_inode.len()
     }
