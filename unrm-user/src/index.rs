@@ -290,6 +290,15 @@ impl Index {
         })
     }
 
+    /// Gives back the page cache (`cache_size` lets it grow to 64 MiB under
+    /// a burst of writes) while nothing is being written; it refills from
+    /// the file as queries need it.
+    pub fn shrink(&mut self) {
+        if !self.in_txn {
+            let _ = self.conn.execute_batch("PRAGMA shrink_memory");
+        }
+    }
+
     pub fn begin(&mut self) {
         if self.in_txn {
             return;

@@ -103,8 +103,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench { args } => {
             let bin = build::all(&root)?;
             require_root("cargo xtask bench")?;
-            build::bench(&root, &bin, &args)?;
-            if bench_wants_vm(&args) {
+            if bench_wants(&args, |s| s != "vm") {
+                build::bench(&root, &bin, &args)?;
+            }
+            if bench_wants(&args, |s| s == "vm") {
                 let guest = vm::Guest::prepare(&root)?;
                 build::bench_in_vm(&root, &bin, &args, &guest)?;
             }
@@ -113,10 +115,11 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Whether the bench's `--only` (if any) asks for the VM section.
-fn bench_wants_vm(args: &[String]) -> bool {
+/// Whether the bench's `--only` (if any) names a section `which` accepts
+/// (`vm` is the VM's part, the rest the host's).
+fn bench_wants(args: &[String], which: impl Fn(&str) -> bool) -> bool {
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
-    only.is_none_or(|list| list.split(',').any(|s| s == "vm"))
+    only.is_none_or(|list| list.split(',').any(which))
 }
 
 fn workspace_root() -> PathBuf {
