@@ -1,7 +1,7 @@
 //! The fs tier (`--tier fs`): deletions seen by ext4's own tracepoints, with
 //! no syscall tracepoint attached. Same records, same statuses, same CLI as
 //! the tracepoint tier. Other filesystems are reported by fanotify where
-//! they have file handles (tmpfs, xfs, btrfs), else reached by snapshots.
+//! they have file handles unrm can trust (tmpfs, xfs), else by snapshots.
 
 use std::{ffi::CString, fs, os::fd::AsRawFd, path::Path};
 

@@ -22,7 +22,7 @@ use std::{
 };
 
 use rustix::{
-    fs::{CWD, Mode, OFlags},
+    fs::{CWD, Mode, OFlags, ResolveFlags},
     mount::{OpenTreeFlags, open_tree},
 };
 
@@ -42,6 +42,8 @@ pub struct Anchor {
     /// The directory of the filesystem the copied mount shows (`/` unless
     /// a bind mount of a subtree): paths read through the anchor start there.
     pub root: PathBuf,
+    /// fanotify reports deletions on this filesystem (`notify`).
+    pub notified: bool,
 }
 
 impl Anchor {
@@ -49,9 +51,13 @@ impl Anchor {
     /// of its directory `root`. May wait on that filesystem and any on the
     /// way: only on its file worker.
     pub fn open(point: &Path, root: &Path, dev: u64, layout: Option<Layout>) -> io::Result<Anchor> {
-        let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
-        let tree = open_tree(CWD, point, flags)?;
+        // The mount point as mountinfo names it, through no symbolic link
+        // (a user may own a directory on the way); then a copy of the mount
+        // found there.
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = rustix::fs::openat2(CWD, point, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS)?;
+        let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH;
+        let tree = open_tree(&dir, "", clone)?;
         // `open_tree` gives an `O_PATH` descriptor, which open_by_handle_at
         // refuses as its mount descriptor: open the copy's root for real.
         let fd = rustix::fs::openat(&tree, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
@@ -60,7 +66,7 @@ impl Anchor {
             return Err(io::Error::other(format!("{} is no longer filesystem {dev:x}", point.display())));
         }
         let fsid = fsid_of(fd.as_fd())?;
-        Ok(Anchor { fd, dev, layout, fsid, root: root.to_path_buf() })
+        Ok(Anchor { fd, dev, layout, fsid, root: root.to_path_buf(), notified: false })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -80,9 +86,15 @@ impl Anchors {
         self.by_dev.read().unwrap().get(&dev).cloned()
     }
 
-    /// The anchor of the filesystem whose statfs id is `fsid`.
+    /// The anchor of the fanotify-reported filesystem whose statfs id is
+    /// `fsid`. None if two share it: an id comes from a filesystem's UUID,
+    /// which whoever made an image chose, and a report must never be read
+    /// against another filesystem than its own.
     pub fn by_fsid(&self, fsid: [i32; 2]) -> Option<Arc<Anchor>> {
-        self.by_dev.read().unwrap().values().find(|a| a.fsid == fsid).cloned()
+        let map = self.by_dev.read().unwrap();
+        let mut found = map.values().filter(|a| a.notified && a.fsid == fsid);
+        let first = found.next()?;
+        found.next().is_none().then(|| first.clone())
     }
 
     pub fn contains(&self, dev: u64) -> bool {
@@ -115,4 +127,26 @@ fn fsid_of(fd: BorrowedFd) -> io::Result<[i32; 2]> {
     }
     // SAFETY: filled above; `fsid_t` is two C ints, whose fields libc hides.
     Ok(unsafe { std::mem::transmute::<libc::fsid_t, [i32; 2]>(st.assume_init().f_fsid) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchor(fsid: [i32; 2], notified: bool) -> Anchor {
+        let fd = std::fs::File::open("/").unwrap().into();
+        Anchor { fd, dev: 0, layout: None, fsid, root: PathBuf::from("/"), notified }
+    }
+
+    #[test]
+    fn a_report_is_read_only_against_the_one_notified_filesystem_of_its_id() {
+        let anchors = Anchors::default();
+        anchors.insert(1, anchor([1, 1], true));
+        anchors.insert(2, anchor([2, 2], false));
+        assert!(anchors.by_fsid([1, 1]).is_some());
+        assert!(anchors.by_fsid([2, 2]).is_none(), "not marked: its reports are not ours");
+        // Another filesystem made with the same id: neither is trusted.
+        anchors.insert(3, anchor([1, 1], true));
+        assert!(anchors.by_fsid([1, 1]).is_none());
+    }
 }

@@ -61,9 +61,10 @@ enum Command {
         /// allows it), `kprobe` (the same hooks as kprobes, for kernels
         /// without BPF trampolines), `tracepoint` (every filesystem, costs
         /// every system call while attached), `fs` (ext4's own tracepoints,
-        /// and fanotify for tmpfs, xfs and btrfs: free for unrelated system
-        /// calls; other filesystems only through periodic snapshots), or `auto`: fentry if the kernel accepts it,
-        /// else kprobe, else tracepoint.
+        /// and fanotify for tmpfs and xfs: free for unrelated system
+        /// calls; other filesystems only through periodic snapshots), or
+        /// `auto`: fentry if the kernel accepts it, else kprobe, else
+        /// tracepoint.
         #[arg(long, value_enum, default_value = "auto")]
         tier: crate::probe::Tier,
         /// How often to reconcile with the kernel's state without events.

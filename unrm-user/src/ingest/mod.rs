@@ -375,7 +375,9 @@ pub struct Sources {
 /// pin, instead of the reactor's and then a worker's.
 pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
     let mut views = Views::new();
-    let mut buf = vec![0u8; 64 << 10];
+    // One read of fanotify per pass, after the ring buffer: reports on
+    // tmpfs or xfs (a hundred or so) cannot hold up the pins of the rest.
+    let mut buf = vec![0u8; 16 << 10];
     // Events that are not urgent are written without waking us; this is
     // the longest they wait.
     let patience = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
@@ -388,14 +390,6 @@ pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
         }
         drop(fds);
         let mut events = Vec::new();
-        if let Some(group) = &src.group {
-            for notice in group.read(&mut buf)? {
-                events.extend(match notice {
-                    Notice::Deleted(report) => notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete),
-                    Notice::Lost => Some(Event::Lost),
-                });
-            }
-        }
         while let Some(item) = src.ring.next() {
             match decode(&item) {
                 Ok(mut event) => {
@@ -406,6 +400,18 @@ pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
                 }
                 Err(err) => log::warn!("dropping an undecodable event: {err:#}"),
             }
+        }
+        match src.group.as_ref().map(|group| group.read(&mut buf)) {
+            Some(Ok(notices)) => events.extend(notices.into_iter().filter_map(|notice| match notice {
+                Notice::Deleted(report) => notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete),
+                Notice::Lost => Some(Event::Lost),
+            })),
+            Some(Err(err)) => {
+                log::error!("reading fanotify: {err}; deletions it reported are found by snapshots from now on");
+                src.group = None;
+                events.push(Event::Lost);
+            }
+            None => {}
         }
         for mut event in events {
             if let Event::Delete(d) = &mut event {

@@ -11,10 +11,10 @@
 use std::{
     ffi::OsStr,
     os::{
-        fd::{AsFd, AsRawFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -36,6 +36,9 @@ use crate::{
 const LAST_LINK: u32 = 1;
 
 pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<Deletion> {
+    // When the deletion happened is not reported: pin latency counts from
+    // here, when the reader got to it.
+    let read_ns = monotonic_ns();
     let anchor = anchors.by_fsid(r.fsid)?;
     let (grabbed, over_budget, nothing_held) = match pins::by_encoded_handle(anchor.fd(), &r.target, budget) {
         Ok((pin, meta)) if meta.is_regular() && meta.nlink == 0 => {
@@ -55,10 +58,7 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
         gid: m.gid,
         mode: m.mode,
     });
-    let dir_path = dir.and_then(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok());
-    let path_complete = dir_path.is_some();
-    let mut path = anchor.root.join(dir_path.unwrap_or_default().strip_prefix("/").unwrap_or(&PathBuf::new()));
-    path.push(OsStr::from_bytes(&r.name));
+    let (path, path_complete) = place_in(&anchor.root, dir, &r.name);
     let (uid, comm) = deleter(r.pid);
     let victim = grabbed.as_ref().map(|g| Victim {
         inode: InodeId { dev: anchor.dev, ino: g.meta.ino },
@@ -74,7 +74,7 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
     });
     Some(Deletion {
         op: Op::Unlink,
-        ktime_ns: monotonic_ns(),
+        ktime_ns: read_ns,
         pid: r.pid,
         uid,
         comm,
@@ -92,6 +92,23 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
         over_budget,
         nothing_held,
     })
+}
+
+/// The path of `name` in directory `dir`, from the root of the filesystem,
+/// and whether it can be trusted whole. The directory's path is read
+/// through the anchor, relative to the root of the mount it copied
+/// (`root` in the filesystem): right when that mount shows the whole
+/// filesystem; through a bind mount of a subtree a directory outside it
+/// would be misplaced, and a directory removed since reads "… (deleted)":
+/// either makes the path incomplete.
+fn place_in(root: &Path, dir: Option<OwnedFd>, name: &[u8]) -> (PathBuf, bool) {
+    let read = dir.and_then(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok());
+    let complete = read.as_ref().is_some_and(|p| !p.as_os_str().as_bytes().ends_with(b" (deleted)"))
+        && root == Path::new("/");
+    let inside = read.unwrap_or_default();
+    let mut path = root.join(inside.strip_prefix("/").unwrap_or(&inside));
+    path.push(OsStr::from_bytes(name));
+    (path, complete)
 }
 
 /// The deleter's real uid and name, if it is still there to ask; fanotify

@@ -152,20 +152,22 @@ impl Probes {
     }
 
     /// Attaches the release probes: the syscall tracepoints in the
-    /// tracepoint tier, `__fput` in the VFS tiers (none in the fs tier).
-    pub fn attach_release(&mut self) -> Result<()> {
+    /// tracepoint tier, `__fput` in the VFS tiers (none in the fs tier, nor
+    /// where the kernel refused `__fput`). Returns whether it attached any.
+    pub fn attach_release(&mut self) -> Result<bool> {
         match (self.tier, self.fput) {
             (Tier::Tracepoint, _) if self.release_links.is_empty() => {
                 self.release_links = self.attach(RELEASE)?;
                 log::debug!("release probes attached");
+                Ok(true)
             }
             (Tier::Fentry | Tier::Kprobe, Some(kind)) if self.fput_link.is_none() => {
                 self.fput_link = Some(vfs::attach_fput(&mut self.ebpf, kind)?);
                 log::debug!("final-release hook attached");
+                Ok(true)
             }
-            _ => {}
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     /// Detaching waits for RCU grace periods (tens of ms per link), so the

@@ -6,9 +6,9 @@
 //! anchors as they are opened.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,8 +23,10 @@ use crate::{
 /// Filesystems whose deletions fanotify reports to the fs tier (its own
 /// hooks are ext4's): those that can encode a file handle, so that each
 /// report names the inode, and that a user cannot mount (FUSE could make a
-/// mark or an open wait).
-const NOTIFIED: &[&str] = &["tmpfs", "xfs", "btrfs"];
+/// mark or an open wait). Not btrfs: stat(2) gives each subvolume a device
+/// of its own, unlike mountinfo, and inode numbers repeat across them, so
+/// unrm's (device, inode) identity does not hold there.
+const NOTIFIED: &[&str] = &["tmpfs", "xfs"];
 
 /// Filesystems anchored at most (each anchor is a descriptor, inside the
 /// budget's reserve); past it, the rest are pinned by snapshot.
@@ -38,8 +40,12 @@ pub struct Anchoring {
     /// The host's mount table, re-read when the kernel says it changed.
     views: Views,
     /// Filesystems asked for, and when: not asked again within
-    /// `RETRY_AFTER` (an open that failed or still waits on its worker).
+    /// `RETRY_AFTER` of an open that failed.
     asked: HashMap<u64, Instant>,
+    /// Opens queued or running on a worker: never asked again meanwhile
+    /// (a worker stuck on a filesystem would otherwise collect one more
+    /// every `RETRY_AFTER`).
+    opening: Arc<Mutex<HashSet<u64>>>,
     group: Option<Arc<Group>>,
     /// When the mount table was last looked at.
     looked: Instant,
@@ -47,7 +53,14 @@ pub struct Anchoring {
 
 impl Anchoring {
     pub fn new(anchors: Arc<Anchors>, group: Option<Arc<Group>>) -> Self {
-        Anchoring { anchors, views: Views::new(), asked: HashMap::new(), group, looked: Instant::now() }
+        Anchoring {
+            anchors,
+            views: Views::new(),
+            asked: HashMap::new(),
+            opening: Arc::default(),
+            group,
+            looked: Instant::now(),
+        }
     }
 }
 
@@ -69,7 +82,7 @@ impl Engine {
     /// the mount table and a lookup per filesystem.
     pub(super) fn refresh_anchors(&mut self) {
         self.anchoring.looked = Instant::now();
-        let Anchoring { anchors, views, asked, group, .. } = &mut self.anchoring;
+        let Anchoring { anchors, views, asked, opening, group, .. } = &mut self.anchoring;
         let Some(host) = views.host() else { return };
         let wanted: Vec<Wanted> = host
             .filesystems()
@@ -87,9 +100,10 @@ impl Engine {
             })
             .collect();
         for (dev, anchor) in anchors.remove_unless(|dev| wanted.iter().any(|w| w.dev == dev)) {
-            // Dropped on its worker: the last close of a detached mount can
-            // write the filesystem back.
-            self.workers.lanes.run(dev, Box::new(move || drop(anchor)));
+            // Closed on its worker: the last close of a detached mount can
+            // write the filesystem back, which the reader must not be the
+            // one to wait for (it may hold the anchor for a moment still).
+            self.workers.lanes.run(dev, Box::new(move || close_last(anchor)));
         }
         asked.retain(|_, at| at.elapsed() < RETRY_AFTER);
         let lanes = &mut self.workers.lanes;
@@ -97,9 +111,19 @@ impl Engine {
             if anchors.len() >= MAX_ANCHORS || anchors.contains(w.dev) || asked.contains_key(&w.dev) {
                 continue;
             }
+            if !opening.lock().unwrap().insert(w.dev) {
+                continue;
+            }
             asked.insert(w.dev, Instant::now());
-            let (anchors, group) = (anchors.clone(), group.clone().filter(|_| w.notified));
-            lanes.run_first(w.dev, Box::new(move || w.open(&anchors, group.as_deref())));
+            let (anchors, group, opening) = (anchors.clone(), group.clone().filter(|_| w.notified), opening.clone());
+            lanes.run_first(
+                w.dev,
+                Box::new(move || {
+                    let dev = w.dev;
+                    w.open(&anchors, group.as_deref());
+                    opening.lock().unwrap().remove(&dev);
+                }),
+            );
         }
     }
 }
@@ -118,15 +142,30 @@ impl Wanted {
     /// On the filesystem's worker: opens the anchor, marks the filesystem
     /// for `group` if given, publishes the anchor.
     fn open(self, anchors: &Anchors, group: Option<&Group>) {
-        let anchor = match Anchor::open(&self.point, &self.root, self.dev, self.layout) {
+        let mut anchor = match Anchor::open(&self.point, &self.root, self.dev, self.layout) {
             Ok(anchor) => anchor,
             Err(err) => return log::debug!("no handle anchor on {}: {err}", self.point.display()),
         };
-        if let Some(group) = group
-            && let Err(err) = group.watch(anchor.fd())
-        {
-            log::warn!("deletions on {} will be found by snapshots only: fanotify: {err}", self.point.display());
+        if let Some(group) = group {
+            match group.watch(anchor.fd()) {
+                Ok(()) => anchor.notified = true,
+                Err(err) => {
+                    log::warn!("deletions on {} are found by snapshots only: fanotify: {err}", self.point.display())
+                }
+            }
         }
         anchors.insert(self.dev, anchor);
+    }
+}
+
+/// Drops `anchor` once nobody else holds it (the reader keeps a clone for
+/// the length of one `open_by_handle_at`).
+fn close_last(mut anchor: Arc<Anchor>) {
+    loop {
+        match Arc::try_unwrap(anchor) {
+            Ok(last) => return drop(last),
+            Err(shared) => anchor = shared,
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

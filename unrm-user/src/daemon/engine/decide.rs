@@ -21,7 +21,7 @@ use crate::{
         lanes,
     },
     holders::{HeldFile, Hold, InodeId, Snapshot},
-    ingest::{Deletion, Grab, UNKNOWN_UID},
+    ingest::{Deletion, Grab},
     pins::{self, AclCache, Holding, Meta, Pin, PinFd, Place, Refused},
     policy::Scratch,
     record::{Deleter, Op, Record, Status, holders_of, nanos},
@@ -158,7 +158,8 @@ impl Engine {
             Some(v) => snapshot.files.get(&v.inode),
             None => snapshot
                 .by_path(&p.deletion.path, |inode| self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan))
-                .or_else(|| snapshot.files.get(&self.pins.scanned_at(&p.deletion.path)?)),
+                .or_else(|| snapshot.files.get(&self.pins.scanned_at(&p.deletion.path)?))
+                .filter(|held| may_claim(p.deletion.uid, held)),
         };
         if let Some(held) = found {
             if self.pins.contains(&held.inode) {
@@ -507,14 +508,25 @@ impl Engine {
 /// keeps someone else's deleted files alive pays for them, not their owner:
 /// otherwise anyone able to read another user's files could use up that
 /// user's pins, and with them evict that user's captures.
+/// Whether a deletion that names only a path (no hook saw its inode) may be
+/// taken for the deletion of `held`, found at that path: only if its
+/// deleter is root, the owner or a holder. Anyone may create and delete a
+/// file of the same name in `/tmp`; that must not rewrite who deleted
+/// another user's file, nor when.
+fn may_claim(deleter: u32, held: &HeldFile) -> bool {
+    deleter == 0 || deleter == held.uid || held.holds.iter().any(|h| h.uid == deleter)
+}
+
 /// Whom a new pin counts against: as `charged_to` while anything holds the
 /// file; once every holder let go before a snapshot could name them, the
 /// deleter (whose uid the probes read), so that deleting someone else's
-/// file and letting go of it at once charges oneself, not its owner. The
-/// owner only when even the deleter is unknown (fanotify could not tell).
+/// file and letting go of it at once charges oneself, not its owner. A
+/// deleter nobody could name (fanotify gives a pid, and it may be gone) is
+/// charged as `UNKNOWN_UID`, an account of its own with the per-user
+/// limits of anyone: never the owner, whom that would let anyone charge.
 fn payer(owner: u32, holds: &[Hold], deleter: Option<u32>) -> u32 {
     match deleter {
-        Some(deleter) if holds.is_empty() && deleter != UNKNOWN_UID => deleter,
+        Some(deleter) if holds.is_empty() => deleter,
         _ => charged_to(owner, holds),
     }
 }
@@ -577,7 +589,7 @@ fn fill_meta(record: &mut Record, inode: InodeId, meta: &Meta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::holders::HolderKind;
+    use crate::{holders::HolderKind, ingest::UNKNOWN_UID};
 
     fn hold(uid: u32) -> Hold {
         Hold { kind: HolderKind::Fd, pid: 7, uid, comm: "holder".into(), fd: 3, vm_start: 0, vm_end: 0 }
@@ -593,8 +605,26 @@ mod tests {
         // Every holder let go before a snapshot named them: the deleter,
         // never the owner (deleting and closing another's file at once).
         assert_eq!(payer(owner, &[], Some(deleter)), deleter);
-        // Not even the deleter is known.
-        assert_eq!(payer(owner, &[], Some(UNKNOWN_UID)), owner);
+        // A deleter nobody could name pays as the unknown account.
+        assert_eq!(payer(owner, &[], Some(UNKNOWN_UID)), UNKNOWN_UID);
+        // A file a snapshot found, with no deletion known.
         assert_eq!(payer(owner, &[], None), owner);
+    }
+
+    #[test]
+    fn only_root_the_owner_or_a_holder_may_claim_a_file_by_its_path() {
+        let (owner, reader, stranger) = (1000, 1001, 1002);
+        let held = HeldFile {
+            inode: InodeId { dev: 1, ino: 2 },
+            path: "/tmp/x".into(),
+            size: 1,
+            mode: 0o100644,
+            uid: owner,
+            gid: owner,
+            holds: vec![hold(reader)],
+            parent: None,
+        };
+        assert!(may_claim(0, &held) && may_claim(owner, &held) && may_claim(reader, &held));
+        assert!(!may_claim(stranger, &held), "anyone can delete a file of that name in /tmp");
     }
 }

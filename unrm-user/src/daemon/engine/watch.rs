@@ -121,7 +121,7 @@ impl Watches {
         // the next snapshot, and the pin keeps the content safe until then.
         if had_holders && probes.tier() != Tier::Fs && !probes.release_attached() {
             return match probes.attach_release() {
-                Ok(()) => true,
+                Ok(attached) => attached,
                 Err(err) => {
                     self.attach_errors += 1;
                     log::warn!("attaching the release probes: {err:#}; releases are noticed by snapshots");
