@@ -200,3 +200,55 @@ fn a_state_directory_another_user_could_touch_is_refused() {
     std::os::unix::fs::symlink(&good, &link).unwrap();
     assert_one_line_error(&start(&link), "symbolic link");
 }
+
+/// The everyday forms: a restore by path (the newest record of it that
+/// still has its content, the path relative to the current directory), a
+/// listing relative to the current directory, and absolute times.
+#[test]
+fn restore_by_path_and_list_from_here_and_between_times() {
+    let fs = Mount::ext4();
+    let dir = fs.path.join("proj");
+    std::fs::create_dir(&dir).unwrap();
+    let daemon = Daemon::start();
+    let here = |args: &[&str]| {
+        let mut cmd = Command::new(unrm_bin());
+        cmd.current_dir(&dir).arg("--socket").arg(&daemon.socket).args(args).output().unwrap()
+    };
+    let listed = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = here(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    };
+    let notes = dir.join("notes.txt");
+    let mut between = String::new();
+    for (i, content) in [&b"first"[..], b"second"].into_iter().enumerate() {
+        std::fs::write(&notes, content).unwrap();
+        let holder = Holder::fd(&notes);
+        rm(&notes, None);
+        daemon.wait_record(&notes, "held");
+        holder.exit();
+        daemon.wait_record(&notes, "captured");
+        if i == 0 {
+            between = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        }
+    }
+    let gone = fs.file("proj/gone", b"x");
+    rm(&gone, None);
+    daemon.wait_record(&gone, "unheld");
+
+    let out = here(&["restore", "--path", "notes.txt"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&notes).unwrap(), b"second", "the newest record with content");
+    assert_one_line_error(&here(&["restore", "--path", "./gone"]), "no record with its content");
+    assert_one_line_error(&here(&["restore", "--path", "never-here"]), "no deletion of this path");
+    assert_one_line_error(&here(&["restore"]), "--path");
+
+    assert_eq!(listed(&["list", "--json", "--path", "."]).len(), 3);
+    assert_eq!(listed(&["list", "--json", "--path", "*.txt"]).len(), 2);
+    assert_eq!(listed(&["list", "--json", "--path", "../proj/gone"]).len(), 1);
+    let older = listed(&["list", "--json", "--path", "*.txt", "--until", &between]);
+    let newer = listed(&["list", "--json", "--path", "*.txt", "--since", &between]);
+    assert_eq!((older.len(), newer.len()), (1, 1), "{older:?} {newer:?}");
+    assert!(older[0]["id"].as_i64() < newer[0]["id"].as_i64());
+    assert_one_line_error(&here(&["list", "--since", "last tuesday"]), "not a duration");
+}

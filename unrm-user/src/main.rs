@@ -36,9 +36,11 @@ fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(err) if err.use_stderr() => {
-            // One line: clap's first, without its "error: " prefix.
+            // One line: clap's first paragraph (a list of what is missing
+            // follows its first line), without its "error: " prefix.
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
+            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let first = if first.is_empty() { "bad arguments".to_owned() } else { first.join(" ") };
             eprintln!("unrm: {}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }

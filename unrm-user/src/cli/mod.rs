@@ -7,6 +7,7 @@ pub use format::clean;
 mod restore;
 mod scan;
 mod show;
+mod when;
 
 use std::{
     path::PathBuf,
@@ -81,10 +82,15 @@ enum Command {
     List {
         #[arg(long)]
         json: bool,
-        /// Only deletions within this long ago (e.g. 10m, 2h, 3days).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        since: Option<Duration>,
-        /// Only paths matching this glob (`*` also matches `/`).
+        /// Only deletions since then: a duration ago (10m, 2h, 3days) or a
+        /// time (2026-11-28T10:00:00Z, "2026-11-28 10:00" local, 2026-11-28).
+        #[arg(long, value_name = "WHEN", value_parser = when::parse_when)]
+        since: Option<SystemTime>,
+        /// Only deletions until then (the same forms as --since).
+        #[arg(long, value_name = "WHEN", value_parser = when::parse_when)]
+        until: Option<SystemTime>,
+        /// Only paths matching this glob (`*` also matches `/`); a relative
+        /// one starts in the current directory (`.` is all under it).
         #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
         path: Option<String>,
         /// Only records in this status: held, captured, missed, unheld, skipped,
@@ -103,7 +109,12 @@ enum Command {
     },
     /// Bring a deleted file back, byte for byte, with its mode and owner.
     Restore {
-        id: i64,
+        /// The record (see `unrm list`).
+        id: Option<i64>,
+        /// Instead of an id: the newest record of this path (relative to the
+        /// current directory) that still has its content.
+        #[arg(long, conflicts_with = "id")]
+        path: Option<PathBuf>,
         /// Where to write it (default: where it was). An existing directory
         /// receives the file under its original name.
         #[arg(long)]
@@ -148,9 +159,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 client_timeout,
             })?;
         }
-        Command::List { json, since, path, status, limit } => {
-            let since_ns = since.map(|ago| nanos(SystemTime::now() - ago));
-            let records = list(&cli.socket, since_ns, status, path, limit)?;
+        Command::List { json, since, until, path, status, limit } => {
+            let cwd = std::env::current_dir()?;
+            let filters = Filters {
+                since_ns: since.map(nanos),
+                until_ns: until.map(nanos),
+                status,
+                path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
+            };
+            let records = list(&cli.socket, &filters, limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -167,7 +184,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 show::detail(&record);
             }
         }
-        Command::Restore { id, to, force } => restore::run(&cli.socket, id, to, force)?,
+        Command::Restore { id, path, to, force } => {
+            let id = match (id, path) {
+                (Some(id), _) => id,
+                (None, Some(path)) => newest_restorable(&cli.socket, &path)?,
+                (None, None) => bail!("name a record: its id, or its path with --path"),
+            };
+            restore::run(&cli.socket, id, to, force)?
+        }
         Command::Scan { json } => scan::run(&cli.socket, json)?,
         Command::Status { json } => {
             let Response::Status { status } = call(&cli.socket, &Request::Status)? else {
@@ -190,21 +214,27 @@ fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
     Ok(Client::connect(socket)?.call(request)?.0)
 }
 
-/// Every record the filters select, up to `limit` (0: all), page by page:
-/// the daemon answers a listing in bounded pages.
-fn list(
-    socket: &std::path::Path,
+/// What `unrm list` selects.
+struct Filters {
     since_ns: Option<i64>,
+    until_ns: Option<i64>,
     status: Option<Status>,
+    /// An absolute glob.
     path: Option<String>,
-    limit: usize,
-) -> Result<Vec<crate::record::Record>> {
+}
+
+/// Every record the filters select, newest first, up to `limit` (0: all),
+/// page by page: the daemon answers a listing in bounded pages.
+fn list(socket: &std::path::Path, f: &Filters, limit: usize) -> Result<Vec<crate::record::Record>> {
     let mut client = Client::connect(socket)?;
     let mut records = Vec::new();
-    let mut after = None;
+    // The listing walks back in time from its cursor: starting it just
+    // after `until` leaves out what came later.
+    let mut after = f.until_ns.map(|until| (until.saturating_add(1), i64::MIN));
     loop {
         let want = if limit == 0 { 0 } else { limit - records.len() };
-        let request = Request::List { since_ns, status, path: path.clone(), limit: want, after };
+        let request =
+            Request::List { since_ns: f.since_ns, status: f.status, path: f.path.clone(), limit: want, after };
         let Response::Records { records: page, next } = client.call(&request)?.0 else {
             bail!("unexpected answer")
         };
@@ -213,6 +243,27 @@ fn list(
             Some(at) if limit == 0 || records.len() < limit => after = Some(at),
             _ => return Ok(records),
         }
+    }
+}
+
+/// The newest record of `path` that a restore can bring back (held or
+/// captured), among those the caller may see.
+fn newest_restorable(socket: &std::path::Path, path: &std::path::Path) -> Result<i64> {
+    let path = when::absolute_path(path, &std::env::current_dir()?);
+    let glob = globset::escape(&path.to_string_lossy());
+    let filters = Filters { since_ns: None, until_ns: None, status: None, path: Some(glob) };
+    let records = list(socket, &filters, 0)?;
+    let restorable = records.iter().find(|r| matches!(r.status, Status::Held | Status::Captured));
+    match (restorable, records.first()) {
+        (Some(r), _) => Ok(r.id),
+        (None, Some(newest)) => bail!(
+            "{}: no record with its content ({} records; the newest, {}, is {})",
+            format::clean(&path.to_string_lossy()),
+            records.len(),
+            newest.id,
+            newest.status.as_str()
+        ),
+        (None, None) => bail!("{}: no deletion of this path is recorded", format::clean(&path.to_string_lossy())),
     }
 }
 
