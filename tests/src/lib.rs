@@ -106,16 +106,24 @@ impl Daemon {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let state_dir = dir.path().join("state");
-        Self::start_at(dir, state_dir, extra)
+        Self::start_at(dir, state_dir, extra, &[])
+    }
+
+    /// Starts a daemon with these environment variables set (as a service
+    /// manager would).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        Self::start_at(dir, state_dir, &[], env)
     }
 
     /// Starts a daemon whose state lives in `state_dir`, anywhere (its
     /// socket and log stay in a directory of their own).
     pub fn start_with_state(state_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_at(tempfile::tempdir().unwrap(), state_dir.to_path_buf(), extra)
+        Self::start_at(tempfile::tempdir().unwrap(), state_dir.to_path_buf(), extra, &[])
     }
 
-    fn start_at(dir: tempfile::TempDir, state_dir: PathBuf, extra: &[&str]) -> Self {
+    fn start_at(dir: tempfile::TempDir, state_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let socket = dir.path().join("unrm.sock");
         let log = dir.path().join("daemon.log");
         let mut child = Command::new(unrm_bin())
@@ -126,6 +134,7 @@ impl Daemon {
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "debug,aya=info,aya_obj=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -24,6 +24,7 @@ mod faults;
 mod fs_tier;
 mod layout;
 mod policy;
+mod service;
 mod stuck;
 mod tiers;
 mod users;

@@ -17,6 +17,7 @@ mod exits;
 mod jobs;
 mod lanes;
 mod sched;
+mod systemd;
 
 use std::{
     fs::File,
@@ -90,7 +91,8 @@ pub fn run(opts: Options) -> Result<()> {
         watch_entries: opts.watch_entries,
     };
     let mut probes = Probes::load(&load)?;
-    log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
+    let tier_name = probes.tier().name();
+    log::info!("probes attached ({tier_name} tier; hooks: {:?})", probes.fs_hooks());
     log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);
     let ring = probes.take_events()?;
     let logger = probes.logger();
@@ -137,7 +139,8 @@ pub fn run(opts: Options) -> Result<()> {
         Ok(())
     })?;
 
-    let serving = Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats };
+    let status = format!("{} tier; serving {}", tier_name, opts.socket.display());
+    let serving = Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
     let served = runtime.block_on(serve(serving, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
@@ -187,6 +190,8 @@ struct Serving<'a, F> {
     tx: std::sync::mpsc::Sender<Msg>,
     load_policy: &'a F,
     stats: Arc<ServerStats>,
+    /// What the service manager shows (`systemctl status`).
+    status: String,
 }
 
 /// Serves the socket until a signal asks to stop (Ok) or something the
@@ -195,11 +200,13 @@ async fn serve<F: Fn() -> Result<Policy>>(
     serving: Serving<'_, F>,
     mut fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Result<()> {
-    let Serving { opts, tx, load_policy, stats } = serving;
+    let Serving { opts, tx, load_policy, stats, status } = serving;
     let listener = server::bind(&opts.socket)?;
     log::info!("serving {}", opts.socket.display());
     println!("ready");
     std::io::stdout().flush()?;
+    let notifier = systemd::Notifier::from_env();
+    notifier.ready(&status);
     let api_tx = tx.clone();
     let handler: Handler = Arc::new(move |request, caller| {
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -216,18 +223,24 @@ async fn serve<F: Fn() -> Result<Policy>>(
         tokio::select! {
             () = &mut serving => bail!("the socket server stopped"),
             Some(why) = fatal.recv() => bail!("{why}; exiting so that a supervisor can restart unrm"),
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
             // A bad file is reported and the running policy kept.
-            _ = hup.recv() => match load_policy() {
-                Ok(policy) => {
-                    log::info!("policy reloaded");
-                    let _ = tx.send(Msg::Reload(Box::new(policy)));
+            _ = hup.recv() => {
+                notifier.reloading();
+                match load_policy() {
+                    Ok(policy) => {
+                        log::info!("policy reloaded");
+                        let _ = tx.send(Msg::Reload(Box::new(policy)));
+                    }
+                    Err(err) => log::error!("policy not reloaded: {err:#}"),
                 }
-                Err(err) => log::error!("policy not reloaded: {err:#}"),
-            },
+                notifier.reloaded(&status);
+            }
         }
     }
+    notifier.stopping();
+    Ok(())
 }
 
 /// The threads the daemon cannot work without, and how their end is told.

@@ -47,6 +47,7 @@ use super::{
     exits::{ExitStats, Exited, Watch},
     jobs::Done,
     lanes::Lanes,
+    systemd::Watchdog,
 };
 use crate::{
     access::Caller,
@@ -215,8 +216,14 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Msg>) {
         let mut next_rescan = Instant::now() + self.cfg.rescan_every;
         let mut requests = VecDeque::new();
+        // Pinged once per turn of this loop: a stuck engine stops the pings.
+        let mut watchdog = Watchdog::from_env();
         loop {
+            watchdog.ping();
             let mut deadline = next_rescan;
+            if let Some(due) = watchdog.due_in() {
+                deadline = deadline.min(Instant::now() + due);
+            }
             if let Some(at) = self.timers.recheck_at {
                 deadline = deadline.min(at);
             }

@@ -1,0 +1,48 @@
+//! Under a service manager: the daemon speaks `sd_notify(3)`'s protocol on
+//! `$NOTIFY_SOCKET` (READY=1 once it serves, RELOADING=1 then READY=1
+//! around a reload, WATCHDOG=1 from the engine's loop, STOPPING=1), as a
+//! `Type=notify` unit with `WatchdogSec=` needs. Here the test plays
+//! systemd's part with a datagram socket of its own.
+
+use std::{os::unix::net::UnixDatagram, time::Duration};
+
+use unrm_tests::Daemon;
+
+/// Messages until one contains `want`; panics after a while.
+fn until(socket: &UnixDatagram, want: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    loop {
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no {want:?} (got {seen:?}): {e}"));
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains(want) {
+            return message;
+        }
+        seen.push(message);
+    }
+}
+
+#[test]
+fn the_service_manager_hears_ready_reload_watchdog_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let notify = path.to_str().unwrap();
+    // systemd pings at half of WatchdogSec; 2 s here.
+    let daemon = Daemon::start_with_env(&[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "2000000")]);
+    let ready = until(&socket, "READY=1");
+    assert!(ready.contains("STATUS=") && ready.contains("tier"), "{ready}");
+    assert!(ready.contains(&format!("MAINPID={}", daemon.pid())), "{ready}");
+    // The daemon said "ready" on stdout first: it serves already.
+    assert!(daemon.status()["probes"]["attached"].as_bool().unwrap());
+
+    until(&socket, "WATCHDOG=1");
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let reloading = until(&socket, "RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    until(&socket, "READY=1");
+    daemon.stop();
+    until(&socket, "STOPPING=1");
+}
