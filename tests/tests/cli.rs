@@ -252,3 +252,30 @@ fn restore_by_path_and_list_from_here_and_between_times() {
     assert!(older[0]["id"].as_i64() < newer[0]["id"].as_i64());
     assert_one_line_error(&here(&["list", "--since", "last tuesday"]), "not a duration");
 }
+
+/// `--btf` reads the kernel's BTF from a file of one's choosing (a kernel
+/// that keeps it elsewhere); a missing or bad one is one line naming it.
+#[test]
+fn the_kernels_btf_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &copy).unwrap();
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--btf", copy.to_str().unwrap()]);
+    assert!(daemon.status()["probes"]["attached"].as_bool().unwrap());
+    drop(daemon);
+
+    let garbage = dir.path().join("garbage.btf");
+    std::fs::write(&garbage, b"not BTF at all, not even close to it").unwrap();
+    let missing = dir.path().join("missing.btf");
+    for (path, says) in [(&missing, "missing.btf"), (&garbage, "garbage.btf: not little-endian BTF")] {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(unrm_bin())
+            .args(["--socket", dir.path().join("s.sock").to_str().unwrap(), "daemon", "--state-dir"])
+            .arg(state.path().join("state"))
+            .arg("--btf")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, says);
+    }
+}

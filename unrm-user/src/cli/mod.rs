@@ -71,6 +71,10 @@ enum Command {
         /// How often to reconcile with the kernel's state without events.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         rescan_interval: Duration,
+        /// The kernel's BTF, for a kernel that keeps it elsewhere than
+        /// /sys/kernel/btf/vmlinux (the kernel structures' layout comes from it).
+        #[arg(long, value_name = "PATH")]
+        btf: Option<PathBuf>,
         /// Entries in the probes' watch tables (tests use a small one).
         #[arg(long, hide = true)]
         watch_entries: Option<u32>,
@@ -144,12 +148,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ring_size,
             tier,
             rescan_interval,
+            btf,
             watch_entries,
             client_timeout,
         } => {
             daemon::run(daemon::Options {
                 config,
                 tier,
+                btf,
                 state_dir,
                 socket: cli.socket,
                 max_file_size,

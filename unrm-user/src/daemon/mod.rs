@@ -56,6 +56,8 @@ use crate::{
 pub struct Options {
     pub config: Option<PathBuf>,
     pub tier: probe::Tier,
+    /// The kernel's BTF, when not in /sys/kernel/btf/vmlinux.
+    pub btf: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub max_file_size: Option<u64>,
@@ -89,6 +91,7 @@ pub fn run(opts: Options) -> Result<()> {
         ring_bytes: opts.ring_bytes,
         hooks: true,
         watch_entries: opts.watch_entries,
+        btf: opts.btf.clone(),
     };
     let mut probes = Probes::load(&load)?;
     let tier_name = probes.tier().name();

@@ -55,11 +55,17 @@ struct TypeHeader {
 }
 
 impl KernelBtf {
-    pub fn load() -> Result<Self> {
-        let data = std::fs::read(VMLINUX).with_context(|| {
-            format!("reading {VMLINUX} (unrm needs a kernel built with CONFIG_DEBUG_INFO_BTF)")
+    /// The BTF at `path`, or the running kernel's own.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self> {
+        let path = path.unwrap_or(std::path::Path::new(VMLINUX));
+        let data = std::fs::read(path).with_context(|| {
+            format!(
+                "reading the kernel's BTF from {} (unrm needs a kernel built with CONFIG_DEBUG_INFO_BTF, \
+                 or --btf naming where its BTF is)",
+                path.display()
+            )
         })?;
-        Self::parse(data)
+        Self::parse(data).with_context(|| format!("the BTF in {}", path.display()))
     }
 
     fn parse(data: Vec<u8>) -> Result<Self> {
@@ -68,7 +74,7 @@ impl KernelBtf {
             Ok(u32::from_le_bytes(bytes.try_into().unwrap()))
         };
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-            bail!("{VMLINUX} is not little-endian BTF");
+            bail!("not little-endian BTF");
         }
         let header_len = u32_at(4)? as usize;
         let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
@@ -340,7 +346,7 @@ mod tests {
     /// in a known order come out in that order.
     #[test]
     fn running_kernel_offsets_resolve() {
-        let btf = KernelBtf::load().expect("kernel BTF");
+        let btf = KernelBtf::load(None).expect("kernel BTF");
         let o = btf.probe_offsets().expect("offsets");
         assert!(o.path_dentry > o.path_mnt, "struct path is {{ mnt, dentry }}");
         assert_eq!(o.path_mnt, 0);
@@ -353,7 +359,7 @@ mod tests {
 
     #[test]
     fn vfs_arguments_are_found_by_name() {
-        let btf = KernelBtf::load().expect("kernel BTF");
+        let btf = KernelBtf::load(None).expect("kernel BTF");
         let args = btf.vfs_args().expect("vfs_unlink and vfs_rename");
         // vfs_unlink(idmap or userns, dir, dentry, delegated_inode) since 5.12.
         assert_eq!(args.unlink_dentry, 2);
@@ -364,7 +370,7 @@ mod tests {
 
     #[test]
     fn missing_fields_are_named_in_the_error() {
-        let btf = KernelBtf::load().expect("kernel BTF");
+        let btf = KernelBtf::load(None).expect("kernel BTF");
         let err = btf.offset("inode", &["no_such_field"]).unwrap_err().to_string();
         assert!(err.contains("no_such_field"), "{err}");
         assert!(btf.offset("no_such_struct_unrm", &["x"]).is_err());

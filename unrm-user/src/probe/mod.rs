@@ -38,6 +38,8 @@ pub struct LoadOptions {
     /// Entries in the watch tables (inodes and processes), when not the
     /// object's own sizes.
     pub watch_entries: Option<u32>,
+    /// Where the kernel's BTF is, when not in `/sys/kernel/btf/vmlinux`.
+    pub btf: Option<std::path::PathBuf>,
 }
 
 pub struct Probes {
@@ -63,7 +65,7 @@ impl Probes {
         }
         raise_memlock();
         let started = std::time::Instant::now();
-        let kernel_btf = btf::KernelBtf::load()?;
+        let kernel_btf = btf::KernelBtf::load(opts.btf.as_deref())?;
         let offsets = kernel_btf.probe_offsets()?;
         // Missing in a kernel whose VFS changed shape: the fentry tier then
         // refuses to load, saying so.
