@@ -279,3 +279,39 @@ fn the_kernels_btf_can_come_from_a_file() {
         assert_one_line_error(&out, says);
     }
 }
+
+/// `restore --all` with the listing's filters: everything one process
+/// deleted comes back, one line per record; what cannot be restored is
+/// said per record, the rest still restored, and the exit is nonzero.
+#[test]
+fn restore_all_brings_back_what_one_process_deleted() {
+    let fs = Mount::ext4();
+    let daemon = Daemon::start();
+    let files: Vec<_> = ["a", "b", "c"].iter().map(|n| fs.file(n, n.as_bytes())).collect();
+    let holders: Vec<Holder> = files.iter().map(|f| Holder::fd(f)).collect();
+    let mut both = Command::new("rm").args([&files[0], &files[1]]).spawn().unwrap();
+    let pid = both.id().to_string();
+    assert!(both.wait().unwrap().success());
+    rm(&files[2], None);
+    for f in &files {
+        daemon.wait_record(f, "held");
+    }
+    let out = daemon.cli(&["restore", "--all", "--pid", &pid]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert_eq!(
+        (std::fs::read(&files[0]).unwrap(), std::fs::read(&files[1]).unwrap()),
+        (b"a".to_vec(), b"b".to_vec())
+    );
+    assert!(!files[2].exists(), "deleted by another process");
+
+    // Both are back: neither is replaced without --force.
+    let again = daemon.cli(&["restore", "--all", "--pid", &pid]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("unrm: record ")).count(), 2, "{stderr}");
+    assert!(stderr.contains("2 of 2 records not restored"), "{stderr}");
+    assert_one_line_error(&daemon.cli(&["restore", "--all", "--pid", "1"]), "no record with its content");
+    assert_one_line_error(&daemon.cli(&["restore", "--pid", "1"]), "--all");
+    drop(holders);
+}

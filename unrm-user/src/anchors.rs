@@ -56,11 +56,17 @@ impl Anchor {
         // found there.
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let dir = rustix::fs::openat2(CWD, point, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS)?;
-        let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH;
+        let clone =
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH;
         let tree = open_tree(&dir, "", clone)?;
         // `open_tree` gives an `O_PATH` descriptor, which open_by_handle_at
         // refuses as its mount descriptor: open the copy's root for real.
-        let fd = rustix::fs::openat(&tree, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat(
+            &tree,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let st = rustix::fs::fstat(&fd)?;
         if st.st_dev != dev {
             return Err(io::Error::other(format!("{} is no longer filesystem {dev:x}", point.display())));

@@ -15,7 +15,9 @@
 //! network filesystems their server's say, and tmpfs finds an inode from
 //! a handle only in the inode hash, where it puts an inode the first time
 //! someone *asks* for its handle (`shmem_encode_fh`) — a file nobody asked
-//! about is `ESTALE` to its handle however many hold it.
+//! about is `ESTALE` to its handle however many hold it. fanotify asks, in
+//! the deleting call, and reports the handle it got: `open_encoded` opens
+//! such a handle as the kernel made it, whatever the filesystem.
 
 use std::{
     io,

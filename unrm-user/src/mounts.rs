@@ -86,9 +86,16 @@ impl Mounts {
         let mut best: HashMap<u64, &'a Mount> = HashMap::new();
         for m in &self.mounts {
             let whole = m.root == Path::new("/");
-            best.entry(m.dev).and_modify(|b| if whole && b.root != Path::new("/") { *b = m }).or_insert(m);
+            best.entry(m.dev)
+                .and_modify(|b| {
+                    if whole && b.root != Path::new("/") {
+                        *b = m
+                    }
+                })
+                .or_insert(m);
         }
-        let filesystem = |m: &'a Mount| Filesystem { dev: m.dev, point: &m.point, root: &m.root, fstype: &m.fstype };
+        let filesystem =
+            |m: &'a Mount| Filesystem { dev: m.dev, point: &m.point, root: &m.root, fstype: &m.fstype };
         best.into_values().map(filesystem).collect()
     }
 

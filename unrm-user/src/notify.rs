@@ -43,7 +43,10 @@ pub struct Group {
 
 impl Group {
     pub fn new() -> io::Result<Group> {
-        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME_TARGET;
+        let flags = libc::FAN_CLASS_NOTIF
+            | libc::FAN_CLOEXEC
+            | libc::FAN_NONBLOCK
+            | libc::FAN_REPORT_DFID_NAME_TARGET;
         // SAFETY: plain system call; the descriptor it returns is ours.
         let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) };
         if fd < 0 {
@@ -57,8 +60,15 @@ impl Group {
     pub fn watch(&self, dir: BorrowedFd) -> io::Result<()> {
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
         // SAFETY: a null path names `dir` itself.
-        let ret =
-            unsafe { libc::fanotify_mark(self.fd.as_raw_fd(), flags, libc::FAN_DELETE, dir.as_raw_fd(), std::ptr::null()) };
+        let ret = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                flags,
+                libc::FAN_DELETE,
+                dir.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
         if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
@@ -92,7 +102,8 @@ fn parse(bytes: &[u8]) -> Vec<Notice> {
         let meta_len = u16::from_ne_bytes(head[6..8].try_into().unwrap()) as usize;
         let mask = u64::from_ne_bytes(head[8..16].try_into().unwrap());
         let pid = i32::from_ne_bytes(head[20..24].try_into().unwrap());
-        let Some(event) = bytes.get(at..at + event_len).filter(|_| event_len >= meta_len.max(METADATA_LEN)) else {
+        let Some(event) = bytes.get(at..at + event_len).filter(|_| event_len >= meta_len.max(METADATA_LEN))
+        else {
             break;
         };
         if mask & libc::FAN_Q_OVERFLOW != 0 {
@@ -116,7 +127,10 @@ fn report(mut infos: &[u8], pid: u32) -> Option<Report> {
         let info = infos.get(4..len.max(4))?;
         infos = &infos[len.max(4)..];
         // fsid (8 bytes), then `struct file_handle`: 4-byte size, 4-byte type.
-        let fsid = [i32::from_ne_bytes(info.get(0..4)?.try_into().ok()?), i32::from_ne_bytes(info.get(4..8)?.try_into().ok()?)];
+        let fsid = [
+            i32::from_ne_bytes(info.get(0..4)?.try_into().ok()?),
+            i32::from_ne_bytes(info.get(4..8)?.try_into().ok()?),
+        ];
         let size = u32::from_ne_bytes(info.get(8..12)?.try_into().ok()?) as usize;
         let handle = info.get(8..16 + size)?.to_vec();
         let rest = &info[16 + size..];
@@ -168,7 +182,8 @@ mod tests {
 
     #[test]
     fn a_delete_report_gives_directory_name_and_target_and_overflow_is_a_loss() {
-        let mut infos = info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [7, 8], &[1, 2, 3, 4, 5, 6, 7, 8], b"gone.txt\0");
+        let mut infos =
+            info(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, [7, 8], &[1, 2, 3, 4, 5, 6, 7, 8], b"gone.txt\0");
         infos.extend(info(libc::FAN_EVENT_INFO_TYPE_FID, [7, 8], &[9; 12], b""));
         let mut bytes = event(libc::FAN_DELETE, 42, &infos);
         bytes.extend(event(libc::FAN_Q_OVERFLOW, -1, &[]));

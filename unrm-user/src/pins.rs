@@ -246,7 +246,11 @@ pub fn by_handle(
 
 /// Pins whatever inode `handle`, as the kernel encoded it (`notify`),
 /// names on the filesystem `mount` is on; the caller judges what it is.
-pub fn by_encoded_handle(mount: BorrowedFd, handle: &[u8], budget: &Arc<Budget>) -> Result<(PinFd, Meta), Refused> {
+pub fn by_encoded_handle(
+    mount: BorrowedFd,
+    handle: &[u8],
+    budget: &Arc<Budget>,
+) -> Result<(PinFd, Meta), Refused> {
     let ticket = budget.take().ok_or(Refused::Budget)?;
     let fd = handle::open_encoded(mount, handle).map_err(Refused::Gone)?;
     let meta = Meta::of(fd.as_fd()).map_err(Refused::Gone)?;

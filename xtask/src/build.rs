@@ -92,7 +92,14 @@ pub fn bench_in_vm(root: &Path, bin: &Path, args: &[String], guest: &crate::vm::
     let Some((table, json)) = out.split_once(MARK) else {
         bail!("the benchmark in the VM failed (exit {code}):\n{out}");
     };
-    print!("{}", table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| measure")).map(|l| format!("{l}\n")).collect::<String>());
+    print!(
+        "{}",
+        table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| measure"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
     let vm: serde_json::Value = serde_json::from_str(json.trim()).context("the VM's report")?;
     let out_path = args
         .iter()

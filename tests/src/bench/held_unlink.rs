@@ -96,8 +96,13 @@ pub fn measure(sizes: &[usize], rounds: usize, per_round: usize, extra: &[&str])
             helpers.push(Holder::devnull(n));
             held += n;
         }
-        let paired = Paired::measure(dir.path(), rounds, per_round, extra, &format!("{size} open descriptors"));
-        rows.push(paired.row(format!("unlink of a held file, {size} open descriptors"), how, json!({ "open_descriptors": size })));
+        let paired =
+            Paired::measure(dir.path(), rounds, per_round, extra, &format!("{size} open descriptors"));
+        rows.push(paired.row(
+            format!("unlink of a held file, {size} open descriptors"),
+            how,
+            json!({ "open_descriptors": size }),
+        ));
         if by_size.is_empty() {
             let overlay = Overlay::on(&fs.path);
             let through = Paired::measure(&overlay.merged, rounds, per_round, extra, "through overlayfs");

@@ -53,7 +53,11 @@ pub enum Machine {
 /// Rows for one probe tier (`extra` are the daemon's arguments).
 pub fn measure(rounds: usize, tier: &str, extra: &[&str], machine: Machine) -> Vec<Row> {
     let scale = if machine == Machine::Emulated { 10 } else { 1 };
-    let label = if machine == Machine::Emulated { format!("{tier} tier, emulated VM") } else { format!("{tier} tier") };
+    let label = if machine == Machine::Emulated {
+        format!("{tier} tier, emulated VM")
+    } else {
+        format!("{tier} tier")
+    };
     // ext4 all the same, but on a RAM-backed loop device: the disk's
     // journal and writeback noise would swamp a few per cent.
     let fs = Mount::ext4_image_in(Path::new("/dev/shm"));

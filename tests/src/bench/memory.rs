@@ -41,7 +41,10 @@ pub fn pinned(files: usize) -> Row {
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let pins = loop {
-        let pins = daemon.json(&["list", "--json", "--status", "held", "--limit", "0"]).as_array().map_or(0, Vec::len);
+        let pins = daemon
+            .json(&["list", "--json", "--status", "held", "--limit", "0"])
+            .as_array()
+            .map_or(0, Vec::len);
         if pins >= files || Instant::now() > deadline {
             break pins;
         }

@@ -73,7 +73,9 @@ pub fn latency(files: usize, extra: &[&str]) -> Row {
     let (p50, p99) = (l["p50"].as_u64().unwrap_or(u64::MAX), l["p99"].as_u64().unwrap_or(u64::MAX));
     Row {
         measure: "pin latency".into(),
-        how: format!("{files} held files deleted 1 ms apart, after one warm-up; from the start of the unlink call"),
+        how: format!(
+            "{files} held files deleted 1 ms apart, after one warm-up; from the start of the unlink call"
+        ),
         result: format!("p50 {p50} µs, p99 {p99} µs ({} fast pins)", status["counters"]["fast_pins"]),
         target: "p50 ≤ 100 µs, p99 ≤ 1 ms".into(),
         met: Some(p50 <= 100 && p99 <= 1000),
@@ -95,12 +97,17 @@ pub fn capture_rate(per_delay: usize, runs: usize, extra: &[&str]) -> Row {
         all_runs.push(curve);
         eprintln!("  capture rate: run {}/{runs}", run + 1);
     }
-    let text: Vec<String> =
-        delays_us.iter().zip(&worst).map(|(us, share)| format!("{} ms: {:.0}%", *us as f64 / 1000.0, share * 100.0)).collect();
+    let text: Vec<String> = delays_us
+        .iter()
+        .zip(&worst)
+        .map(|(us, share)| format!("{} ms: {:.0}%", *us as f64 / 1000.0, share * 100.0))
+        .collect();
     let share_at = |us: u64| delays_us.iter().position(|d| *d == us).map_or(0.0, |i| worst[i]);
     Row {
         measure: "capture rate".into(),
-        how: format!("{per_delay} files per delay, worst of {runs} runs; holder closes that long after the unlink"),
+        how: format!(
+            "{per_delay} files per delay, worst of {runs} runs; holder closes that long after the unlink"
+        ),
         result: text.join(", "),
         target: "100% at ≥ 1 ms in every run".into(),
         met: Some([1000, 2000, 10000].iter().all(|us| share_at(*us) >= 1.0)),

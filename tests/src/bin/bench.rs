@@ -74,7 +74,9 @@ fn main() {
         bench::held_unlink::measure(sizes, if q { 3 } else { 7 }, 100, &[])
     });
     section("pin", &|| vec![bench::pin::latency(if q { 300 } else { 1000 }, &[])]);
-    section("capture", &|| vec![bench::pin::capture_rate(if q { 50 } else { 200 }, if q { 2 } else { 10 }, &[])]);
+    section("capture", &|| {
+        vec![bench::pin::capture_rate(if q { 50 } else { 200 }, if q { 2 } else { 10 }, &[])]
+    });
     section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));
     section("memory", &|| vec![bench::memory::pinned(if q { 2_000 } else { 10_000 })]);
     section("scan", &|| {
@@ -87,7 +89,12 @@ fn main() {
             deleted_each: 5,
             every_process_deletes: false,
         };
-        let all = bench::scan::Shape { files_each: fds_each, deleted_each: fds_each, every_process_deletes: true, ..few };
+        let all = bench::scan::Shape {
+            files_each: fds_each,
+            deleted_each: fds_each,
+            every_process_deletes: true,
+            ..few
+        };
         vec![bench::scan::measure(&few, 5), bench::scan::measure(&all, 5)]
     });
     section("snapshot", &|| bench::snapshot::measure(if q { 256 << 20 } else { 1 << 30 }, 3));

@@ -6,6 +6,7 @@ mod privilege;
 pub use format::clean;
 mod restore;
 mod scan;
+mod select;
 mod show;
 mod when;
 
@@ -25,8 +26,9 @@ use crate::{
     },
     daemon,
     policy::parse_size,
-    record::{Status, nanos},
+    record::{Record, Status, nanos},
 };
+use select::Filters;
 
 #[derive(Parser)]
 #[command(name = "unrm", version, about = "Makes rm undoable for every file some process still holds")]
@@ -112,21 +114,7 @@ enum Command {
         json: bool,
     },
     /// Bring a deleted file back, byte for byte, with its mode and owner.
-    Restore {
-        /// The record (see `unrm list`).
-        id: Option<i64>,
-        /// Instead of an id: the newest record of this path (relative to the
-        /// current directory) that still has its content.
-        #[arg(long, conflicts_with = "id")]
-        path: Option<PathBuf>,
-        /// Where to write it (default: where it was). An existing directory
-        /// receives the file under its original name.
-        #[arg(long)]
-        to: Option<PathBuf>,
-        /// Replace an existing file at the destination.
-        #[arg(long)]
-        force: bool,
-    },
+    Restore(RestoreArgs),
     /// Deleted files that processes hold right now (works without the daemon).
     Scan {
         #[arg(long)]
@@ -137,6 +125,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `unrm restore`: one record (by id or path), or all a listing selects.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The record (see `unrm list`).
+    id: Option<i64>,
+    /// Instead of an id: the newest record of this path (relative to the
+    /// current directory) that still has its content; with --all, a
+    /// glob as for `unrm list`.
+    #[arg(long, conflicts_with = "id")]
+    path: Option<PathBuf>,
+    /// Every record the filters (--path, --since, --until, --pid) select
+    /// that still has its content; of each path, the newest.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// With --all: deleted since then (as for `unrm list`).
+    #[arg(long, value_name = "WHEN", value_parser = when::parse_when, requires = "all")]
+    since: Option<SystemTime>,
+    /// With --all: deleted until then.
+    #[arg(long, value_name = "WHEN", value_parser = when::parse_when, requires = "all")]
+    until: Option<SystemTime>,
+    /// With --all: deleted by this process.
+    #[arg(long, requires = "all")]
+    pid: Option<u32>,
+    /// Where to write it (default: where it was). An existing directory
+    /// receives the file under its original name.
+    #[arg(long)]
+    to: Option<PathBuf>,
+    /// Replace an existing file at the destination.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -173,7 +193,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 status,
                 path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
             };
-            let records = list(&cli.socket, &filters, limit)?;
+            let records = select::list(&cli.socket, &filters, limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -190,14 +210,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 show::detail(&record);
             }
         }
-        Command::Restore { id, path, to, force } => {
-            let id = match (id, path) {
-                (Some(id), _) => id,
-                (None, Some(path)) => newest_restorable(&cli.socket, &path)?,
-                (None, None) => bail!("name a record: its id, or its path with --path"),
-            };
-            restore::run(&cli.socket, id, to, force)?
-        }
+        Command::Restore(args) => return restore_cmd(&cli.socket, args),
         Command::Scan { json } => scan::run(&cli.socket, json)?,
         Command::Status { json } => {
             let Response::Status { status } = call(&cli.socket, &Request::Status)? else {
@@ -220,57 +233,55 @@ fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
     Ok(Client::connect(socket)?.call(request)?.0)
 }
 
-/// What `unrm list` selects.
-struct Filters {
-    since_ns: Option<i64>,
-    until_ns: Option<i64>,
-    status: Option<Status>,
-    /// An absolute glob.
-    path: Option<String>,
+fn restore_cmd(socket: &std::path::Path, args: RestoreArgs) -> Result<ExitCode> {
+    let RestoreArgs { id, path, all, since, until, pid, to, force } = args;
+    if all {
+        let cwd = std::env::current_dir()?;
+        let path = path.map(|glob| when::absolute_glob(&glob.to_string_lossy(), &cwd));
+        let filters = Filters { since_ns: since.map(nanos), until_ns: until.map(nanos), status: None, path };
+        return restore_all(socket, &select::all_of(socket, &filters, pid)?, to, force);
+    }
+    let id = match (id, path) {
+        (Some(id), _) => id,
+        (None, Some(path)) => select::newest_of(socket, &path)?,
+        (None, None) => bail!("name a record: its id, its path with --path, or --all"),
+    };
+    restore::run(socket, id, to, force)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Every record the filters select, newest first, up to `limit` (0: all),
-/// page by page: the daemon answers a listing in bounded pages.
-fn list(socket: &std::path::Path, f: &Filters, limit: usize) -> Result<Vec<crate::record::Record>> {
-    let mut client = Client::connect(socket)?;
-    let mut records = Vec::new();
-    // The listing walks back in time from its cursor: starting it just
-    // after `until` leaves out what came later.
-    let mut after = f.until_ns.map(|until| (until.saturating_add(1), i64::MIN));
-    loop {
-        let want = if limit == 0 { 0 } else { limit - records.len() };
-        let request =
-            Request::List { since_ns: f.since_ns, status: f.status, path: f.path.clone(), limit: want, after };
-        let Response::Records { records: page, next } = client.call(&request)?.0 else {
-            bail!("unexpected answer")
-        };
-        records.extend(page);
-        match next {
-            Some(at) if limit == 0 || records.len() < limit => after = Some(at),
-            _ => return Ok(records),
+/// Restores each record where it was (or into the directory `to`); one
+/// line per record, and a failure of one does not stop the others.
+fn restore_all(
+    socket: &std::path::Path,
+    records: &[Record],
+    to: Option<PathBuf>,
+    force: bool,
+) -> Result<ExitCode> {
+    if records.is_empty() {
+        bail!("no record with its content matches");
+    }
+    let mut failed = 0;
+    for r in records {
+        // Each success says so itself ("restored record …").
+        match restore::run(socket, r.id, to.clone(), force) {
+            Ok(()) => {}
+            Err(err) => {
+                failed += 1;
+                eprintln!(
+                    "unrm: record {} ({}): {}",
+                    r.id,
+                    format::clean(&r.path),
+                    format::clean(&format!("{err:#}"))
+                );
+            }
         }
     }
-}
-
-/// The newest record of `path` that a restore can bring back (held or
-/// captured), among those the caller may see.
-fn newest_restorable(socket: &std::path::Path, path: &std::path::Path) -> Result<i64> {
-    let path = when::absolute_path(path, &std::env::current_dir()?);
-    let glob = globset::escape(&path.to_string_lossy());
-    let filters = Filters { since_ns: None, until_ns: None, status: None, path: Some(glob) };
-    let records = list(socket, &filters, 0)?;
-    let restorable = records.iter().find(|r| matches!(r.status, Status::Held | Status::Captured));
-    match (restorable, records.first()) {
-        (Some(r), _) => Ok(r.id),
-        (None, Some(newest)) => bail!(
-            "{}: no record with its content ({} records; the newest, {}, is {})",
-            format::clean(&path.to_string_lossy()),
-            records.len(),
-            newest.id,
-            newest.status.as_str()
-        ),
-        (None, None) => bail!("{}: no deletion of this path is recorded", format::clean(&path.to_string_lossy())),
+    if failed > 0 {
+        eprintln!("unrm: {failed} of {} records not restored", records.len());
+        return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {

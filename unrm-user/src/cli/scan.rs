@@ -56,8 +56,13 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
 
 fn standalone() -> Result<Vec<HeldView>> {
     crate::probe::require_root("unrm scan, when it cannot reach the daemon,")?;
-    let load =
-        LoadOptions { tier: crate::probe::Tier::Fs, ring_bytes: 4096, hooks: false, watch_entries: None, btf: None };
+    let load = LoadOptions {
+        tier: crate::probe::Tier::Fs,
+        ring_bytes: 4096,
+        hooks: false,
+        watch_entries: None,
+        btf: None,
+    };
     let mut probes = Probes::load(&load)?;
     let mut snapshot = Snapshot::take(&mut probes)?;
     hide_daemon_pins(&mut snapshot);

@@ -41,14 +41,14 @@ use tokio::{
 use engine::{Config, Engine, Msg, Parts};
 
 use crate::{
-    api::server::{self, Handler, Limits, ServerStats},
     anchors::Anchors,
-    notify::Group,
-    probe::Tier,
+    api::server::{self, Handler, Limits, ServerStats},
     budget::{Budget, Shares},
     index::Index,
     ingest,
+    notify::Group,
     policy::{self, Policy},
+    probe::Tier,
     probe::{self, LoadOptions, Probes},
     store::{StateDir, Store},
 };
@@ -86,16 +86,8 @@ pub fn run(opts: Options) -> Result<()> {
     let store = Arc::new(Store::open(&state)?);
     let first_id = store.ids()?.into_iter().max().unwrap_or(0) + 1;
     let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
-    let load = LoadOptions {
-        tier: opts.tier,
-        ring_bytes: opts.ring_bytes,
-        hooks: true,
-        watch_entries: opts.watch_entries,
-        btf: opts.btf.clone(),
-    };
-    let mut probes = Probes::load(&load)?;
+    let mut probes = load_probes(&opts)?;
     let tier_name = probes.tier().name();
-    log::info!("probes attached ({tier_name} tier; hooks: {:?})", probes.fs_hooks());
     log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);
     let ring = probes.take_events()?;
     let logger = probes.logger();
@@ -109,7 +101,8 @@ pub fn run(opts: Options) -> Result<()> {
 
     let anchors = Arc::new(Anchors::default());
     let group = notify_group(probes.tier());
-    let sources = ingest::Sources { ring, group: group.clone(), budget: budget.clone(), anchors: anchors.clone() };
+    let sources =
+        ingest::Sources { ring, group: group.clone(), budget: budget.clone(), anchors: anchors.clone() };
     let ring_tx = tx.clone();
     threads.supervised("the ring buffer reader", move || {
         sched::urgent();
@@ -143,7 +136,8 @@ pub fn run(opts: Options) -> Result<()> {
     })?;
 
     let status = format!("{} tier; serving {}", tier_name, opts.socket.display());
-    let serving = Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
+    let serving =
+        Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
     let served = runtime.block_on(serve(serving, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
@@ -156,6 +150,20 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// Reads the policy file (the one named, or the default if it exists) and
 /// applies the command line's overrides; again at each SIGHUP.
+/// Loads and attaches the probes the options ask for.
+fn load_probes(opts: &Options) -> Result<Probes> {
+    let load = LoadOptions {
+        tier: opts.tier,
+        ring_bytes: opts.ring_bytes,
+        hooks: true,
+        watch_entries: opts.watch_entries,
+        btf: opts.btf.clone(),
+    };
+    let probes = Probes::load(&load)?;
+    log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
+    Ok(probes)
+}
+
 /// The fs tier hooks only ext4: a fanotify group reports deletions on the
 /// other filesystems it can (`notify`). None in the other tiers, whose
 /// hooks see every filesystem, or where the kernel refuses (before 5.17).
@@ -166,7 +174,9 @@ fn notify_group(tier: Tier) -> Option<Arc<Group>> {
     match Group::new() {
         Ok(group) => Some(Arc::new(group)),
         Err(err) => {
-            log::warn!("fanotify: {err}; deletions on filesystems other than ext4 are found by snapshots only");
+            log::warn!(
+                "fanotify: {err}; deletions on filesystems other than ext4 are found by snapshots only"
+            );
             None
         }
     }

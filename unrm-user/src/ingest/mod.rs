@@ -24,11 +24,11 @@ use unrm_abi::{
 use crate::{
     access::Parent,
     anchors::Anchors,
-    notify::{Group, Notice},
     budget::Budget,
     clock::monotonic_ns,
     holders::{InodeId, comm_string},
     mounts::{Located, Views},
+    notify::{Group, Notice},
     pins::{self, Meta, PinFd, Refused},
     record::Op,
 };
@@ -403,11 +403,15 @@ pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
         }
         match src.group.as_ref().map(|group| group.read(&mut buf)) {
             Some(Ok(notices)) => events.extend(notices.into_iter().filter_map(|notice| match notice {
-                Notice::Deleted(report) => notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete),
+                Notice::Deleted(report) => {
+                    notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete)
+                }
                 Notice::Lost => Some(Event::Lost),
             })),
             Some(Err(err)) => {
-                log::error!("reading fanotify: {err}; deletions it reported are found by snapshots from now on");
+                log::error!(
+                    "reading fanotify: {err}; deletions it reported are found by snapshots from now on"
+                );
                 src.group = None;
                 events.push(Event::Lost);
             }

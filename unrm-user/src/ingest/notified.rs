@@ -50,7 +50,9 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
         Err(Refused::Budget) => (None, true, false),
     };
     let dir = handle::open_encoded(anchor.fd(), &r.dir)
-        .inspect_err(|err| log::debug!("fanotify: the directory of {:?} does not open: {err}", OsStr::from_bytes(&r.name)))
+        .inspect_err(|err| {
+            log::debug!("fanotify: the directory of {:?} does not open: {err}", OsStr::from_bytes(&r.name))
+        })
         .ok();
     let parent = dir.as_ref().and_then(|fd| Meta::of(fd.as_fd()).ok()).map(|m| Parent {
         ino: m.ino,

@@ -115,7 +115,8 @@ impl Engine {
                 continue;
             }
             asked.insert(w.dev, Instant::now());
-            let (anchors, group, opening) = (anchors.clone(), group.clone().filter(|_| w.notified), opening.clone());
+            let (anchors, group, opening) =
+                (anchors.clone(), group.clone().filter(|_| w.notified), opening.clone());
             lanes.run_first(
                 w.dev,
                 Box::new(move || {
@@ -150,7 +151,10 @@ impl Wanted {
             match group.watch(anchor.fd()) {
                 Ok(()) => anchor.notified = true,
                 Err(err) => {
-                    log::warn!("deletions on {} are found by snapshots only: fanotify: {err}", self.point.display())
+                    log::warn!(
+                        "deletions on {} are found by snapshots only: fanotify: {err}",
+                        self.point.display()
+                    )
                 }
             }
         }

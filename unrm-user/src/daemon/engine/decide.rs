@@ -157,7 +157,9 @@ impl Engine {
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
             None => snapshot
-                .by_path(&p.deletion.path, |inode| self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan))
+                .by_path(&p.deletion.path, |inode| {
+                    self.pins.get(inode).is_some_and(|pin| !pin.holding.from_scan)
+                })
                 .or_else(|| snapshot.files.get(&self.pins.scanned_at(&p.deletion.path)?))
                 .filter(|held| may_claim(p.deletion.uid, held)),
         };
@@ -220,7 +222,8 @@ impl Engine {
     /// over a limit). Whom it is charged to is decided here, now that the
     /// snapshot names its holders.
     fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>, grab: Option<Box<Grab>>) -> bool {
-        if let Some(why) = self.over_user_pins(payer(held.uid, &held.holds, pending.map(|p| p.deletion.uid))) {
+        if let Some(why) = self.over_user_pins(payer(held.uid, &held.holds, pending.map(|p| p.deletion.uid)))
+        {
             self.not_pinned(Some(held), pending, why);
             return true;
         }

@@ -51,11 +51,11 @@ use super::{
 };
 use crate::{
     access::Caller,
+    anchors::Anchors,
     api::{
         proto::Request,
         server::{Reply, ServerStats},
     },
-    anchors::Anchors,
     budget::Budget,
     index::Index,
     ingest::{Deletion, Event},
@@ -197,7 +197,19 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: Config, parts: Parts) -> Result<Self> {
-        let Parts { probes, index, store, budget, tx, exits, exit_stats, pidfd_budget, server_stats, anchors, group } = parts;
+        let Parts {
+            probes,
+            index,
+            store,
+            budget,
+            tx,
+            exits,
+            exit_stats,
+            pidfd_budget,
+            server_stats,
+            anchors,
+            group,
+        } = parts;
         Ok(Self {
             cfg,
             kernel: Kernel::new(probes, exits)?,

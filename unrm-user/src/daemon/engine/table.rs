@@ -85,7 +85,8 @@ impl PinTable {
     /// `path`. Snapshots leave the paths of pinned files out (the daemon
     /// knows them), so an event that names only a path is matched here.
     pub fn scanned_at(&self, path: &std::path::Path) -> Option<InodeId> {
-        let mut found = self.by_inode.iter().filter(|(_, pin)| pin.holding.from_scan && pin.place.path == path);
+        let mut found =
+            self.by_inode.iter().filter(|(_, pin)| pin.holding.from_scan && pin.place.path == path);
         let (inode, _) = found.next()?;
         found.next().is_none().then_some(*inode)
     }
