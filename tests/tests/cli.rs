@@ -315,3 +315,37 @@ fn restore_all_brings_back_what_one_process_deleted() {
     assert_one_line_error(&daemon.cli(&["restore", "--pid", "1"]), "--all");
     drop(holders);
 }
+
+/// What a package ships beside the binary, made from the command line's
+/// own definitions: man pages that `man` renders, and completion scripts
+/// a shell loads.
+#[test]
+fn man_pages_and_completions_come_from_the_cli_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(unrm_bin()).args(["generate", "man"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["unrm", "unrm-daemon", "unrm-list", "unrm-show", "unrm-restore", "unrm-scan", "unrm-status"]
+    {
+        let file = dir.path().join(format!("{page}.1"));
+        let rendered = Command::new("man").arg("-l").arg(&file).env("MANWIDTH", "100").output().unwrap();
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(rendered.status.success() && text.contains(page), "{page}: {text}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(unrm_bin()).args(["generate", "completions", shell]).output().unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let script = dir.path().join("unrm.bash");
+    let out = Command::new(unrm_bin()).args(["generate", "completions", "bash"]).output().unwrap();
+    std::fs::write(&script, out.stdout).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p unrm", script.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("unrm"), "{loaded:?}");
+    assert_one_line_error(
+        &Command::new(unrm_bin()).args(["generate", "completions", "tcsh"]).output().unwrap(),
+        "tcsh",
+    );
+}

@@ -169,6 +169,7 @@ pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
         ("losetup", "mount"),
         ("bindfs", "bindfs"),
         ("unshare", "util-linux"),
+        ("man", "man-db"),
     ])?;
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let mut cmd = Command::new("cargo");

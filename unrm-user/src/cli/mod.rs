@@ -125,6 +125,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For packaging: the man pages, or a shell's completion script.
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// unrm(1) and one page per subcommand, written into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, on standard output.
+    Completions { shell: clap_complete::Shell },
 }
 
 /// `unrm restore`: one record (by id or path), or all a listing selects.
@@ -212,6 +223,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Restore(args) => return restore_cmd(&cli.socket, args),
         Command::Scan { json } => scan::run(&cli.socket, json)?,
+        Command::Generate(what) => generate(what)?,
         Command::Status { json } => {
             let Response::Status { status } = call(&cli.socket, &Request::Status)? else {
                 bail!("unexpected answer")
@@ -231,6 +243,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
     Ok(Client::connect(socket)?.call(request)?.0)
+}
+
+fn generate(what: Generate) -> Result<()> {
+    use clap::CommandFactory;
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+        }
+        Generate::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "unrm", &mut std::io::stdout());
+        }
+    }
+    Ok(())
 }
 
 fn restore_cmd(socket: &std::path::Path, args: RestoreArgs) -> Result<ExitCode> {
