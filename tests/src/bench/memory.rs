@@ -1,11 +1,7 @@
 //! What the daemon keeps in memory: its resident set with many records
 //! (after the unlink storm) and with many pinned files.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -29,16 +25,7 @@ pub fn pinned(files: usize) -> Row {
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &[]);
     let idle = rss_mib(daemon.pid());
-    let me = std::env::current_exe().unwrap();
-    let n = files.to_string();
-    let mut child = Command::new(me)
-        .args(["hold-many", root.path().to_str().unwrap(), &n, &n, &n])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let mut child = super::scan::spawn_holder(root.path(), files, files, files);
     let deadline = Instant::now() + Duration::from_secs(120);
     let pins = loop {
         let pins = daemon

@@ -33,6 +33,23 @@ pub fn hold_many(dir: &str, fds: usize, files: usize, delete: usize) {
     drop(held);
 }
 
+/// Starts `hold-many` in this benchmark binary on `dir` and waits until it
+/// holds what it was asked to; closing its stdin lets it go.
+pub fn spawn_holder(dir: &std::path::Path, fds: usize, files: usize, delete: usize) -> Child {
+    let me = std::env::current_exe().unwrap();
+    let args = [fds, files, delete].map(|n| n.to_string());
+    let mut child = Command::new(me)
+        .args(["hold-many", dir.to_str().unwrap(), &args[0], &args[1], &args[2]])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
 /// How the open descriptors are spread: over how many files per process,
 /// and how many of those each process deletes (one process in ten, or all).
 pub struct Shape {
@@ -46,23 +63,12 @@ pub struct Shape {
 pub fn measure(shape: &Shape, runs: usize) -> Row {
     let Shape { processes, fds_each, files_each, deleted_each, every_process_deletes } = *shape;
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
-    let me = std::env::current_exe().unwrap();
     let mut children: Vec<Child> = (0..processes)
         .map(|p| {
             let dir = root.path().join(format!("p{p}"));
             std::fs::create_dir(&dir).unwrap();
             let delete = if every_process_deletes || p % 10 == 0 { deleted_each } else { 0 };
-            let args = [fds_each, files_each, delete].map(|n| n.to_string());
-            let mut child = Command::new(&me)
-                .args(["hold-many", dir.to_str().unwrap(), &args[0], &args[1], &args[2]])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-            assert_eq!(line.trim(), "ready");
-            child
+            spawn_holder(&dir, fds_each, files_each, delete)
         })
         .collect();
     let time = |cmd: &mut Command| {
