@@ -169,8 +169,19 @@ pub struct Views {
 }
 
 impl Views {
+    /// The host's table is the init system's (pid 1): a service manager
+    /// may run the daemon in a private copy of it (systemd's
+    /// `ProtectSystem=` and friends remount parts read-only there), with
+    /// the same mount points but a namespace and mount ids of its own,
+    /// which would make every host deletion look foreign. The daemon's own
+    /// table serves where pid 1's cannot be read or pid 1 has another root
+    /// (the daemon in a chroot: mountinfo shows mount points relative to
+    /// the root of the process read through).
     pub fn new() -> Self {
-        Views { own_ns: mnt_ns_of("self").unwrap_or(0), own: Watched::open("self"), others: HashMap::new() }
+        let root = |pid: &str| std::fs::metadata(format!("/proc/{pid}/root")).ok().map(|m| (m.dev(), m.ino()));
+        let same_root = root("1").is_some() && root("1") == root("self");
+        let host = if same_root && Watched::open("1").is_some() { "1" } else { "self" };
+        Views { own_ns: mnt_ns_of(host).unwrap_or(0), own: Watched::open(host), others: HashMap::new() }
     }
 
     /// The host's table.

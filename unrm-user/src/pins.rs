@@ -291,8 +291,12 @@ pub fn mount_id(fd: &impl AsRawFd) -> Option<String> {
 /// reports another one on btrfs (each subvolume has an anonymous device).
 fn mount_device(fd: &OwnedFd) -> Option<u64> {
     let mnt_id = mount_id(fd)?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let line = mountinfo.lines().find(|l| l.split(' ').next() == Some(mnt_id.as_str()))?;
+    // Mount ids are global: a holder's mount is in the host's table (pid
+    // 1's) even when the daemon runs in a private copy of it.
+    let line = ["/proc/self/mountinfo", "/proc/1/mountinfo"].iter().find_map(|table| {
+        let mountinfo = std::fs::read_to_string(table).ok()?;
+        mountinfo.lines().find(|l| l.split(' ').next() == Some(mnt_id.as_str())).map(str::to_owned)
+    })?;
     let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
     Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }

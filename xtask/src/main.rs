@@ -1,10 +1,11 @@
-//! `cargo xtask build|run|test|bench`: the only commands a newcomer needs.
+//! `cargo xtask build|run|test|vm-test|deb|bench`: the only commands a newcomer needs.
 //!
 //! `build` first makes sure this machine can build Rust eBPF (installing
 //! what is missing, checking versions of what is there), then builds the
 //! probe object and the `unrm` binary that embeds it.
 
 mod build;
+mod deb;
 mod toolchain;
 mod vm;
 
@@ -36,9 +37,21 @@ enum Task {
         args: Vec<String>,
     },
     /// Run the tests inside Debian bookworm's stock kernel under qemu, where
-    /// the fentry tier loads (as root; fetches and caches what it needs).
+    /// the fentry tier loads, then the Debian package under systemd there
+    /// (as root; fetches and caches what it needs).
     VmTest {
+        /// Only one part: `tests` (the suite) or `package` (the package
+        /// under systemd).
+        #[arg(long, value_parser = ["tests", "package"])]
+        only: Option<String>,
         /// Passed to each test binary (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then the Debian package (target/debian/unrm_*.deb) with the
+    /// service, the config, man pages and completions. Arguments after `--`
+    /// go to cargo-deb (e.g. `-- --deb-version 0.1.0-2`).
+    Deb {
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -76,29 +89,20 @@ fn run(cli: Cli) -> Result<()> {
             require_root("cargo xtask test")?;
             build::test(&root, &bin, &args)?;
         }
-        Task::VmTest { args } => {
+        Task::VmTest { only, args } => {
             let bin = build::all(&root)?;
             require_root("cargo xtask vm-test")?;
-            let tests = build::test_binaries(&root, &bin)?;
             let guest = vm::Guest::prepare(&root)?;
-            let mut script = format!(
-                "cd {root}; export UNRM_BIN={bin} UNRM_EXPECT_TIER=fentry RUST_BACKTRACE=1; status=0; ",
-                root = root.display(),
-                bin = bin.display()
-            );
-            for test in &tests {
-                script += &format!(
-                    "echo '== {name}'; {test} --test-threads=1 {args} || status=1; ",
-                    name = test.file_name().unwrap().to_string_lossy(),
-                    test = test.display(),
-                    args = args.join(" ")
-                );
+            if only.as_deref() != Some("package") {
+                vm_suite(&root, &bin, &guest, &args)?;
             }
-            script += "exit $status";
-            let code = guest.run(&script)?;
-            if code != 0 {
-                bail!("tests failed inside the VM (exit {code})");
+            if only.as_deref() != Some("tests") {
+                deb::test_in_vm(&root, &bin, &guest)?;
             }
+        }
+        Task::Deb { args } => {
+            let bin = build::all(&root)?;
+            deb::build(&root, &bin, &args)?;
         }
         Task::Bench { args } => {
             let bin = build::all(&root)?;
@@ -111,6 +115,31 @@ fn run(cli: Cli) -> Result<()> {
                 build::bench_in_vm(&root, &bin, &args, &guest)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The integration tests inside the VM (busybox init, chrooted into the
+/// shared root), each binary with `args`.
+fn vm_suite(root: &std::path::Path, bin: &std::path::Path, guest: &vm::Guest, args: &[String]) -> Result<()> {
+    let tests = build::test_binaries(root, bin)?;
+    let mut script = format!(
+        "cd {root}; export UNRM_BIN={bin} UNRM_EXPECT_TIER=fentry RUST_BACKTRACE=1; status=0; ",
+        root = root.display(),
+        bin = bin.display()
+    );
+    for test in &tests {
+        script += &format!(
+            "echo '== {name}'; {test} --test-threads=1 {args} || status=1; ",
+            name = test.file_name().unwrap().to_string_lossy(),
+            test = test.display(),
+            args = args.join(" ")
+        );
+    }
+    script += "exit $status";
+    let code = guest.run(&script)?;
+    if code != 0 {
+        bail!("tests failed inside the VM (exit {code})");
     }
     Ok(())
 }

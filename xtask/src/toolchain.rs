@@ -101,7 +101,7 @@ fn llvm_major(route: &Route) -> Result<u32> {
     version.split('.').next().unwrap().parse().context("parsing the LLVM version")
 }
 
-fn cargo_bin() -> PathBuf {
+pub fn cargo_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));

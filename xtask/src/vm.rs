@@ -52,6 +52,24 @@ out=/dev/null
 for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = out ] && out=/dev/$(basename $p); done
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 script=$(arg unrm_script); keep=$(arg unrm_keep)
+if [ "$(arg unrm_init)" = systemd ]; then
+  # systemd as PID 1 on the same root: the script and the packages it
+  # installs are copied in (the workspace may be hidden by a tmpfs there),
+  # and a target of our own starts only what the test needs.
+  vm=/merged/root/vm; mkdir -p $vm
+  cp /host$script $vm/script.sh
+  for f in $(arg unrm_files | tr , ' '); do cp /host$f $vm/; done
+  units=/merged/etc/systemd/system
+  mkdir -p $units
+  printf '[Unit]\nRequires=basic.target unrm-vm-test.service\nAfter=basic.target\nAllowIsolate=yes\n' > $units/unrm-vm.target
+  printf '[Unit]\nAfter=basic.target\n[Service]\nType=oneshot\nTimeoutStartSec=infinity\nWorkingDirectory=/root/vm\nExecStart=/bin/sh -c "/bin/sh /root/vm/script.sh > %s 2>&1; echo unrm-vm-exit=$$? > %s; systemctl poweroff -ff"\n' $out $out > $units/unrm-vm-test.service
+  # The shared root is a container's: systemd would take /.dockerenv to
+  # mean it runs in one and ignore the kernel command line.
+  rm -f /merged/.dockerenv
+  ln -sf /dev/null $units/serial-getty@ttyS0.service
+  umount /proc /sys
+  exec switch_root /merged /lib/systemd/systemd --unit=unrm-vm.target
+fi
 chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mkdir -p /.keep; mount --bind $keep /.keep; for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs \$d; done; mkdir -p $keep; mount --bind /.keep $keep; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
 echo "unrm-vm-exit=$?" > $out
 poweroff -f
@@ -214,6 +232,20 @@ impl Guest {
 
     /// The same, returning the output instead of printing it.
     pub fn run_quietly(&self, command: &str) -> Result<(i32, String)> {
+        self.boot(command, Init::Chroot)
+    }
+
+    /// Boots with systemd as PID 1 (the host's systemd, on the same
+    /// shared root), copies `files` into the guest's /root/vm, runs
+    /// `command` there as root from a unit once basic.target is reached,
+    /// prints its output and returns its exit status.
+    pub fn run_under_systemd(&self, command: &str, files: &[PathBuf]) -> Result<i32> {
+        let (code, body) = self.boot(command, Init::Systemd(files))?;
+        print!("{body}");
+        Ok(code)
+    }
+
+    fn boot(&self, command: &str, init: Init) -> Result<(i32, String)> {
         let out = self.dir.join("out.txt");
         let _ = std::fs::remove_file(&out);
         let script = self.dir.join("script.sh");
@@ -232,9 +264,10 @@ impl Guest {
             .arg(self.dir.join("initrd.gz"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={} unrm_keep={}",
+                "console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={} unrm_keep={}{}",
                 script.display(),
-                self.workspace.display()
+                self.workspace.display(),
+                init.cmdline()
             ))
             .args(["-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"])
             .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot", "-device", "virtio-serial"])
@@ -255,6 +288,29 @@ impl Guest {
             }
         };
         Ok((code, body.to_owned()))
+    }
+}
+
+/// What runs the command in the guest.
+enum Init<'a> {
+    /// busybox, chrooted into the shared root.
+    Chroot,
+    /// systemd as PID 1, with these files copied in.
+    Systemd(&'a [PathBuf]),
+}
+
+impl Init<'_> {
+    fn cmdline(&self) -> String {
+        match self {
+            Init::Chroot => String::new(),
+            Init::Systemd(files) => {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                // fstab=no: the host's fstab means nothing here. (The
+                // serial getty, which would wait forever for a device no
+                // udev announces, is masked by /init.)
+                format!(" unrm_init=systemd unrm_files={} fstab=no systemd.show_status=false", files.join(","))
+            }
+        }
     }
 }
 

@@ -95,11 +95,25 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        public_dir(dir)?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
+}
+
+/// Creates `dir` (and its parents) if missing, searchable by everyone so
+/// that any user can reach the socket inside; an existing directory is left
+/// as it is (under systemd, `RuntimeDirectory=` made it).
+pub fn public_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    // The daemon's umask (077) would make it root's alone.
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Who is connected, to keep within the caps.

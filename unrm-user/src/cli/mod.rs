@@ -34,7 +34,7 @@ use select::Filters;
 #[command(name = "unrm", version, about = "Makes rm undoable for every file some process still holds")]
 pub struct Cli {
     /// The daemon's socket.
-    #[arg(long, global = true, env = "UNRM_SOCKET", default_value = "/run/unrm.sock")]
+    #[arg(long, global = true, env = "UNRM_SOCKET", default_value = "/run/unrm/unrm.sock")]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -132,8 +132,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Generate {
-    /// unrm(1) and one page per subcommand, written into DIR.
+    /// unrm(1), one page per subcommand and unrm.toml(5), written into DIR.
     Man { dir: PathBuf },
+    /// The config file with every key commented out at its default, on
+    /// standard output (the package's /etc/unrm.toml).
+    Config,
     /// The completion script for SHELL, on standard output.
     Completions { shell: clap_complete::Shell },
 }
@@ -251,7 +254,10 @@ fn generate(what: Generate) -> Result<()> {
         Generate::Man { dir } => {
             std::fs::create_dir_all(&dir)?;
             clap_mangen::generate_to(Cli::command(), &dir)?;
+            let page = crate::policy::keys::man_page(env!("CARGO_PKG_VERSION"));
+            std::fs::write(dir.join("unrm.toml.5"), page)?;
         }
+        Generate::Config => print!("{}", crate::policy::keys::commented_config()),
         Generate::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "unrm", &mut std::io::stdout());
         }

@@ -23,7 +23,7 @@ use std::{
     fs::File,
     io::Write,
     os::fd::{AsFd, AsRawFd, RawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -70,7 +70,7 @@ pub struct Options {
 
 /// One daemon per machine: two would each see the other's pins as holders
 /// and neither would ever capture.
-pub const LOCK: &str = "/run/unrm.lock";
+pub const LOCK: &str = "/run/unrm/daemon.lock";
 
 pub fn run(opts: Options) -> Result<()> {
     probe::require_root("the daemon")?;
@@ -86,7 +86,7 @@ pub fn run(opts: Options) -> Result<()> {
     let store = Arc::new(Store::open(&state)?);
     let first_id = store.ids()?.into_iter().max().unwrap_or(0) + 1;
     let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
-    let mut probes = load_probes(&opts)?;
+    let mut probes = load_probes(&opts, policy.btf.clone())?;
     let tier_name = probes.tier().name();
     log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);
     let ring = probes.take_events()?;
@@ -151,13 +151,14 @@ pub fn run(opts: Options) -> Result<()> {
 /// Reads the policy file (the one named, or the default if it exists) and
 /// applies the command line's overrides; again at each SIGHUP.
 /// Loads and attaches the probes the options ask for.
-fn load_probes(opts: &Options) -> Result<Probes> {
+/// `--btf` wins over the config's `btf`.
+fn load_probes(opts: &Options, configured_btf: Option<PathBuf>) -> Result<Probes> {
     let load = LoadOptions {
         tier: opts.tier,
         ring_bytes: opts.ring_bytes,
         hooks: true,
         watch_entries: opts.watch_entries,
-        btf: opts.btf.clone(),
+        btf: opts.btf.clone().or(configured_btf),
     };
     let probes = Probes::load(&load)?;
     log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
@@ -311,6 +312,7 @@ impl Drop for Watchdog {
 
 fn lock() -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    server::public_dir(Path::new(LOCK).parent().expect("LOCK is in a directory"))?;
     let file = File::options()
         .create(true)
         .truncate(false)

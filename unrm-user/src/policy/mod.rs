@@ -19,6 +19,8 @@ use serde::Deserialize;
 
 use crate::access::Visibility;
 
+pub mod keys;
+
 pub const DEFAULT_CONFIG: &str = "/etc/unrm.toml";
 
 /// The config file as written. Every key is optional; an unknown key is an
@@ -38,6 +40,7 @@ struct ConfigFile {
     store_reserve: Option<String>,
     max_index_size: Option<SizeValue>,
     per_user: Option<PerUserFile>,
+    btf: Option<PathBuf>,
 }
 
 /// `[per_user]`: what each user other than root may take.
@@ -141,6 +144,9 @@ pub struct Policy {
     /// oldest first, of whoever deleted the most.
     pub max_index_size: u64,
     pub per_user: PerUser,
+    /// The kernel's BTF, when not in /sys/kernel/btf/vmlinux (read at
+    /// start only: the probes are loaded once).
+    pub btf: Option<PathBuf>,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
 }
@@ -160,6 +166,7 @@ impl Default for Policy {
             store_reserve: Floor::Percent(1.0),
             max_index_size: 1 << 30,
             per_user: PerUser::default(),
+            btf: None,
             source: None,
         }
     }
@@ -201,13 +208,14 @@ impl Policy {
                 .map_err(|e| anyhow::anyhow!("{age:?}: {e}"))
                 .context("keep_for")?;
         }
-        if let Some(globs) = file.include {
+        // An empty list is no filter (not "nothing passes").
+        if let Some(globs) = file.include.filter(|g| !g.is_empty()) {
             policy.include = Some(glob_set(&globs).context("include")?);
         }
         if let Some(globs) = file.exclude {
             policy.exclude = glob_set(&globs).context("exclude")?;
         }
-        policy.uids = file.uids.map(|uids| uids.into_iter().collect());
+        policy.uids = file.uids.filter(|u| !u.is_empty()).map(|uids| uids.into_iter().collect());
         policy.scratch = file.scratch_files.unwrap_or_default();
         policy.visible_to = file.visible_to.unwrap_or_default();
         if let Some(reserve) = file.store_reserve {
@@ -227,6 +235,7 @@ impl Policy {
                 policy.per_user.records_per_minute = rate;
             }
         }
+        policy.btf = file.btf;
         Ok(policy)
     }
 

@@ -1,0 +1,132 @@
+#!/bin/sh
+# The Debian package under systemd, run by `cargo xtask vm-test` inside the
+# stock-kernel VM with systemd as PID 1 (see xtask/src/vm.rs). Installs
+# $DEB1, checks the service as an administrator and a user meet it, then
+# upgrades to $DEB2, removes and purges. One line per step; the first
+# failure stops the script with the daemon's journal.
+set -eu
+export DEBIAN_FRONTEND=noninteractive PAGER=cat SYSTEMD_PAGER=cat MANWIDTH=80
+cd /root/vm
+holders=""
+cleanup() { [ -z "$holders" ] || kill $holders 2>/dev/null || true; }
+trap cleanup EXIT
+step() { echo "== $*"; }
+fail() {
+    echo "FAIL: $*"
+    journalctl -u unrm --no-pager -n 60 || true
+    exit 1
+}
+# wait_for WHAT COMMAND...: until COMMAND succeeds, at most 120 s.
+wait_for() {
+    what=$1; shift; tries=0
+    until "$@" > /dev/null 2>&1; do
+        tries=$((tries + 1)); [ $tries -le 1200 ] || fail "timed out waiting for $what"
+        sleep 0.1
+    done
+}
+apt_get() { apt-get -y -q -o Dpkg::Options::=--force-confold "$@" > apt.log 2>&1 || { cat apt.log; fail "apt-get $*"; }; }
+main_pid() { systemctl show -p MainPID --value unrm; }
+restarts() { systemctl show -p NRestarts --value unrm; }
+is_active() { [ "$(systemctl is-active unrm)" = active ]; }
+# json EXPR: evaluates EXPR on the JSON document on stdin (as `j`).
+json() { python3 -c "import json, sys; j = json.load(sys.stdin); print($1)"; }
+record_of() { unrm list --json --status held --path "$1" | json 'j[0]["id"] if j else ""'; }
+has_record() { [ -n "$(record_of "$1")" ]; }
+status_of() { unrm show --json "$1" | json 'j["status"]'; }
+# hold FILE [USER]: a process that holds FILE open, started and holding
+# when this returns.
+hold() {
+    rm -f "$1.held"
+    if [ $# -gt 1 ]; then
+        runuser -u "$2" -- sh -c 'exec 3< "$1"; touch "$1.held"; exec sleep 600' sh "$1" &
+    else
+        sh -c 'exec 3< "$1"; touch "$1.held"; exec sleep 600' sh "$1" &
+    fi
+    holders="$holders $!"
+    wait_for "a holder of $1" test -e "$1.held"
+}
+
+step "apt install $DEB1: the service comes up active, in the fentry tier"
+apt_get install "./$DEB1"
+is_active || fail "unrm.service is $(systemctl is-active unrm) after install"
+systemctl is-enabled unrm | grep -qx enabled || fail "unrm.service is not enabled"
+tier=$(unrm status --json | json 'j["probes"]["tier"]')
+[ "$tier" = fentry ] || fail "the $tier tier, not fentry"
+systemctl show -p StatusText --value unrm | grep -q fentry || fail "STATUS= does not name the tier"
+
+step "root: sleep < f & rm f; unrm restore"
+echo precious > /root/f
+hold /root/f
+rm /root/f
+wait_for "a held record of /root/f" has_record /root/f
+held=$(record_of /root/f)
+unrm restore --path /root/f --to /root/f.back
+[ "$(cat /root/f.back)" = precious ] || fail "root's restore brought back '$(cat /root/f.back)'"
+
+step "a second user: the same, and root's record stays out of sight"
+id -u unrmuser > /dev/null 2>&1 || useradd -m unrmuser
+as_user() { runuser -u unrmuser -- sh -c "cd /home/unrmuser && $1"; }
+as_user 'echo mine > g'
+hold /home/unrmuser/g unrmuser
+as_user 'rm g'
+wait_for "the user's held record" as_user 'unrm list --json --status held --path g | grep -q /home/unrmuser/g'
+as_user 'unrm restore --path g'
+[ "$(cat /home/unrmuser/g)" = mine ] || fail "the user's restore"
+as_user 'unrm list --json --limit 0' | grep -q '/root/f' && fail "the user sees root's record"
+as_user "unrm show $held" > /dev/null 2>&1 && fail "the user may show root's record"
+
+step "systemctl reload: the new policy applies"
+mkdir -p /root/excluded
+sed -i '1i exclude = ["/root/excluded/**"]' /etc/unrm.toml
+systemctl reload unrm
+wait_for "the reload in the journal" sh -c 'journalctl -u unrm --no-pager | grep -q "policy reloaded"'
+echo x > /root/excluded/e
+hold /root/excluded/e
+rm /root/excluded/e
+echo y > /root/sentinel
+hold /root/sentinel
+rm /root/sentinel
+wait_for "the sentinel's record" has_record /root/sentinel
+unrm list --json --limit 0 | grep -q /root/excluded && fail "an excluded path was recorded after the reload"
+
+step "systemctl kill -s KILL: restarted, held records kept"
+before=$(main_pid)
+systemctl kill -s KILL unrm
+wait_for "a restart" sh -c "[ \"\$(systemctl show -p MainPID --value unrm)\" != $before ] && [ \"\$(systemctl is-active unrm)\" = active ]"
+[ "$(restarts)" -ge 1 ] || fail "NRestarts is $(restarts)"
+[ "$(status_of "$held")" = held ] || fail "record $held is $(status_of "$held") after the restart"
+unrm restore "$held" --to /root/f.again
+cmp /root/f.back /root/f.again || fail "restore after the restart"
+
+step "apt install $DEB2 (upgrade): restarted, records kept"
+before=$(main_pid)
+apt_get install "./$DEB2"
+dpkg-query -W -f '${Version}' unrm | grep -q -- "-2$" || fail "the upgrade did not take"
+is_active || fail "not active after the upgrade"
+[ "$(main_pid)" != "$before" ] || fail "the upgrade did not restart the daemon"
+[ "$(status_of "$held")" = held ] || fail "record $held is $(status_of "$held") after the upgrade"
+grep -q 'exclude = \["/root/excluded' /etc/unrm.toml || fail "the upgrade replaced the edited config"
+
+step "journalctl -o json: structured fields"
+journalctl -u unrm -o json --no-pager > journal.json
+for field in UNRM_RECORD UNRM_PATH UNRM_STATUS UNRM_TIER; do
+    grep -q "\"$field\"" journal.json || fail "no $field in the journal"
+done
+grep -q "\"UNRM_RECORD\":\"$held\"" journal.json || fail "no journal entry for record $held"
+
+step "man pages and completions"
+man unrm | grep -q restore || fail "man unrm"
+man 5 unrm.toml | grep -q max_file_size || fail "man 5 unrm.toml"
+man unrm-restore | grep -q -- --path || fail "man unrm-restore"
+bash -c '. /usr/share/bash-completion/completions/unrm && complete -p unrm' | grep -q unrm || fail "bash completion"
+
+step "exposure"
+systemd-analyze security unrm.service --no-pager | tail -1
+
+step "apt remove: stopped, store kept; purge: store gone"
+apt_get remove unrm
+is_active && fail "still active after removal"
+[ -d /var/lib/unrm ] || fail "removal took the store"
+apt_get purge unrm
+[ -e /var/lib/unrm ] && fail "purge left /var/lib/unrm"
+echo "package: all steps passed"
