@@ -1,5 +1,6 @@
-//! The CLI on its own: `scan` without a daemon, and bad input of every kind
-//! answered with one clear line and a nonzero exit.
+//! The CLI on its own: `scan` without a daemon, bad input of every kind
+//! answered with one clear line and a nonzero exit, and its output for a
+//! person at a terminal and for a pipe.
 
 use std::{
     os::unix::{
@@ -348,4 +349,133 @@ fn man_pages_and_completions_come_from_the_cli_itself() {
         &Command::new(unrm_bin()).args(["generate", "completions", "tcsh"]).output().unwrap(),
         "tcsh",
     );
+}
+
+/// `unrm ARGS` against `daemon` on a terminal (util-linux `script` gives it
+/// a pty of `cols` columns), in India's time zone (+05:30, no daylight
+/// saving), with a terminal that can colour; `env` on top. What it printed,
+/// without the pty's carriage returns.
+fn on_a_terminal(daemon: &Daemon, args: &str, cols: u16, env: &[(&str, &str)]) -> String {
+    let command =
+        format!("stty cols {cols} && {} --socket {} {args}", unrm_bin().display(), daemon.socket.display());
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("COLUMNS")
+        .env("TERM", "xterm-256color")
+        .env("TZ", "Asia/Kolkata")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unrm {args}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().replace('\r', "")
+}
+
+/// A line as it shows: without its colour (`ESC [ ... m`).
+fn visible(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('m').expect("an SGR sequence");
+        rest = &rest[at + end + 1..];
+    }
+    out + rest
+}
+
+/// `deleted_at` of a record (RFC 3339 from `--json`) as `unrm list` shows
+/// it on a terminal in +05:30, and as it shows it piped (UTC, seconds).
+fn shown_times(record: &serde_json::Value) -> (String, String) {
+    let at = humantime::parse_rfc3339(record["deleted_at"].as_str().unwrap()).unwrap();
+    let utc = humantime::format_rfc3339_seconds(at).to_string();
+    let local = humantime::format_rfc3339_seconds(at + std::time::Duration::from_secs(19_800)).to_string();
+    (local[..19].replace('T', " "), utc)
+}
+
+/// For a person at a terminal, `unrm list`: local times, the status in
+/// colour, every line within the terminal's width (the path wraps);
+/// NO_COLOR or TERM=dumb take the colour away. Piped, the same listing is
+/// plain: RFC 3339 times, no escape sequences, every path whole on its
+/// line. A name carrying an escape sequence is shown escaped in all of them.
+#[test]
+fn list_on_a_terminal_and_through_a_pipe() {
+    let fs = Mount::ext4();
+    let deep = fs.path.join("a-rather-long-directory-name/and-another-one-below-it");
+    std::fs::create_dir_all(&deep).unwrap();
+    let held = deep.join("notes.txt");
+    std::fs::write(&held, b"kept").unwrap();
+    let evil = fs.file("evil\x1b[31mname", b"x");
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&held);
+    rm(&held, None);
+    rm(&evil, None);
+    let record = daemon.wait_record(&held, "held");
+    daemon.wait_record(&evil, "unheld");
+    let (local, utc) = shown_times(&record);
+    let escaped = format!("{}/evil\\u{{1b}}[31mname", fs.path.display());
+
+    let piped = daemon.cli(&["list"]);
+    let piped = String::from_utf8(piped.stdout).unwrap();
+    assert!(!piped.contains('\x1b'), "escape sequences in piped output: {piped:?}");
+    let line = piped.lines().find(|l| l.ends_with(held.to_str().unwrap())).expect(&piped);
+    assert!(line.contains(&utc) && line.contains(" held "), "{line}");
+    assert!(piped.lines().any(|l| l.ends_with(&escaped)), "{piped}");
+
+    let tty = on_a_terminal(&daemon, "list", 60, &[]);
+    assert!(!tty.contains("\x1b[31mname"), "the name's escape sequence got through: {tty:?}");
+    for line in tty.lines() {
+        assert!(visible(line).chars().count() <= 60, "wider than the terminal: {line:?}\n{tty}");
+    }
+    let row = tty.lines().find(|l| visible(l).contains(" held ")).unwrap_or_else(|| panic!("{tty}"));
+    assert!(visible(row).contains(&local) && !tty.contains(&utc), "not local time: {tty}");
+    assert!(row.contains("\x1b[") && !visible(row).contains('\x1b'), "held not coloured: {row:?}");
+    // Wrapped, the path is still all there (the column starts where PATH does).
+    let column = visible(tty.lines().next().unwrap()).find("PATH").unwrap();
+    let wrapped: String = tty.lines().map(|l| visible(l).get(column..).unwrap_or("").to_string()).collect();
+    assert!(wrapped.contains(held.to_str().unwrap()), "{wrapped}");
+    assert!(wrapped.contains(&escaped), "{wrapped}");
+
+    let wide = on_a_terminal(&daemon, "list", 200, &[("COLUMNS", "200")]);
+    assert!(wide.lines().any(|l| visible(l).ends_with(&escaped)), "{wide}");
+    for env in [("NO_COLOR", "1"), ("TERM", "dumb")] {
+        let plain = on_a_terminal(&daemon, "list", 200, &[env]);
+        assert!(!plain.contains('\x1b'), "{env:?}: {plain:?}");
+        assert!(plain.contains(&local), "{env:?} is still a terminal: {plain}");
+    }
+    // COLUMNS wins over the terminal's own width.
+    let narrow = on_a_terminal(&daemon, "list", 200, &[("COLUMNS", "70")]);
+    assert!(narrow.lines().all(|l| visible(l).chars().count() <= 70), "{narrow}");
+    assert!(narrow.lines().any(|l| visible(l).chars().count() > 60), "{narrow}");
+    drop(holder);
+}
+
+/// `unrm show` on a terminal gives local times with their offset; piped,
+/// RFC 3339. `unrm scan` fits its terminal too.
+#[test]
+fn show_and_scan_on_a_terminal() {
+    let fs = Mount::ext4();
+    let path = fs.file(&"a-file-with-a-long-name-".repeat(4), b"held");
+    let daemon = Daemon::start();
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    let record = daemon.wait_record(&path, "held");
+    let (local, utc) = shown_times(&record);
+    let id = record["id"].to_string();
+
+    let shown = on_a_terminal(&daemon, &format!("show {id}"), 80, &[]);
+    let deleted = shown.lines().find(|l| l.starts_with("deleted:")).expect(&shown);
+    assert!(deleted.contains(&format!("{local} +05:30")), "{deleted}");
+    assert!(shown.contains("\x1b[32mheld\x1b[0m"), "{shown:?}");
+    let piped = String::from_utf8(daemon.cli(&["show", &id]).stdout).unwrap();
+    assert!(piped.contains(&utc) && !piped.contains('\x1b'), "{piped}");
+
+    let scan = on_a_terminal(&daemon, "scan", 70, &[]);
+    assert!(scan.lines().any(|l| l.contains(&holder.pid().to_string())), "{scan}");
+    for line in scan.lines() {
+        assert!(visible(line).chars().count() <= 70, "wider than the terminal: {line:?}\n{scan}");
+    }
+    let piped = String::from_utf8(daemon.cli(&["scan"]).stdout).unwrap();
+    assert!(piped.lines().any(|l| l.ends_with(path.to_str().unwrap())), "{piped}");
+    drop(holder);
 }

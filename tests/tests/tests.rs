@@ -6,7 +6,7 @@
 //! - `tiers`, `fs_tier`: what must not depend on the probe tier; the fs tier.
 //! - `policy`: what is kept, and the bounds that keep a disk from filling.
 //! - `faults`: crashes, a full store, garbage on the socket.
-//! - `cli`: the CLI on its own and its bad input.
+//! - `cli`: the CLI on its own, its bad input, its output on a terminal and piped.
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
 //!   unrm, unfair use of the store, a filesystem that stops answering.

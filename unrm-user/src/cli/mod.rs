@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per command.
 
 mod format;
+mod hue;
 mod privilege;
 
 pub use format::clean;
@@ -8,6 +9,8 @@ mod restore;
 mod scan;
 mod select;
 mod show;
+mod table;
+mod term;
 mod when;
 
 use std::{
@@ -211,7 +214,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
-                show::table(&records);
+                show::table(&records, &term::Term::stdout());
             }
         }
         Command::Show { id, json } => {
@@ -221,7 +224,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
-                show::detail(&record);
+                show::detail(&record, &term::Term::stdout());
             }
         }
         Command::Restore(args) => return restore_cmd(&cli.socket, args),

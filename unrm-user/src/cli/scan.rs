@@ -6,7 +6,11 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use super::format::{self, clean};
+use super::{
+    format,
+    table::{Align, Column, Grid, text},
+    term::Term,
+};
 use crate::{
     api::{
         client::Client,
@@ -32,25 +36,33 @@ pub fn run(socket: &Path, json: bool) -> Result<()> {
         println!("no deleted files are held");
         return Ok(());
     }
-    println!(
-        "{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  PATH",
-        "PID", "COMM", "KIND", "FD/MAPPING", "SIZE", "INODE"
+    let mut grid = Grid::new(
+        &Term::stdout(),
+        &[
+            Column("PID", Align::Right),
+            Column("COMM", Align::Left),
+            Column("KIND", Align::Left),
+            Column("FD/MAPPING", Align::Left),
+            Column("SIZE", Align::Right),
+            Column("INODE", Align::Left),
+            Column("PATH", Align::Left),
+        ],
     );
     for f in &files {
         for h in &f.holders {
             let at = h.fd.map(|fd| fd.to_string()).or_else(|| h.map.clone()).unwrap_or_default();
-            println!(
-                "{:>7}  {:<15}  {:<4}  {:<28}  {:>7}  {:<16}  {}",
-                h.pid,
-                clean(&h.comm),
-                kind(h.kind),
-                at,
-                format::size(f.size),
-                format!("{}:{}/{}", libc::major(f.dev), libc::minor(f.dev), f.ino),
-                clean(&f.path)
-            );
+            grid.row([
+                text(h.pid.to_string()),
+                text(&h.comm),
+                text(kind(h.kind)),
+                text(at),
+                text(format::size(f.size)),
+                text(format!("{}:{}/{}", libc::major(f.dev), libc::minor(f.dev), f.ino)),
+                text(&f.path),
+            ]);
         }
     }
+    println!("{}", grid.render());
     Ok(())
 }
 

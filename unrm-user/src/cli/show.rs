@@ -1,44 +1,58 @@
 //! Human-readable output of records and status.
 
-use super::format::{self, clean};
+use super::{
+    format::{self, clean},
+    hue::Hue,
+    table::{Align, Column, Grid, text},
+    term::Term,
+};
 use crate::{api::proto::DaemonStatus, record::Record};
 
-pub fn table(records: &[Record]) {
+/// `unrm list`: a row per record, newest first.
+pub fn table(records: &[Record], term: &Term) {
     if records.is_empty() {
         println!("no deletions recorded");
         return;
     }
-    println!("{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  PATH", "ID", "DELETED", "STATUS", "SIZE", "BY");
+    let mut grid = Grid::new(
+        term,
+        &[
+            Column("ID", Align::Right),
+            Column("DELETED", Align::Left),
+            Column("STATUS", Align::Left),
+            Column("SIZE", Align::Right),
+            Column("BY", Align::Left),
+            Column("PATH", Align::Left),
+        ],
+    );
     for r in records {
         let size = r.size.map(format::size).unwrap_or_else(|| "-".into());
         let by =
             r.deleted_by.as_ref().map(|d| format!("{}[{}]", d.comm, d.pid)).unwrap_or_else(|| "-".into());
-        println!(
-            "{:>6}  {:<20}  {:<8}  {:>7}  {:<18}  {}",
-            r.id,
-            format::time(r.deleted_at),
-            r.status.as_str(),
-            size,
-            clean(&by),
-            clean(&r.path)
-        );
+        grid.row([
+            text(r.id.to_string()),
+            text(term.time(r.deleted_at)),
+            text(r.status.as_str()).hue(Hue::of(r.status)),
+            text(size),
+            text(by),
+            text(&r.path),
+        ]);
     }
+    println!("{}", grid.render());
 }
 
-pub fn detail(r: &Record) {
+/// `unrm show`: one record, a field a line.
+pub fn detail(r: &Record, term: &Term) {
     let field = |name: &str, value: String| println!("{:<10} {}", format!("{name}:"), clean(&value));
     field("id", r.id.to_string());
     field("path", r.path.clone());
     if !r.path_resolved {
         field("", "(not verified as a path on this host: restore it with --to)".into());
     }
-    field(
-        "status",
-        match &r.reason {
-            Some(reason) => format!("{} ({reason})", r.status),
-            None => r.status.to_string(),
-        },
-    );
+    let status = if term.colour { Hue::of(r.status).paint(r.status.as_str()) } else { r.status.to_string() };
+    let reason = r.reason.as_ref().map(|why| format!(" ({})", clean(why))).unwrap_or_default();
+    // Put together from clean parts: the colour's escapes must get through.
+    println!("{:<10} {status}{reason}", "status:");
     if let Some(size) = r.size {
         field("size", format!("{size} bytes"));
     }
@@ -56,7 +70,7 @@ pub fn detail(r: &Record) {
         Some(d) => format!(" by {} (pid {}, uid {}) via {}", d.comm, d.pid, d.uid, r.op),
         None => " (found held by a scan; deleter unknown)".into(),
     };
-    field("deleted", format!("{}{by}", format::time(r.deleted_at)));
+    field("deleted", format!("{}{by}", term.time_zoned(r.deleted_at)));
     if let Some(seen) = r.deleted_by.as_ref().and_then(|d| d.path.as_ref()) {
         field("seen as", format!("{seen} (in the deleter's mount namespace)"));
     }
@@ -76,7 +90,7 @@ pub fn detail(r: &Record) {
         field("holders", holders.join(", "));
     }
     if let Some(at) = r.captured_at {
-        field("captured", format::time(at));
+        field("captured", term.time_zoned(at));
     }
     if let Some(sum) = &r.checksum {
         field("blake3", sum.clone());
