@@ -35,6 +35,29 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `unrm daemon` as the packaged service runs it: within the unit's
+/// capability bounding set and with no new privileges (setpriv), so that
+/// the whole suite proves the set in packaging/unrm.service is enough.
+pub fn daemon_command() -> Command {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/unrm.service");
+    let text = std::fs::read_to_string(&unit).expect("packaging/unrm.service");
+    let caps: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .arg("--inh-caps=-all")
+        .arg("--no-new-privs")
+        .arg("--")
+        .arg(unrm_bin())
+        .arg("daemon");
+    cmd
+}
+
 pub fn unrm_bin() -> PathBuf {
     match std::env::var_os("UNRM_BIN") {
         Some(path) => PathBuf::from(path),
@@ -126,8 +149,7 @@ impl Daemon {
     fn start_at(dir: tempfile::TempDir, state_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let socket = dir.path().join("unrm.sock");
         let log = dir.path().join("daemon.log");
-        let mut child = Command::new(unrm_bin())
-            .arg("daemon")
+        let mut child = daemon_command()
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--socket")

@@ -279,6 +279,22 @@ fn the_kernels_btf_can_come_from_a_file() {
             .unwrap();
         assert_one_line_error(&out, says);
     }
+
+    // The config's `btf` does the same, and --btf wins over it.
+    let config = dir.path().join("unrm.toml");
+    std::fs::write(&config, format!("btf = {:?}\n", missing.to_str().unwrap())).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(unrm_bin())
+        .args(["--socket", dir.path().join("s.sock").to_str().unwrap(), "daemon", "--state-dir"])
+        .arg(state.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "missing.btf");
+    let with = format!("btf = {:?}\n", missing.to_str().unwrap());
+    let (_dir, daemon) = Daemon::with_config(&with, &["--btf", copy.to_str().unwrap()]);
+    assert!(daemon.status()["probes"]["attached"].as_bool().unwrap());
 }
 
 /// `restore --all` with the listing's filters: everything one process

@@ -83,8 +83,8 @@ fn a_forced_tier_the_kernel_refuses_is_one_clear_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     for tier in ["fentry", "kprobe"] {
-        let out = Command::new(unrm_tests::unrm_bin())
-            .args(["daemon", "--tier", tier, "--state-dir"])
+        let out = unrm_tests::daemon_command()
+            .args(["--tier", tier, "--state-dir"])
             .arg(dir.path().join("state"))
             .arg("--socket")
             .arg(dir.path().join("sock"))

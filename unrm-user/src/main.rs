@@ -49,9 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    daemon::logs::init();
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

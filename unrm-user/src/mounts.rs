@@ -178,7 +178,8 @@ impl Views {
     /// (the daemon in a chroot: mountinfo shows mount points relative to
     /// the root of the process read through).
     pub fn new() -> Self {
-        let root = |pid: &str| std::fs::metadata(format!("/proc/{pid}/root")).ok().map(|m| (m.dev(), m.ino()));
+        let root =
+            |pid: &str| std::fs::metadata(format!("/proc/{pid}/root")).ok().map(|m| (m.dev(), m.ino()));
         let same_root = root("1").is_some() && root("1") == root("self");
         let host = if same_root && Watched::open("1").is_some() { "1" } else { "self" };
         Views { own_ns: mnt_ns_of(host).unwrap_or(0), own: Watched::open(host), others: HashMap::new() }

@@ -35,11 +35,7 @@ pub fn test_in_vm(root: &Path, bin: &Path, guest: &Guest) -> Result<()> {
         files.push(build_into(root, bin, &args, &dir.join(revision))?);
     }
     let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
-    let script = format!(
-        "export DEB1={} DEB2={}; . /root/vm/in-guest.sh",
-        name(&files[0]),
-        name(&files[1])
-    );
+    let script = format!("export DEB1={} DEB2={}; . /root/vm/in-guest.sh", name(&files[0]), name(&files[1]));
     files.push(root.join("tests/package/in-guest.sh"));
     let code = guest.run_under_systemd(&script, &files)?;
     if code != 0 {
@@ -75,8 +71,13 @@ fn ensure_cargo_deb() -> Result<PathBuf> {
         return Ok(path);
     }
     eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION}");
-    run(Command::new("cargo").args(["install", "--locked", "--force", &format!("cargo-deb@{CARGO_DEB_VERSION}")]))
-        .context("cargo install cargo-deb failed; it needs crates.io")?;
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+    ]))
+    .context("cargo install cargo-deb failed; it needs crates.io")?;
     Ok(path)
 }
 

@@ -62,10 +62,12 @@ if [ "$(arg unrm_init)" = systemd ]; then
   units=/merged/etc/systemd/system
   mkdir -p $units
   printf '[Unit]\nRequires=basic.target unrm-vm-test.service\nAfter=basic.target\nAllowIsolate=yes\n' > $units/unrm-vm.target
-  printf '[Unit]\nAfter=basic.target\n[Service]\nType=oneshot\nTimeoutStartSec=infinity\nWorkingDirectory=/root/vm\nExecStart=/bin/sh -c "/bin/sh /root/vm/script.sh > %s 2>&1; echo unrm-vm-exit=$$? > %s; systemctl poweroff -ff"\n' $out $out > $units/unrm-vm-test.service
+  # An orderly poweroff: a forced one can beat the last write to the port.
+  printf '[Unit]\nAfter=basic.target\n[Service]\nType=oneshot\nTimeoutStartSec=infinity\nWorkingDirectory=/root/vm\nExecStart=/bin/sh -c "/bin/sh /root/vm/script.sh > %s 2>&1; echo unrm-vm-exit=$$? > %s; systemctl --no-block poweroff"\n' $out $out > $units/unrm-vm-test.service
   # The shared root is a container's: systemd would take /.dockerenv to
-  # mean it runs in one and ignore the kernel command line.
-  rm -f /merged/.dockerenv
+  # mean it runs in one and ignore the kernel command line, and the image's
+  # policy-rc.d forbids packages to start services. The guest is a machine.
+  rm -f /merged/.dockerenv /merged/usr/sbin/policy-rc.d
   ln -sf /dev/null $units/serial-getty@ttyS0.service
   umount /proc /sys
   exec switch_root /merged /lib/systemd/systemd --unit=unrm-vm.target
@@ -308,7 +310,10 @@ impl Init<'_> {
                 // fstab=no: the host's fstab means nothing here. (The
                 // serial getty, which would wait forever for a device no
                 // udev announces, is masked by /init.)
-                format!(" unrm_init=systemd unrm_files={} fstab=no systemd.show_status=false", files.join(","))
+                format!(
+                    " unrm_init=systemd unrm_files={} fstab=no systemd.show_status=false",
+                    files.join(",")
+                )
             }
         }
     }

@@ -16,6 +16,7 @@ mod engine;
 mod exits;
 mod jobs;
 mod lanes;
+pub mod logs;
 mod sched;
 mod systemd;
 
@@ -88,6 +89,7 @@ pub fn run(opts: Options) -> Result<()> {
     let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
     let mut probes = load_probes(&opts, policy.btf.clone())?;
     let tier_name = probes.tier().name();
+    logs::set_tier(tier_name);
     log::info!("descriptor budget: {} pins, {} holder pidfds", shares.pins, shares.pidfds);
     let ring = probes.take_events()?;
     let logger = probes.logger();

@@ -208,7 +208,10 @@ mod tests {
         assert_eq!((parsed.max_file_size, parsed.max_store_size), (d.max_file_size, d.max_store_size));
         assert_eq!((parsed.min_free, parsed.store_reserve), (d.min_free, d.store_reserve));
         assert_eq!((parsed.keep_for, parsed.max_index_size), (d.keep_for, d.max_index_size));
-        assert_eq!((parsed.scratch, parsed.visible_to, parsed.per_user), (d.scratch, d.visible_to, d.per_user));
+        assert_eq!(
+            (parsed.scratch, parsed.visible_to, parsed.per_user),
+            (d.scratch, d.visible_to, d.per_user)
+        );
         assert!(parsed.uids.is_none() && parsed.include.is_none() && parsed.exclude.is_empty());
         assert!(parsed.wants(std::path::Path::new("/home/a/f"), Some(1000)), "empty lists filter nothing");
     }

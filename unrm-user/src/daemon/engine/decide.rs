@@ -350,7 +350,10 @@ impl Engine {
         // the index lost: it must not pass for this one's.
         let _ = self.storage.files.remove(id);
         self.figures.counters.pins += 1;
-        log::info!("pinned {} ({} bytes) as record {id}", path.display(), meta.size);
+        log::info!(
+            unrm_record = id, unrm_path:% = path.display(), unrm_status = "held", unrm_size = meta.size;
+            "pinned {} ({} bytes) as record {id}", path.display(), meta.size
+        );
         let deleter = pending.map(|p| p.deletion.pid);
         let others_held = holds.iter().any(|h| Some(h.pid) != deleter);
         let pin = Pin {
@@ -457,6 +460,7 @@ impl Engine {
                         self.figures.counters.captured += 1;
                         let stored = &captured.stored;
                         log::info!(
+                            unrm_record = record, unrm_status = "captured", unrm_size = stored.size;
                             "captured record {record} ({} bytes, {:?}, {took:?})",
                             stored.size,
                             stored.method
@@ -470,7 +474,10 @@ impl Engine {
                     }
                     Err(reason) => {
                         self.figures.counters.failed += 1;
-                        log::warn!("capture of record {record} failed: {reason}");
+                        log::warn!(
+                            unrm_record = record, unrm_status = "failed", unrm_reason:% = reason;
+                            "capture of record {record} failed: {reason}"
+                        );
                         self.index.set_status(record, Status::Failed, Some(&reason));
                     }
                 }

@@ -166,6 +166,6 @@ impl Engine {
         }
         self.index.set_status(id, Status::Evicted, Some(why));
         self.figures.counters.evicted += 1;
-        log::info!("evicted capture {id}: {why}");
+        log::info!(unrm_record = id, unrm_status = "evicted", unrm_reason = why; "evicted capture {id}: {why}");
     }
 }
