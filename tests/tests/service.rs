@@ -1,12 +1,13 @@
 //! Under a service manager: the daemon speaks `sd_notify(3)`'s protocol on
 //! `$NOTIFY_SOCKET` (READY=1 once it serves, RELOADING=1 then READY=1
-//! around a reload, WATCHDOG=1 from the engine's loop, STOPPING=1), as a
+//! around a reload, WATCHDOG=1 from the engine's loop, STATUS= with its
+//! counters, STOPPING=1), as a
 //! `Type=notify` unit with `WatchdogSec=` needs. Here the test plays
 //! systemd's part with a datagram socket of its own.
 
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
-use unrm_tests::Daemon;
+use unrm_tests::{Daemon, Holder, Mount, rm};
 
 /// Messages until one contains `want`; panics after a while.
 fn until(socket: &UnixDatagram, want: &str) -> String {
@@ -38,6 +39,18 @@ fn the_service_manager_hears_ready_reload_watchdog_and_stop() {
     assert!(daemon.status()["probes"]["attached"].as_bool().unwrap());
 
     until(&socket, "WATCHDOG=1");
+    // STATUS= follows what the engine keeps, at its next snapshot.
+    let fs = Mount::ext4();
+    let path = fs.file("held", b"kept");
+    let holder = Holder::fd(&path);
+    rm(&path, None);
+    daemon.wait_record(&path, "held");
+    let status = until(&socket, " 1 held,");
+    assert!(
+        status.starts_with("STATUS=") && status.contains("tier;") && status.contains("lost events"),
+        "{status}"
+    );
+    drop(holder);
     // SAFETY: signalling the daemon this test started.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
     let reloading = until(&socket, "RELOADING=1");

@@ -72,7 +72,7 @@ if [ "$(arg unrm_init)" = systemd ]; then
   umount /proc /sys
   exec switch_root /merged /lib/systemd/systemd --unit=unrm-vm.target
 fi
-chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mkdir -p /.keep; mount --bind $keep /.keep; for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs \$d; done; mkdir -p $keep; mount --bind /.keep $keep; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
+chroot /merged /bin/sh -c "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mkdir -p /dev/pts; mount -t devpts devpts /dev/pts; mkdir -p /.keep; mount --bind $keep /.keep; for d in /tmp /run /var/tmp; do mount -t tmpfs tmpfs \$d; done; mkdir -p $keep; mount --bind /.keep $keep; mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf; . $script" > $out 2>&1
 echo "unrm-vm-exit=$?" > $out
 poweroff -f
 "#;

@@ -2,7 +2,8 @@
 //! for a `Type=notify` unit): `READY=1` once the probes are attached, the
 //! start-up scan is done and the socket listens; `RELOADING=1` (with the
 //! monotonic time systemd 253+ wants) and `READY=1` around a policy reload;
-//! `STATUS=` with the tier; `WATCHDOG=1` from the engine's loop, so that a
+//! `STATUS=` with the tier, then from the engine with its key counters at
+//! every snapshot; `WATCHDOG=1` from the engine's loop, so that a
 //! stuck engine gets the daemon restarted. Without `$NOTIFY_SOCKET` (not
 //! under systemd) every call does nothing.
 
@@ -65,6 +66,8 @@ pub struct Watchdog {
     notifier: Notifier,
     every: Option<Duration>,
     last: std::time::Instant,
+    /// The last `STATUS=` sent from here.
+    status: Option<String>,
 }
 
 impl Watchdog {
@@ -73,12 +76,20 @@ impl Watchdog {
         // Meant for this process only (a child would inherit it).
         let ours = std::env::var("WATCHDOG_PID").ok().is_none_or(|pid| pid == std::process::id().to_string());
         let every = usec.filter(|_| ours).map(|usec| Duration::from_micros(usec / 2));
-        Watchdog { notifier: Notifier::from_env(), every, last: std::time::Instant::now() }
+        Watchdog { notifier: Notifier::from_env(), every, last: std::time::Instant::now(), status: None }
     }
 
     /// How long the engine may wait before it must ping again.
     pub fn due_in(&self) -> Option<Duration> {
         self.every.map(|every| every.saturating_sub(self.last.elapsed()))
+    }
+
+    /// `STATUS=` for `systemctl status`, when it changed.
+    pub fn status(&mut self, status: String) {
+        if self.status.as_ref() != Some(&status) {
+            self.notifier.send(&format!("STATUS={status}"));
+            self.status = Some(status);
+        }
     }
 
     pub fn ping(&mut self) {

@@ -225,6 +225,21 @@ impl Engine {
         })
     }
 
+    /// What `systemctl status` shows: the tier and the counts that say
+    /// whether unrm is doing its job.
+    fn status_line(&self) -> String {
+        let c = &self.figures.counters;
+        format!(
+            "{} tier; {} held, {} captured, {} missed, {} failed, {} lost events",
+            self.kernel.probes.tier().name(),
+            self.pins.len(),
+            c.captured,
+            c.missed,
+            c.failed,
+            c.lost_events
+        )
+    }
+
     pub fn run(mut self, rx: Receiver<Msg>) {
         let mut next_rescan = Instant::now() + self.cfg.rescan_every;
         let mut requests = VecDeque::new();
@@ -280,6 +295,7 @@ impl Engine {
                     self.workers.lanes.tick();
                     self.refresh_anchors();
                     self.release_memory_if_idle();
+                    watchdog.status(self.status_line());
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }
