@@ -59,3 +59,27 @@ fn the_service_manager_hears_ready_reload_watchdog_and_stop() {
     daemon.stop();
     until(&socket, "STOPPING=1");
 }
+
+/// The nice level of the daemon's thread whose name starts with `prefix`.
+fn nice_of_thread(pid: u32, prefix: &str) -> i64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if stat[open + 1..close].starts_with(prefix) {
+            // After the name: state is field 3, nice field 19.
+            return stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no thread {prefix}* in {pid}");
+}
+
+/// What CAP_SYS_NICE in the unit buys: the ring buffer's reader takes the
+/// highest priority (a pin within microseconds of the deletion is what
+/// makes capture possible when the holder lets go at once), and the
+/// engine, which copies, steps back.
+#[test]
+fn the_ring_reader_runs_first_and_the_engine_steps_back() {
+    let daemon = Daemon::start();
+    assert_eq!(nice_of_thread(daemon.pid(), "unrm-ring"), -20);
+    assert_eq!(nice_of_thread(daemon.pid(), "unrm-engine"), 10);
+}
