@@ -102,18 +102,31 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Creates `dir` (and its parents) if missing, searchable by everyone so
-/// that any user can reach the socket inside; an existing directory is left
-/// as it is (under systemd, `RuntimeDirectory=` made it).
+/// Creates `dir` (and its missing parents) searchable by everyone, so that
+/// any user can reach the socket inside; an existing directory is left as
+/// it is (under systemd, `RuntimeDirectory=` made it). Then refuses a
+/// directory anyone but root could change: there, someone could swap the
+/// socket for a symbolic link between its creation and its chmod, or
+/// replace it and pose as the daemon.
 pub fn public_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.as_os_str().is_empty() || dir.exists() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    // The daemon's umask (077) would make it root's alone.
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("creating {}", dir.display()))
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for d in missing.into_iter().rev() {
+        // The daemon's umask (077) would make each root's alone.
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(d)
+            .with_context(|| format!("creating {}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        bail!("{} is not a directory only root can change; refusing to serve a socket there", dir.display());
+    }
+    Ok(())
 }
 
 /// Who is connected, to keep within the caps.

@@ -20,7 +20,18 @@ pub fn clean(text: &str) -> Cow<'_, str> {
 }
 
 fn unsafe_to_print(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    // Bidirectional marks and overrides, zero-width characters, line and
+    // paragraph separators, the byte-order mark: each can reorder, hide or
+    // break what a name looks like.
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 pub fn size(bytes: u64) -> String {

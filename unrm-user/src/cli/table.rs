@@ -28,14 +28,15 @@ pub struct Text {
     hue: Option<Hue>,
 }
 
-/// Text for a cell, from anywhere: escaped here. Spaces at its end, which
-/// the table's padding would hide and its trimmed lines drop, are escaped
-/// too (`\u{20}`), so a name ending in one is told apart.
+/// Text for a cell, from anywhere: escaped here. Whitespace at its end
+/// (any, not only spaces), which the table's padding would hide and its
+/// trimmed lines drop, is escaped too (`\u{20}`, `\u{3000}`), so a name
+/// ending in it is told apart.
 pub fn text(text: impl AsRef<str>) -> Text {
     let clean = clean(text.as_ref());
-    let body = clean.trim_end_matches(' ');
-    let hidden = clean.len() - body.len();
-    Text { text: format!("{body}{}", "\\u{20}".repeat(hidden)), hue: None }
+    let body = clean.trim_end_matches(char::is_whitespace);
+    let hidden: String = clean[body.len()..].chars().map(|c| c.escape_unicode().to_string()).collect();
+    Text { text: format!("{body}{hidden}"), hue: None }
 }
 
 impl Text {

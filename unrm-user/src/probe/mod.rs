@@ -76,6 +76,12 @@ impl Probes {
         let self_tgid = std::process::id();
         // Only the fs tier's rename hook uses it, and kallsyms is ~10 MB.
         let ext4_rename = if opts.hooks && opts.tier == Tier::Fs { ext4_rename_range() } else { [0, 0] };
+        if opts.hooks && opts.tier == Tier::Fs && ext4_rename == [0, 0] {
+            // E.g. under systemd's ProtectKernelTunables=, or without CAP_SYSLOG.
+            log::warn!(
+                "/proc/kallsyms shows no address for ext4_rename: the fs tier will not see renames over held files"
+            );
+        }
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
