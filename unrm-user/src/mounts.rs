@@ -180,9 +180,12 @@ impl Views {
     pub fn new() -> Self {
         let root =
             |pid: &str| std::fs::metadata(format!("/proc/{pid}/root")).ok().map(|m| (m.dev(), m.ino()));
-        let same_root = root("1").is_some() && root("1") == root("self");
-        let host = if same_root && Watched::open("1").is_some() { "1" } else { "self" };
-        Views { own_ns: mnt_ns_of(host).unwrap_or(0), own: Watched::open(host), others: HashMap::new() }
+        let init = root("1").filter(|r| Some(*r) == root("self")).and_then(|_| Watched::open("1"));
+        let (host, own) = match init {
+            Some(table) => ("1", Some(table)),
+            None => ("self", Watched::open("self")),
+        };
+        Views { own_ns: mnt_ns_of(host).unwrap_or(0), own, others: HashMap::new() }
     }
 
     /// The host's table.

@@ -60,7 +60,6 @@ fn build_into(root: &Path, bin: &Path, args: &[String], out_dir: &Path) -> Resul
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .context("cargo-deb wrote no package")?;
-    println!("{}", deb.display());
     Ok(deb)
 }
 

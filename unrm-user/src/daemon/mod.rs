@@ -251,7 +251,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
                     }
                     Err(err) => log::error!("policy not reloaded: {err:#}"),
                 }
-                notifier.reloaded(&status);
+                notifier.reloaded();
             }
         }
     }

@@ -50,8 +50,9 @@ impl Notifier {
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_ns() / 1000));
     }
 
-    pub fn reloaded(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
+    /// Ready again; `STATUS=` stays what the engine last said.
+    pub fn reloaded(&self) {
+        self.send("READY=1");
     }
 
     pub fn stopping(&self) {
