@@ -161,7 +161,8 @@ pub fn test_binaries(root: &Path, bin: &Path) -> Result<Vec<PathBuf>> {
 /// Unit tests of every crate, then the integration tests against `bin`.
 pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
     // The integration tests make their own ext4 and xfs images and mounts,
-    // and a FUSE filesystem (bindfs) to play one that stops answering.
+    // a FUSE filesystem (bindfs) to play one that stops answering, and run
+    // the programs a fleet feeds unrm's events and metrics to.
     toolchain::ensure_commands(&[
         ("mkfs.ext4", "e2fsprogs"),
         ("mkfs.xfs", "xfsprogs"),
@@ -170,6 +171,14 @@ pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
         ("bindfs", "bindfs"),
         ("unshare", "util-linux"),
         ("man", "man-db"),
+        // The fleet tests: a log shipper pair, node_exporter and promtool,
+        // real containers (runc: crun refuses hybrid cgroup hosts).
+        ("rsyslogd", "rsyslog"),
+        ("prometheus-node-exporter", "prometheus-node-exporter"),
+        ("promtool", "prometheus"),
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
     ])?;
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let mut cmd = Command::new("cargo");

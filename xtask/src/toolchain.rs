@@ -190,7 +190,37 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     apt(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend_from_slice(packages);
+    let _quiet = NoServiceStarts::new();
     apt(&args).with_context(|| format!("installing {}", packages.join(" ")))
+}
+
+/// While it lives, packages' maintainer scripts may not start their
+/// services (rsyslog, node_exporter): the tests start their own instances,
+/// on their own ports and files. Debian's `policy-rc.d` convention; one that
+/// is already there (Docker images have one) is left alone.
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    const POLICY: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(Self::POLICY);
+        if path.exists() || !is_root() {
+            return NoServiceStarts(None);
+        }
+        let written = std::fs::write(path, "#!/bin/sh\n# written by cargo xtask while it installs packages\nexit 101\n")
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)));
+        NoServiceStarts(written.is_ok().then_some(path))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 pub fn is_root() -> bool {
