@@ -126,6 +126,11 @@ for field in UNRM_RECORD UNRM_PATH UNRM_STATUS UNRM_TIER; do
 done
 grep -q "\"UNRM_RECORD\":\"$held\"" journal.json || fail "no journal entry for record $held"
 
+step "the event log under the unit"
+ev=/var/log/unrm/events.jsonl
+[ "$(stat -c %a:%G "$ev")" = 640:adm ] || fail "$ev is $(stat -c %a:%G "$ev"), not 640:adm"
+grep -q "\"event\":\"deleted\".*\"id\":$held," "$ev" || fail "no deletion event of record $held in $ev"
+
 step "man pages and completions"
 man unrm | grep -q restore || fail "man unrm"
 man 5 unrm.toml | grep -q max_file_size || fail "man 5 unrm.toml"
@@ -141,4 +146,5 @@ is_active && fail "still active after removal"
 [ -d /var/lib/unrm ] || fail "removal took the store"
 apt_get purge unrm
 [ -e /var/lib/unrm ] && fail "purge left /var/lib/unrm"
+[ -e /var/log/unrm ] && fail "purge left /var/log/unrm"
 echo "package: all steps passed"

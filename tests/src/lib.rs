@@ -107,7 +107,16 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     log: PathBuf,
+    /// Its event file, unless the test gave it another.
+    pub events: PathBuf,
+    stdout: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
+}
+
+/// Whether `--config FILE` among `args` has an `[events]` section.
+fn config_names_events(args: &[&str]) -> bool {
+    let file = args.iter().position(|a| *a == "--config").and_then(|i| args.get(i + 1));
+    file.and_then(|f| std::fs::read_to_string(f).ok()).is_some_and(|text| text.contains("[events]"))
 }
 
 impl Daemon {
@@ -151,11 +160,19 @@ impl Daemon {
     fn start_at(dir: tempfile::TempDir, state_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let socket = dir.path().join("unrm.sock");
         let log = dir.path().join("daemon.log");
+        // Each daemon's events go to a file of its own, unless the test says
+        // where (never the machine's /var/log/unrm).
+        let events = dir.path().join("events.jsonl");
+        let mut events_arg = vec![];
+        if !extra.iter().any(|a| a.starts_with("--events")) && !config_names_events(extra) {
+            events_arg = vec!["--events-file".to_owned(), events.display().to_string()];
+        }
         let mut child = daemon_command()
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--socket")
             .arg(&socket)
+            .args(&events_arg)
             .args(extra)
             .env("RUST_LOG", "debug,aya=info,aya_obj=info")
             .envs(env.iter().copied())
@@ -174,7 +191,13 @@ impl Daemon {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        Daemon { child, socket, state_dir, log, _dir: dir }
+        Daemon { child, socket, state_dir, log, events, stdout: ready, _dir: dir }
+    }
+
+    /// The next line the daemon writes on its standard output after
+    /// "ready" (events, with `--events stdout`).
+    pub fn stdout_line(&self) -> String {
+        self.stdout.recv_timeout(PATIENCE).expect("a line on the daemon's standard output")
     }
 
     pub fn log(&self) -> String {

@@ -7,6 +7,7 @@
 //! - `policy`: what is kept, and the bounds that keep a disk from filling.
 //! - `faults`: crashes, a full store, garbage on the socket.
 //! - `cli`: the CLI on its own, its bad input, its output on a terminal and piped.
+//! - `events`: what leaves the host: following, the event log and a real shipper.
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
 //!   unrm, unfair use of the store, a filesystem that stops answering.
@@ -19,6 +20,7 @@ mod abuse;
 mod aim;
 mod capture;
 mod cli;
+mod events;
 mod fairness;
 mod faults;
 mod fs_tier;

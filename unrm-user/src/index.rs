@@ -15,6 +15,7 @@
 //! store file left by a lost record can never be mistaken for a new one's).
 
 use std::{
+    collections::VecDeque,
     os::unix::ffi::OsStrExt,
     path::Path,
     time::{Duration, Instant, SystemTime},
@@ -222,6 +223,9 @@ pub struct Health {
     pub dropped: u64,
     /// Writes waiting to be replayed.
     pub waiting: usize,
+    /// Changes not reported to followers: more waited for a failing index
+    /// than `MAX_CHANGES`.
+    pub changes_dropped: u64,
     pub last_error: Option<String>,
 }
 
@@ -244,7 +248,24 @@ pub struct Index {
     retry_at: Option<Instant>,
     retry_after: Duration,
     health: Health,
+    /// New records and status changes since `take_changes`, in order.
+    changes: VecDeque<Change>,
 }
+
+/// A new record or a status change, for those who follow the index
+/// (`unrm list --follow`, the event log).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub id: i64,
+    /// A new record, rather than a change of an existing one's status.
+    pub new: bool,
+    pub status: Status,
+    pub reason: Option<String>,
+}
+
+/// Changes kept while the index cannot be written, at most (like the
+/// journal's bound); beyond it the oldest are dropped and counted.
+const MAX_CHANGES: usize = MAX_JOURNAL;
 
 impl Index {
     /// Opens the index at `path`, handing out ids from at least `first_id`
@@ -287,6 +308,7 @@ impl Index {
             retry_at: None,
             retry_after: RETRY_FIRST,
             health: Health::default(),
+            changes: VecDeque::new(),
         })
     }
 
@@ -479,12 +501,31 @@ impl Index {
         let id = self.next_id;
         self.next_id += 1;
         r.id = id;
+        self.changed(Change { id, new: true, status: r.status, reason: r.reason.clone() });
         self.write(Write::Insert(Box::new(r)));
         id
     }
 
     pub fn set_status(&mut self, id: i64, status: Status, reason: Option<&str>) {
+        self.changed(Change { id, new: false, status, reason: reason.map(str::to_owned) });
         self.write(Write::Status(id, status, reason.map(str::to_owned)));
+    }
+
+    fn changed(&mut self, change: Change) {
+        if self.changes.len() >= MAX_CHANGES {
+            self.changes.pop_front();
+            self.health.changes_dropped += 1;
+        }
+        self.changes.push_back(change);
+    }
+
+    /// The changes written durably since the last call, in order; none
+    /// while writes wait for a replay (they come once it succeeds).
+    pub fn take_changes(&mut self) -> VecDeque<Change> {
+        if self.in_txn || self.failed {
+            return VecDeque::new();
+        }
+        std::mem::take(&mut self.changes)
     }
 
     fn set(&mut self, id: i64, column: Column, value: impl Into<Value>) {
@@ -507,6 +548,7 @@ impl Index {
     }
 
     pub fn mark_captured(&mut self, id: i64, size: u64, at: SystemTime) {
+        self.changed(Change { id, new: false, status: Status::Captured, reason: None });
         self.write(Write::Captured(id, size, nanos(at)));
     }
 

@@ -15,6 +15,7 @@ mod cli;
 mod clock;
 mod copy;
 mod daemon;
+mod events;
 mod handle;
 mod holders;
 mod index;

@@ -269,7 +269,7 @@ pub fn from_nanos(ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
 }
 
-mod rfc3339 {
+pub mod rfc3339 {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};

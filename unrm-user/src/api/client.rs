@@ -40,6 +40,20 @@ impl Client {
         Ok((response, fd))
     }
 
+    /// The next message the daemon sends on its own (a follower's events);
+    /// an `Error` becomes an `Err`, the daemon hanging up too.
+    pub fn next(&mut self) -> Result<Response> {
+        let (header, _) = self.read_header().context("the daemon stopped sending events")?;
+        let len = body_len(header, MAX_RESPONSE)?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).context("reading an event")?;
+        let response: Response = serde_json::from_slice(&body).context("decoding an event")?;
+        if let Response::Error { message } = response {
+            bail!("{message}");
+        }
+        Ok(response)
+    }
+
     /// Reads the 4-byte header with `recvmsg`, so a descriptor sent with the
     /// frame is received rather than dropped.
     fn read_header(&mut self) -> io::Result<([u8; 4], Option<OwnedFd>)> {

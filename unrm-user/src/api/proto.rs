@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    events::Event,
     holders::HeldView,
     record::{Record, RestoreMeta, Status},
 };
@@ -40,6 +41,16 @@ pub enum Request {
     Status,
     /// Deleted files held right now, from a fresh snapshot.
     Scan,
+    /// Every new record and status change from now on that the filters
+    /// select, as `Response::Event`s after a `Response::Following`.
+    Follow {
+        status: Option<Status>,
+        /// A glob over the full path.
+        path: Option<String>,
+        /// A container id (a prefix of it) or runtime name.
+        #[serde(default)]
+        container: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,6 +75,11 @@ pub enum Response {
     },
     Scan {
         files: Vec<HeldView>,
+    },
+    /// A follow request was taken: events follow, one per frame.
+    Following,
+    Event {
+        event: Event,
     },
     Error {
         message: String,
@@ -137,6 +153,14 @@ pub struct Safety {
     pub evicted_for_space: u64,
     /// Records without content forgotten to keep the index within its size.
     pub records_pruned: u64,
+    /// Events written to the event log, and dropped (its writer was behind
+    /// or its sink failed); followers cut off for falling behind.
+    #[serde(default)]
+    pub events_written: u64,
+    #[serde(default)]
+    pub events_dropped: u64,
+    #[serde(default)]
+    pub followers_dropped: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -225,6 +249,7 @@ mod tests {
             Request::Open { id: 2 },
             Request::Status,
             Request::Scan,
+            Request::Follow { status: Some(Status::Captured), path: Some("/a/*".into()), container: None },
         ];
         for req in reqs {
             let bytes = frame(&req);

@@ -31,7 +31,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg}
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
-    sync::{Semaphore, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
     time::timeout,
 };
 
@@ -50,15 +50,34 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// After a failed accept(2), how long to wait before the next.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// An answer, and for `Open` the descriptor that goes with it.
+/// An answer, and for `Open` the descriptor that goes with it; for
+/// `Follow`, what is sent after it.
 pub struct Reply {
     pub response: Response,
     pub fd: Option<OwnedFd>,
+    pub stream: Option<mpsc::Receiver<Followed>>,
+}
+
+/// What a follower is sent after its first answer.
+#[derive(Debug)]
+pub enum Followed {
+    /// One event, as a JSON object (it goes to every follower as it is).
+    Event(Arc<str>),
+    /// It fell behind by this many events and is cut off.
+    Behind(usize),
 }
 
 impl Reply {
+    pub fn new(response: Response) -> Self {
+        Reply { response, fd: None, stream: None }
+    }
+
+    pub fn with_fd(response: Response, fd: OwnedFd) -> Self {
+        Reply { response, fd: Some(fd), stream: None }
+    }
+
     pub fn error(message: impl Into<String>) -> Self {
-        Reply { response: Response::Error { message: message.into() }, fd: None }
+        Reply::new(Response::Error { message: message.into() })
     }
 }
 
@@ -255,14 +274,55 @@ async fn connection(
         timeout(within, stream.read_exact(&mut body))
             .await
             .map_err(|_| TooSlow("sent its request too slowly"))??;
-        let reply = match parse_request(&body) {
+        let mut reply = match parse_request(&body) {
             Ok(request) => ask(&handler, &queue, request, &caller).await,
             Err(err) => Reply::error(format!("{err:#}")),
         };
+        let events = reply.stream.take();
         timeout(within, send(&mut stream, reply))
             .await
             .map_err(|_| TooSlow("did not read its answer in time"))??;
+        if let Some(events) = events {
+            return follow(stream, events, within).await;
+        }
     }
+}
+
+/// Sends a follower its events until it hangs up, falls behind, or the
+/// daemon stops. It may send nothing more; anything it sends ends it.
+async fn follow(
+    mut stream: UnixStream,
+    mut events: mpsc::Receiver<Followed>,
+    within: Duration,
+) -> Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        let frame = tokio::select! {
+            _ = stream.read(&mut byte) => return Ok(()),
+            next = events.recv() => match next {
+                Some(Followed::Event(json)) => event_frame(&json),
+                Some(Followed::Behind(n)) => frame(&Response::Error {
+                    message: format!("this follower fell {n} events behind and was cut off; follow again"),
+                }),
+                None => return Ok(()),
+            },
+        };
+        timeout(within, stream.write_all(&frame))
+            .await
+            .map_err(|_| TooSlow("did not read its events in time"))??;
+    }
+}
+
+/// `Response::Event` around an event already in JSON, without parsing it again.
+fn event_frame(event: &str) -> Vec<u8> {
+    let head = r#"{"type":"event","event":"#;
+    let len = (head.len() + event.len() + 1) as u32;
+    let mut out = Vec::with_capacity(4 + len as usize);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// Queues `request` for the engine, within `MAX_QUEUED`, and waits for the

@@ -1,5 +1,6 @@
 //! The command line: argument definitions and one module per command.
 
+mod follow;
 mod format;
 mod hue;
 mod privilege;
@@ -86,11 +87,29 @@ enum Command {
         /// How long a client may take to send a request or read an answer.
         #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
         client_timeout: Duration,
+        /// Where to write one JSON line per deletion and status change:
+        /// `file` (--events-file), `stdout`, `journal` or `off`. Overrides
+        /// the config file's [events] to.
+        #[arg(long, value_name = "SINK", value_parser = ["file", "stdout", "journal", "off"])]
+        events: Option<String>,
+        /// The event file (default /var/log/unrm/events.jsonl); implies
+        /// --events file unless --events says otherwise.
+        #[arg(long, value_name = "PATH")]
+        events_file: Option<PathBuf>,
+        /// Events the event log may be behind by before it drops them.
+        #[arg(long, hide = true, default_value_t = crate::events::sink::QUEUE)]
+        events_queue: usize,
     },
     /// Recent deletions, newest first.
     List {
         #[arg(long)]
         json: bool,
+        /// Go on printing each new record and status change as it happens,
+        /// a line each (with --json, one compact JSON object per line: the
+        /// event log's). With --since, the records since then first, oldest
+        /// first. `unrm watch` is the same.
+        #[arg(long, short = 'f', conflicts_with_all = ["until", "limit"])]
+        follow: bool,
         /// Only deletions since then: a duration ago (10m, 2h, 3days) or a
         /// time (2026-11-28T10:00:00Z, "2026-11-28 10:00" local, 2026-11-28).
         #[arg(long, value_name = "WHEN", value_parser = when::parse_when)]
@@ -107,8 +126,22 @@ enum Command {
         #[arg(long)]
         status: Option<Status>,
         /// At most this many records (0 for all).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// `unrm list --follow`: each new record and status change as it happens.
+    Watch {
+        #[arg(long)]
+        json: bool,
+        /// First the records since then (as for `unrm list`), oldest first.
+        #[arg(long, value_name = "WHEN", value_parser = when::parse_when)]
+        since: Option<SystemTime>,
+        /// Only paths matching this glob (as for `unrm list`).
+        #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+        path: Option<String>,
+        /// Only records in this status.
+        #[arg(long)]
+        status: Option<Status>,
     },
     /// One record in full.
     Show {
@@ -188,6 +221,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             btf,
             watch_entries,
             client_timeout,
+            events,
+            events_file,
+            events_queue,
         } => {
             daemon::run(daemon::Options {
                 config,
@@ -200,22 +236,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 rescan_every: rescan_interval,
                 watch_entries,
                 client_timeout,
+                events,
+                events_file,
+                events_queue,
             })?;
         }
-        Command::List { json, since, until, path, status, limit } => {
-            let cwd = std::env::current_dir()?;
-            let filters = Filters {
-                since_ns: since.map(nanos),
-                until_ns: until.map(nanos),
-                status,
-                path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
-            };
-            let records = select::list(&cli.socket, &filters, limit)?;
+        Command::List { json, follow, since, until, path, status, limit } => {
+            let filters = listing(since, until, status, path)?;
+            if follow {
+                follow::run(&cli.socket, &filters, None, json)?;
+            }
+            let records = select::list(&cli.socket, &filters, limit.unwrap_or(100))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
                 show::table(&records, &term::Term::stdout());
             }
+        }
+        Command::Watch { json, since, path, status } => {
+            follow::run(&cli.socket, &listing(since, None, status, path)?, None, json)?;
         }
         Command::Show { id, json } => {
             let Response::Record { record } = call(&cli.socket, &Request::Show { id })? else {
@@ -245,6 +284,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A listing's filters from the command line's; a relative path glob
+/// starts in the current directory.
+fn listing(
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    status: Option<Status>,
+    path: Option<String>,
+) -> Result<Filters> {
+    let cwd = std::env::current_dir()?;
+    Ok(Filters {
+        since_ns: since.map(nanos),
+        until_ns: until.map(nanos),
+        status,
+        path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
+    })
 }
 
 fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {

@@ -198,7 +198,7 @@ pub fn open_held(
             let home = meta.parent.zip(record.dev).map(|(parent, dev)| Home { parent, dev });
             record.path_resolved =
                 record.path_resolved && home.is_some_and(|home| leads_to(&pin, &path, home));
-            Ok(Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) })
+            Ok(Reply::with_fd(Response::Opened { record, meta }, OwnedFd::from(file)))
         })();
         let _ =
             reply.send(answer.unwrap_or_else(|err| Reply::error(format!("opening the held file: {err:#}"))));

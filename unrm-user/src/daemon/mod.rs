@@ -45,6 +45,7 @@ use crate::{
     anchors::Anchors,
     api::server::{self, Handler, Limits, ServerStats},
     budget::{Budget, Shares},
+    events::sink::{EventLog, Rotation, Sink},
     index::Index,
     ingest,
     notify::Group,
@@ -67,6 +68,12 @@ pub struct Options {
     /// Entries in the probes' watch tables (default: the object's).
     pub watch_entries: Option<u32>,
     pub client_timeout: Duration,
+    /// Where events go (`file`, `stdout`, `journal`, `off`) and the event
+    /// file; over the policy's `[events]`.
+    pub events: Option<String>,
+    pub events_file: Option<PathBuf>,
+    /// Events the event log's writer may be behind by before it drops them.
+    pub events_queue: usize,
 }
 
 /// One daemon per machine: two would each see the other's pins as holders
@@ -87,6 +94,7 @@ pub fn run(opts: Options) -> Result<()> {
     let store = Arc::new(Store::open(&state)?);
     let first_id = store.ids()?.into_iter().max().unwrap_or(0) + 1;
     let index = Index::open(&state.path.join("index.sqlite"), first_id)?;
+    let events = EventLog::start(event_sink(&opts, &policy)?, opts.events_queue)?;
     let mut probes = load_probes(&opts, policy.btf.clone())?;
     let tier_name = probes.tier().name();
     logs::set_tier(tier_name);
@@ -128,6 +136,7 @@ pub fn run(opts: Options) -> Result<()> {
         server_stats: server_stats.clone(),
         anchors,
         group,
+        events,
     };
     let mut engine = Engine::new(cfg, parts)?;
     engine.start().context("the start-up scan")?;
@@ -165,6 +174,33 @@ fn load_probes(opts: &Options, configured_btf: Option<PathBuf>) -> Result<Probes
     let probes = Probes::load(&load)?;
     log::info!("probes attached ({} tier; hooks: {:?})", probes.tier().name(), probes.fs_hooks());
     Ok(probes)
+}
+
+/// Where events go: the policy's `[events]`, then the command line's say.
+fn event_sink(opts: &Options, policy: &Policy) -> Result<Sink> {
+    let mut sink = policy.events.clone();
+    if let Some(path) = &opts.events_file {
+        let rotation = match sink.clone() {
+            Sink::File(rotation) => Rotation { path: path.clone(), ..rotation },
+            _ => Rotation { path: path.clone(), ..default_rotation() },
+        };
+        sink = Sink::File(rotation);
+    }
+    if let Some(to) = &opts.events {
+        let rotation = match &sink {
+            Sink::File(rotation) => rotation.clone(),
+            _ => default_rotation(),
+        };
+        sink = policy::sink_named(to, rotation).context("--events")?;
+    }
+    Ok(sink)
+}
+
+fn default_rotation() -> Rotation {
+    match Policy::default().events {
+        Sink::File(rotation) => rotation,
+        _ => unreachable!("events go to a file by default"),
+    }
 }
 
 /// The fs tier hooks only ext4: a fanotify group reports deletions on the

@@ -89,6 +89,30 @@ pub const KEYS: &[Key] = &[
         doc: "Where the kernel's BTF (its structures' layout) is, for a kernel that keeps it elsewhere; --btf on the command line wins. Read at start only.",
     },
     Key {
+        section: Some("events"),
+        name: "to",
+        default: "\"file\"",
+        doc: "Where the daemon writes one JSON object per line for every deletion it records and every status change after (schema in README, Fleet): \"file\" (below), \"stdout\" (a container's log), \"journal\", or \"off\". Only metadata; never a file's content. Read at start only. The daemon's --events flag wins.",
+    },
+    Key {
+        section: Some("events"),
+        name: "file",
+        default: "\"/var/log/unrm/events.jsonl\"",
+        doc: "The event file, for a log shipper to tail. Made readable by root and the adm group; its directory must be one only root can change. The daemon's --events-file flag wins.",
+    },
+    Key {
+        section: Some("events"),
+        name: "max_size",
+        default: "\"64M\"",
+        doc: "Past this size the event file is renamed FILE.1 (FILE.1 becomes FILE.2, and so on) and a new one begun.",
+    },
+    Key {
+        section: Some("events"),
+        name: "keep",
+        default: "5",
+        doc: "Old event files kept (FILE.1 to FILE.keep); 0 keeps none. A writer that falls behind (a slow disk) drops events and counts them (unrm status, events_dropped) rather than slow the daemon.",
+    },
+    Key {
         section: Some("per_user"),
         name: "pins",
         default: "\"25%\"",

@@ -17,9 +17,12 @@ use anyhow::{Context, Result, bail};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::access::Visibility;
+use crate::{access::Visibility, events::sink::Sink};
 
+mod events;
 pub mod keys;
+
+pub use events::sink_named;
 
 pub const DEFAULT_CONFIG: &str = "/etc/unrm.toml";
 
@@ -41,6 +44,7 @@ struct ConfigFile {
     max_index_size: Option<SizeValue>,
     per_user: Option<PerUserFile>,
     btf: Option<PathBuf>,
+    events: Option<events::EventsFile>,
 }
 
 /// `[per_user]`: what each user other than root may take.
@@ -147,6 +151,8 @@ pub struct Policy {
     /// The kernel's BTF, when not in /sys/kernel/btf/vmlinux (read at
     /// start only: the probes are loaded once).
     pub btf: Option<PathBuf>,
+    /// Where events go for log shippers (read at start only).
+    pub events: Sink,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
 }
@@ -167,6 +173,7 @@ impl Default for Policy {
             max_index_size: 1 << 30,
             per_user: PerUser::default(),
             btf: None,
+            events: events::sink(None).expect("the default events section is valid"),
             source: None,
         }
     }
@@ -236,6 +243,7 @@ impl Policy {
             }
         }
         policy.btf = file.btf;
+        policy.events = events::sink(file.events).context("events")?;
         Ok(policy)
     }
 

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
-use super::{Engine, table::PinTable};
+use super::{Engine, follow::Filter, table::PinTable};
 use crate::{
     access::{Caller, PathFacts, Seen, Visibility},
     api::{
@@ -73,8 +73,14 @@ impl Engine {
             Request::Open { .. } => unreachable!("answered by open"),
             Request::Status => Response::Status { status: self.status()? },
             Request::Scan => Response::Scan { files: self.scan(caller)? },
+            Request::Follow { status, path, container } => {
+                if container.is_some() {
+                    anyhow::bail!("following by container is not supported by this daemon");
+                }
+                return Ok(self.follow(Filter::new(status, path)?, caller));
+            }
         };
-        Ok(Reply { response, fd: None })
+        Ok(Reply::new(response))
     }
 
     /// A record the caller may see; others do not exist, as far as it can tell.
@@ -87,7 +93,7 @@ impl Engine {
     }
 
     /// Has file workers read the ACLs of held files whose ctime moved.
-    fn reread_acls(&mut self, inodes: Vec<InodeId>) {
+    pub(super) fn reread_acls(&mut self, inodes: Vec<InodeId>) {
         for inode in inodes {
             let Some(pin) = self.pins.get_mut(&inode).filter(|pin| !pin.acl.asked) else { continue };
             pin.acl.asked = true;
@@ -121,7 +127,7 @@ impl Engine {
                     if !caller.is_root() {
                         xattrs::keep_unprivileged(&mut meta.xattrs);
                     }
-                    Reply { response: Response::Opened { record, meta }, fd: Some(OwnedFd::from(file)) }
+                    Reply::with_fd(Response::Opened { record, meta }, OwnedFd::from(file))
                 });
                 let _ = reply.send(answer.unwrap_or_else(|err| Reply::error(format!("{err:#}"))));
             }
@@ -209,6 +215,9 @@ impl Engine {
             stuck_total: self.workers.lanes.stuck_total(),
             evicted_for_space: self.figures.guards.evicted_for_space,
             records_pruned: self.figures.guards.records_pruned,
+            events_written: self.feed.log.stats.written.load(Ordering::Relaxed),
+            events_dropped: self.feed.log.stats.dropped.load(Ordering::Relaxed) + index.changes_dropped,
+            followers_dropped: self.feed.dropped,
         };
         Ok(DaemonStatus {
             pid: std::process::id(),
@@ -236,7 +245,7 @@ impl Engine {
 /// for a file still held, as it is now (a chmod after the deletion counts).
 /// A held file whose ACL changed since it was last read is seen by its
 /// owner only until a file worker has read it again (`stale` asks for it).
-fn may_see(
+pub(super) fn may_see(
     pins: &PinTable,
     visibility: Visibility,
     caller: &Caller,

@@ -17,7 +17,7 @@
 //! after a restart, `decide` holds the decisions, `table` the pins,
 //! `kernel` the probes (with `watch`, their kernel-side filters), `limits`
 //! who may have more, `keep` the store's bounds, `figures` what `status`
-//! reports, `answer` the API.
+//! reports, `answer` the API, `follow` who hears of each change.
 
 use std::{
     collections::VecDeque,
@@ -36,6 +36,7 @@ mod anchoring;
 mod answer;
 mod decide;
 mod figures;
+mod follow;
 mod keep;
 mod kernel;
 mod limits;
@@ -57,6 +58,7 @@ use crate::{
         server::{Reply, ServerStats},
     },
     budget::Budget,
+    events::sink::EventLog,
     index::Index,
     ingest::{Deletion, Event},
     notify::Group,
@@ -66,6 +68,7 @@ use crate::{
 };
 use anchoring::Anchoring;
 use figures::Figures;
+use follow::Feed;
 use kernel::Kernel;
 use limits::{Admission, RateLimiter};
 use table::PinTable;
@@ -122,6 +125,8 @@ pub struct Parts {
     pub anchors: Arc<Anchors>,
     /// The fs tier's fanotify group, which anchoring marks filesystems for.
     pub group: Option<Arc<Group>>,
+    /// Where committed changes are written for log shippers.
+    pub events: EventLog,
 }
 
 /// A deletion waiting for the next snapshot to say whether it is held.
@@ -193,6 +198,8 @@ pub struct Engine {
     figures: Figures,
     /// Where the reader's pins by file handle go through.
     anchoring: Anchoring,
+    /// Who hears of committed changes.
+    feed: Feed,
 }
 
 impl Engine {
@@ -209,6 +216,7 @@ impl Engine {
             server_stats,
             anchors,
             group,
+            events,
         } = parts;
         Ok(Self {
             cfg,
@@ -222,6 +230,7 @@ impl Engine {
             workers: Workers { lanes: Lanes::new(), tx },
             figures: Figures::new(exit_stats, pidfd_budget, server_stats),
             anchoring: Anchoring::new(anchors, group),
+            feed: Feed::new(events, crate::events::host_name()),
         })
     }
 
@@ -356,6 +365,7 @@ impl Engine {
     fn commit(&mut self) {
         self.timers.txn_since = None;
         self.index.commit();
+        self.publish();
     }
 
     fn handle(&mut self, msg: Msg) -> Result<()> {

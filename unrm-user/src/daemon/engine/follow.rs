@@ -1,0 +1,130 @@
+//! Who hears of each change once it is committed: the clients following
+//! the index (`unrm list --follow`) and the event log.
+//!
+//! A follower sees exactly what a listing would show it, as it happens:
+//! the same filters, the same visibility check (records it may not see do
+//! not exist for it). Each has a bounded queue; one that does not keep up
+//! is told so and cut off rather than let the daemon's memory grow.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use globset::GlobMatcher;
+use tokio::sync::mpsc;
+
+use super::{Engine, answer::may_see};
+use crate::{
+    access::Caller,
+    api::{
+        proto::Response,
+        server::{Followed, Reply},
+    },
+    events::{Event, sink::EventLog},
+    record::{Record, Status},
+};
+
+/// Events queued for one follower at most.
+const FOLLOW_QUEUE: usize = 4096;
+
+/// A listing's filters, applied to each change.
+pub struct Filter {
+    pub status: Option<Status>,
+    pub path: Option<GlobMatcher>,
+}
+
+impl Filter {
+    pub fn new(status: Option<Status>, path: Option<String>) -> Result<Self> {
+        let path = match path {
+            Some(glob) => Some(
+                globset::Glob::new(&glob)
+                    .with_context(|| format!("bad --path glob {glob:?}"))?
+                    .compile_matcher(),
+            ),
+            None => None,
+        };
+        Ok(Filter { status, path })
+    }
+
+    fn admits(&self, r: &Record) -> bool {
+        self.status.is_none_or(|s| s == r.status)
+            && self.path.as_ref().is_none_or(|glob| glob.is_match(&r.path))
+    }
+}
+
+struct Follower {
+    caller: Caller,
+    filter: Filter,
+    tx: mpsc::Sender<Followed>,
+}
+
+/// Where changes go.
+pub struct Feed {
+    followers: Vec<Follower>,
+    pub log: EventLog,
+    /// This machine's name, as events carry it.
+    host: String,
+    /// Followers cut off for falling behind.
+    pub dropped: u64,
+}
+
+impl Feed {
+    pub fn new(log: EventLog, host: String) -> Self {
+        Feed { followers: Vec::new(), log, host, dropped: 0 }
+    }
+}
+
+impl Engine {
+    /// Takes a follower on: its events come after this answer.
+    pub(super) fn follow(&mut self, filter: Filter, caller: &Caller) -> Reply {
+        let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
+        self.feed.followers.push(Follower { caller: caller.clone(), filter, tx });
+        let mut reply = Reply::new(Response::Following);
+        reply.stream = Some(rx);
+        reply
+    }
+
+    /// Sends what the last commit made durable to whoever listens.
+    pub(super) fn publish(&mut self) {
+        let changes = self.index.take_changes();
+        let feed = &mut self.feed;
+        feed.followers.retain(|f| !f.tx.is_closed());
+        if changes.is_empty() || (feed.followers.is_empty() && !feed.log.is_on()) {
+            return;
+        }
+        let visibility = self.cfg.policy.visible_to;
+        let mut stale = Vec::new();
+        for change in &changes {
+            let record = match self.index.get(change.id) {
+                Ok(Some(record)) => record,
+                // Forgotten since (expired, pruned): nothing to tell.
+                Ok(None) => continue,
+                Err(err) => {
+                    log::warn!("reading record {} for its event: {err:#}", change.id);
+                    continue;
+                }
+            };
+            let event = Event::of(change, record, &feed.host);
+            let line: Arc<str> = event.to_line().into();
+            feed.log.send(line.to_string());
+            let mut behind = 0;
+            feed.followers.retain(|f| {
+                let wanted = f.filter.admits(&event.record)
+                    && may_see(&self.pins, visibility, &f.caller, &event.record, &mut stale);
+                !wanted || offer(&f.tx, &line, &mut behind)
+            });
+            feed.dropped += behind;
+        }
+        self.reread_acls(stale);
+    }
+}
+
+/// Queues one event for a follower; false when it is gone, or so far
+/// behind that it is told so and cut off (counted in `behind`).
+fn offer(tx: &mpsc::Sender<Followed>, line: &Arc<str>, behind: &mut u64) -> bool {
+    if tx.capacity() <= 1 {
+        let _ = tx.try_send(Followed::Behind(FOLLOW_QUEUE));
+        *behind += 1;
+        return false;
+    }
+    tx.try_send(Followed::Event(line.clone())).is_ok()
+}
