@@ -257,8 +257,9 @@ pub struct Index {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     pub id: i64,
-    /// A new record, rather than a change of an existing one's status.
-    pub new: bool,
+    /// A new record (as written), rather than a change of an existing
+    /// one's status (which is read back from the index).
+    pub new: Option<Box<Record>>,
     pub status: Status,
     pub reason: Option<String>,
 }
@@ -394,6 +395,8 @@ impl Index {
             let before = self.journal.len();
             self.journal.retain(|w| !w.is_expendable());
             self.health.dropped += (before - self.journal.len()) as u64;
+            // Nobody hears of the records just dropped.
+            self.changes.retain(|c| c.new.as_ref().is_none_or(|r| r.status == Status::Held));
         }
         self.health.waiting = self.journal.len();
     }
@@ -501,13 +504,18 @@ impl Index {
         let id = self.next_id;
         self.next_id += 1;
         r.id = id;
-        self.changed(Change { id, new: true, status: r.status, reason: r.reason.clone() });
+        self.changed(Change {
+            id,
+            new: Some(Box::new(r.clone())),
+            status: r.status,
+            reason: r.reason.clone(),
+        });
         self.write(Write::Insert(Box::new(r)));
         id
     }
 
     pub fn set_status(&mut self, id: i64, status: Status, reason: Option<&str>) {
-        self.changed(Change { id, new: false, status, reason: reason.map(str::to_owned) });
+        self.changed(Change { id, new: None, status, reason: reason.map(str::to_owned) });
         self.write(Write::Status(id, status, reason.map(str::to_owned)));
     }
 
@@ -548,7 +556,7 @@ impl Index {
     }
 
     pub fn mark_captured(&mut self, id: i64, size: u64, at: SystemTime) {
-        self.changed(Change { id, new: false, status: Status::Captured, reason: None });
+        self.changed(Change { id, new: None, status: Status::Captured, reason: None });
         self.write(Write::Captured(id, size, nanos(at)));
     }
 

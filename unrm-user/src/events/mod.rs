@@ -44,15 +44,16 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event for `change`, from the record as the index has it now:
-    /// its status and reason are the change's own (later changes of the
-    /// same batch come as events of their own).
+    /// The event for `change`: a new record as written, a status change
+    /// with the record as the index has it now; either way its status and
+    /// reason are the change's own (later changes of the same batch come
+    /// as events of their own).
     pub fn of(change: &Change, mut record: Record, host: &str) -> Event {
         record.status = change.status;
         record.reason.clone_from(&change.reason);
         Event {
             schema: SCHEMA,
-            event: if change.new { Kind::Deleted } else { Kind::Status },
+            event: if change.new.is_some() { Kind::Deleted } else { Kind::Status },
             time: SystemTime::now(),
             host: host.to_owned(),
             record,
@@ -83,7 +84,7 @@ mod tests {
     fn an_event_is_one_line_with_its_schema_and_the_change_s_status() {
         let mut record = Record::new(b"/home/a/new\nline".to_vec(), Op::Unlink, Status::Held);
         record.id = 7;
-        let change = Change { id: 7, new: false, status: Status::Captured, reason: None };
+        let change = Change { id: 7, new: None, status: Status::Captured, reason: None };
         let line = Event::of(&change, record, "node-1").to_line();
         assert!(!line.contains('\n'), "{line}");
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();

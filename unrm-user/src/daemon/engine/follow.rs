@@ -94,7 +94,11 @@ impl Engine {
         let visibility = self.cfg.policy.visible_to;
         let mut stale = Vec::new();
         for change in &changes {
-            let record = match self.index.get(change.id) {
+            let found = match &change.new {
+                Some(record) => Ok(Some(Record::clone(record))),
+                None => self.index.get(change.id),
+            };
+            let record = match found {
                 Ok(Some(record)) => record,
                 // Forgotten since (expired, pruned): nothing to tell.
                 Ok(None) => continue,
