@@ -10,6 +10,8 @@
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
 //!   unrm, unfair use of the store, a filesystem that stops answering.
+//! - `deploy`: the Kubernetes DaemonSet (deploy/): its manifest against the
+//!   service unit, and its image run by podman in the manifest's shape.
 //! - `layout`: the source's own rules (layers, function length, names).
 //!
 //! What they run against (the daemon, holders, mounts, accounts) is in
@@ -19,6 +21,7 @@ mod abuse;
 mod aim;
 mod capture;
 mod cli;
+mod deploy;
 mod fairness;
 mod faults;
 mod fs_tier;
