@@ -14,6 +14,12 @@ use serde_json::Value;
 
 pub mod bench;
 
+/// How `cargo xtask image` assembles and builds the container image, shared
+/// so the deploy test builds it the same way from UNRM_BIN without running
+/// cargo from inside a test.
+#[path = "../../xtask/src/image.rs"]
+pub mod image;
+
 /// The probe tier `auto` should pick on this kernel: `tracepoint` where
 /// tracing programs cannot attach (the development machines), `fentry` in
 /// the stock-kernel VM (`cargo xtask vm-test` sets UNRM_EXPECT_TIER).

@@ -11,6 +11,8 @@
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
 //!   unrm, unfair use of the store, a filesystem that stops answering.
+//! - `deploy`: the Kubernetes DaemonSet (deploy/): its manifest against the
+//!   service unit, and its image run by podman in the manifest's shape.
 //! - `layout`: the source's own rules (layers, function length, names).
 //!
 //! What they run against (the daemon, holders, mounts, accounts) is in
@@ -20,6 +22,7 @@ mod abuse;
 mod aim;
 mod capture;
 mod cli;
+mod deploy;
 mod events;
 mod fairness;
 mod faults;

@@ -1,4 +1,4 @@
-//! `cargo xtask build|run|test|vm-test|deb|bench`: the only commands a newcomer needs.
+//! `cargo xtask build|run|test|vm-test|deb|image|bench`: the only commands a newcomer needs.
 //!
 //! `build` first makes sure this machine can build Rust eBPF (installing
 //! what is missing, checking versions of what is there), then builds the
@@ -6,6 +6,7 @@
 
 mod build;
 mod deb;
+mod image;
 mod toolchain;
 mod vm;
 
@@ -52,6 +53,20 @@ enum Task {
     /// service, the config, man pages and completions. Arguments after `--`
     /// go to cargo-deb (e.g. `-- --deb-version 0.1.0-2`).
     Deb {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then the container image localhost/unrm:VERSION (and :latest)
+    /// from deploy/Containerfile, with podman (or docker): the daemon for
+    /// deploy/unrm-daemonset.yaml. Arguments after `--` go to `podman build`.
+    Image {
+        /// The binary to put in the image, instead of building
+        /// target/release/unrm.
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Tag the image this instead (`NAME:TAG`).
+        #[arg(long, value_name = "NAME:TAG")]
+        tag: Option<String>,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -103,6 +118,24 @@ fn run(cli: Cli) -> Result<()> {
         Task::Deb { args } => {
             let bin = build::all(&root)?;
             deb::build(&root, &bin, &args)?;
+        }
+        Task::Image { bin, tag, args } => {
+            let bin = match bin {
+                Some(bin) => bin,
+                None => build::all(&root)?,
+            };
+            let tags = match tag {
+                Some(tag) => vec![tag],
+                None => {
+                    // The version of the binary inside, whatever built it.
+                    let version = image::version_of(&bin)?;
+                    [version.as_str(), "latest"].map(|t| format!("{}:{t}", image::REPOSITORY)).into()
+                }
+            };
+            let context = root.join("target/image");
+            image::assemble_rootfs(&bin, &context.join("rootfs"))?;
+            image::build(image::engine()?, &root.join("deploy/Containerfile"), &context, &tags, &args)?;
+            eprintln!("xtask: built {}", tags.join(", "));
         }
         Task::Bench { args } => {
             let bin = build::all(&root)?;
