@@ -379,3 +379,53 @@ fn rsyslog_ships_the_event_log_to_a_second_rsyslog_over_tcp() {
         "file content was shipped"
     );
 }
+
+#[test]
+fn a_follower_that_stops_reading_is_cut_off_and_holds_nothing_up() {
+    let fs = Mount::ext4();
+    let alice = User::ensure("unrm-test-alice");
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--client-timeout", "2s"]);
+    // An ordinary user follows everything she may see and stops reading
+    // once it has begun (her first record's line says so).
+    std::os::unix::fs::chown(&fs.path, Some(alice.uid), Some(alice.gid)).unwrap();
+    let since = now_rfc3339();
+    let first = fs.file("first", b"x");
+    std::os::unix::fs::chown(&first, Some(alice.uid), Some(alice.gid)).unwrap();
+    rm_as(&alice, &first);
+    let first = daemon.wait_record(&first, "unheld");
+    let follower = Follower::start(&daemon, Some(&alice), &["watch", "--json", "--since", &since]);
+    follower.event_of(&first["id"], "deleted");
+    // SAFETY: stopping a child of ours.
+    unsafe { libc::kill(follower.child.id() as i32, libc::SIGSTOP) };
+    let dir = fs.path.join("many");
+    fs::create_dir(&dir).unwrap();
+    let total = 6000;
+    for n in 0..total {
+        fs::write(dir.join(format!("{n:04}-{}", "x".repeat(100))), b"x").unwrap();
+    }
+    unrm_tests::run(Command::new("chown").arg("-R").arg(format!("{}:{}", alice.uid, alice.gid)).arg(&dir));
+    let mut rm = Command::new("rm");
+    rm.arg("-r").arg(&dir);
+    alice.apply(&mut rm);
+    assert!(rm.status().unwrap().success());
+    wait_until("every record", || {
+        daemon.json(&["list", "--json", "--limit", "0", "--status", "unheld"]).as_array().unwrap().len()
+            == total + 1
+    });
+    wait_until("the follower cut off", || {
+        let safety = daemon.status()["safety"].clone();
+        safety["followers_dropped"].as_u64() >= Some(1) || safety["clients_dropped"].as_u64() >= Some(1)
+    });
+    // Woken, it reads what was sent before the cut, then is told it ended.
+    let mut follower = follower;
+    // SAFETY: as above.
+    unsafe { libc::kill(follower.child.id() as i32, libc::SIGCONT) };
+    let mut exit = None;
+    wait_until("the follower to end", || {
+        exit = follower.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(!exit.unwrap().success(), "a follower cut off exits nonzero");
+    let got = follower.lines.try_iter().count();
+    assert!(got < total, "it could not have had them all: {got}");
+}
