@@ -18,6 +18,7 @@ use std::{
     collections::VecDeque,
     os::unix::ffi::OsStrExt,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -181,7 +182,7 @@ pub struct Page {
 #[derive(Debug)]
 enum Write {
     /// A new record (its id set).
-    Insert(Box<Record>),
+    Insert(Arc<Record>),
     Status(i64, Status, Option<String>),
     Set(i64, Column, Value),
     /// A record's deletion facts, from an event handled after a scan
@@ -259,7 +260,7 @@ pub struct Change {
     pub id: i64,
     /// A new record (as written), rather than a change of an existing
     /// one's status (which is read back from the index).
-    pub new: Option<Box<Record>>,
+    pub new: Option<Arc<Record>>,
     pub status: Status,
     pub reason: Option<String>,
 }
@@ -504,13 +505,9 @@ impl Index {
         let id = self.next_id;
         self.next_id += 1;
         r.id = id;
-        self.changed(Change {
-            id,
-            new: Some(Box::new(r.clone())),
-            status: r.status,
-            reason: r.reason.clone(),
-        });
-        self.write(Write::Insert(Box::new(r)));
+        let r = Arc::new(r);
+        self.changed(Change { id, new: Some(r.clone()), status: r.status, reason: r.reason.clone() });
+        self.write(Write::Insert(r));
         id
     }
 

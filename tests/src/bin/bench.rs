@@ -77,7 +77,15 @@ fn main() {
     section("capture", &|| {
         vec![bench::pin::capture_rate(if q { 50 } else { 200 }, if q { 2 } else { 10 }, &[])]
     });
-    section("storm", &|| bench::storm::measure(if q { 100_000 } else { 1_000_000 }, &[]));
+    section("storm", &|| {
+        let files = if q { 100_000 } else { 1_000_000 };
+        let mut rows = bench::storm::measure(files, &[]);
+        // Side by side: what the event log (on by default) costs the daemon.
+        let mut off = bench::storm::measure(files, &["--events", "off"]).swap_remove(0);
+        off.measure = "unlink storm, event log off".into();
+        rows.insert(1, off);
+        rows
+    });
     section("memory", &|| vec![bench::memory::pinned(if q { 2_000 } else { 10_000 })]);
     section("scan", &|| {
         let fds_each = if q { 200 } else { 1000 };

@@ -79,7 +79,7 @@ pub enum Response {
     /// A follow request was taken: events follow, one per frame.
     Following,
     Event {
-        event: Event,
+        event: Event<'static>,
     },
     Error {
         message: String,

@@ -42,8 +42,8 @@ pub fn run(socket: &Path, filters: &Filters, container: Option<String>, json: bo
                 schema: SCHEMA,
                 event: Kind::Deleted,
                 time: record.deleted_at,
-                host: host.clone(),
-                record,
+                host: host.clone().into(),
+                record: std::borrow::Cow::Owned(record),
             };
             out.print(&event)?;
         }

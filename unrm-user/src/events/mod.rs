@@ -8,7 +8,7 @@
 
 pub mod sink;
 
-use std::time::SystemTime;
+use std::{borrow::Cow, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,34 +30,44 @@ pub enum Kind {
     Status,
 }
 
+/// An event; borrowed where the daemon writes it (one per change, many
+/// per second in a storm: nothing is copied that need not be), owned where
+/// the CLI reads it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<'a> {
     pub schema: u32,
     pub event: Kind,
     /// When the change was written to the index.
     #[serde(with = "rfc3339")]
     pub time: SystemTime,
     /// The machine it happened on, for whoever collects many.
-    pub host: String,
+    pub host: Cow<'a, str>,
     /// The record as it stood after this change.
-    pub record: Record,
+    pub record: Cow<'a, Record>,
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// The event for `change`: a new record as written, a status change
-    /// with the record as the index has it now; either way its status and
-    /// reason are the change's own (later changes of the same batch come
-    /// as events of their own).
-    pub fn of(change: &Change, mut record: Record, host: &str) -> Event {
-        record.status = change.status;
-        record.reason.clone_from(&change.reason);
-        Event {
+    /// with the record as the index has it now (`now`); either way its
+    /// status and reason are the change's own (later changes of the same
+    /// batch come as events of their own).
+    pub fn of(change: &'a Change, now: Option<Record>, host: &'a str) -> Option<Event<'a>> {
+        let record = match (&change.new, now) {
+            (Some(new), _) => Cow::Borrowed(&**new),
+            (None, Some(mut record)) => {
+                record.status = change.status;
+                record.reason.clone_from(&change.reason);
+                Cow::Owned(record)
+            }
+            (None, None) => return None,
+        };
+        Some(Event {
             schema: SCHEMA,
             event: if change.new.is_some() { Kind::Deleted } else { Kind::Status },
             time: SystemTime::now(),
-            host: host.to_owned(),
+            host: Cow::Borrowed(host),
             record,
-        }
+        })
     }
 
     /// One line of JSON, without its newline.
@@ -85,7 +95,7 @@ mod tests {
         let mut record = Record::new(b"/home/a/new\nline".to_vec(), Op::Unlink, Status::Held);
         record.id = 7;
         let change = Change { id: 7, new: None, status: Status::Captured, reason: None };
-        let line = Event::of(&change, record, "node-1").to_line();
+        let line = Event::of(&change, Some(record), "node-1").unwrap().to_line();
         assert!(!line.contains('\n'), "{line}");
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["schema"], SCHEMA);

@@ -18,6 +18,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError},
     },
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -45,6 +46,11 @@ pub struct Rotation {
 pub const QUEUE: usize = 16_384;
 /// Bytes written in one go at most.
 const BATCH_BYTES: usize = 1 << 20;
+/// After a small batch, how long the writer lets events gather: a storm
+/// of deletions is written in large batches, a few system calls per
+/// thousand events instead of several per event.
+const GATHER: Duration = Duration::from_millis(20);
+const SMALL_BATCH: usize = 64 << 10;
 
 /// What became of the events, for `unrm status` and the metrics.
 #[derive(Debug, Default)]
@@ -58,7 +64,7 @@ pub struct Stats {
 
 /// The engine's end of the event log.
 pub struct EventLog {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Arc<str>>>,
     pub stats: Arc<Stats>,
 }
 
@@ -88,7 +94,7 @@ impl EventLog {
     }
 
     /// Queues one event's line, or drops it when the writer is behind.
-    pub fn send(&self, line: String) {
+    pub fn send(&self, line: Arc<str>) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(line) {
             Ok(()) => {}
@@ -128,10 +134,11 @@ fn check_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_loop(rx: Receiver<String>, sink: Sink, stats: &Stats) {
+fn write_loop(rx: Receiver<Arc<str>>, sink: Sink, stats: &Stats) {
     let mut out = Output::new(sink);
     while let Ok(first) = rx.recv() {
-        let mut batch = first.into_bytes();
+        let mut batch = Vec::with_capacity(BATCH_BYTES.min(first.len() * 64));
+        batch.extend_from_slice(first.as_bytes());
         batch.push(b'\n');
         let mut lines = 1;
         while batch.len() < BATCH_BYTES {
@@ -151,6 +158,9 @@ fn write_loop(rx: Receiver<String>, sink: Sink, stats: &Stats) {
                 stats.dropped.fetch_add(lines, Ordering::Relaxed)
             }
         };
+        if batch.len() < SMALL_BATCH {
+            std::thread::sleep(GATHER);
+        }
     }
 }
 
@@ -199,8 +209,8 @@ impl Rotating {
     /// past its size.
     fn write(&mut self, batch: &[u8]) -> io::Result<()> {
         let mut rest = batch;
+        let (mut len, regular) = self.current()?.metadata().map(|m| (m.len(), m.is_file()))?;
         while !rest.is_empty() {
-            let (len, regular) = self.current()?.metadata().map(|m| (m.len(), m.is_file()))?;
             let room = self.rotation.max_bytes.saturating_sub(len) as usize;
             let mut take = rest.len();
             if regular && take > room {
@@ -212,18 +222,20 @@ impl Rotating {
                     }
                     None => {
                         self.rotate()?;
+                        len = 0;
                         continue;
                     }
                 };
             }
             self.append(&rest[..take], len, regular)?;
+            len += take as u64;
             rest = &rest[take..];
         }
         Ok(())
     }
 
     fn append(&mut self, lines: &[u8], len: u64, regular: bool) -> io::Result<()> {
-        let file = self.current()?;
+        let file = self.file.as_mut().expect("opened by write");
         if let Err(err) = file.write_all(lines) {
             // Whole lines only: cut back what part of the batch went in.
             if regular {

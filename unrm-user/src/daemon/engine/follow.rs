@@ -94,22 +94,17 @@ impl Engine {
         let visibility = self.cfg.policy.visible_to;
         let mut stale = Vec::new();
         for change in &changes {
-            let found = match &change.new {
-                Some(record) => Ok(Some(Record::clone(record))),
-                None => self.index.get(change.id),
-            };
-            let record = match found {
-                Ok(Some(record)) => record,
-                // Forgotten since (expired, pruned): nothing to tell.
-                Ok(None) => continue,
-                Err(err) => {
+            let now = match &change.new {
+                Some(_) => None,
+                None => self.index.get(change.id).unwrap_or_else(|err| {
                     log::warn!("reading record {} for its event: {err:#}", change.id);
-                    continue;
-                }
+                    None
+                }),
             };
-            let event = Event::of(change, record, &feed.host);
+            // None: forgotten since (expired, pruned), nothing to tell.
+            let Some(event) = Event::of(change, now, &feed.host) else { continue };
             let line: Arc<str> = event.to_line().into();
-            feed.log.send(line.to_string());
+            feed.log.send(line.clone());
             let mut behind = 0;
             feed.followers.retain(|f| {
                 let wanted = f.filter.admits(&event.record)
