@@ -13,7 +13,7 @@ use std::{
 /// path: a module may use only those before it.
 const LAYERS: &[&str] = &[
     "clock", "access", "xattrs", "budget", "copy", "mounts", "probe", "handle", "anchors", "notify",
-    "holders", "record", "pins", "ingest", "index", "store", "policy", "api", "daemon", "cli",
+    "holders", "record", "pins", "ingest", "index", "store", "policy", "api", "metrics", "daemon", "cli",
 ];
 
 const MAX_FN_LINES: usize = 80;

@@ -209,8 +209,11 @@ impl NoServiceStarts {
         if path.exists() || !is_root() {
             return NoServiceStarts(None);
         }
-        let written = std::fs::write(path, "#!/bin/sh\n# written by cargo xtask while it installs packages\nexit 101\n")
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)));
+        let written = std::fs::write(
+            path,
+            "#!/bin/sh\n# written by cargo xtask while it installs packages\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)));
         NoServiceStarts(written.is_ok().then_some(path))
     }
 }

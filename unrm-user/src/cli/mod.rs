@@ -86,6 +86,16 @@ enum Command {
         /// How long a client may take to send a request or read an answer.
         #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
         client_timeout: Duration,
+        /// Keep DIR/unrm.prom up to date for node_exporter's textfile
+        /// collector (Debian: /var/lib/prometheus/node-exporter). Overrides
+        /// the config file's metrics_textfile.
+        #[arg(long, value_name = "DIR")]
+        metrics_textfile: Option<PathBuf>,
+        /// Serve the metrics over HTTP at /metrics on this loopback address
+        /// and port (127.0.0.1:9465, [::1]:9465). Overrides the config
+        /// file's metrics_listen.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Recent deletions, newest first.
     List {
@@ -188,6 +198,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             btf,
             watch_entries,
             client_timeout,
+            metrics_textfile,
+            metrics_listen,
         } => {
             daemon::run(daemon::Options {
                 config,
@@ -200,6 +212,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 rescan_every: rescan_interval,
                 watch_entries,
                 client_timeout,
+                metrics_textfile,
+                metrics_listen,
             })?;
         }
         Command::List { json, since, until, path, status, limit } => {

@@ -46,7 +46,7 @@ use crate::{
     api::server::{self, Handler, Limits, ServerStats},
     budget::{Budget, Shares},
     index::Index,
-    ingest,
+    ingest, metrics,
     notify::Group,
     policy::{self, Policy},
     probe::Tier,
@@ -67,6 +67,9 @@ pub struct Options {
     /// Entries in the probes' watch tables (default: the object's).
     pub watch_entries: Option<u32>,
     pub client_timeout: Duration,
+    /// Where the metrics go (each wins over its policy key).
+    pub metrics_textfile: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One daemon per machine: two would each see the other's pins as holders
@@ -80,6 +83,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Everything the daemon creates is root's alone.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock()?;
+    let metrics = prepare_metrics(&opts, &policy)?;
     sched::room_for_pins();
     let shares = Shares::current();
     let budget = Budget::new(shares.pins);
@@ -138,8 +142,14 @@ pub fn run(opts: Options) -> Result<()> {
     })?;
 
     let status = format!("{} tier; serving {}", tier_name, opts.socket.display());
-    let serving =
-        Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
+    let serving = Serving {
+        opts: &opts,
+        tx: tx.clone(),
+        load_policy: &load_policy,
+        stats: server_stats,
+        status,
+        metrics,
+    };
     let served = runtime.block_on(serve(serving, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
@@ -200,6 +210,13 @@ fn policy_loader(opts: &Options) -> impl Fn() -> Result<Policy> + use<> {
     }
 }
 
+/// The metrics' textfile directory and listening socket, checked before
+/// anything else starts; `--metrics-*` wins over the policy's keys.
+fn prepare_metrics(opts: &Options, policy: &Policy) -> Result<metrics::Prepared> {
+    let textfile = opts.metrics_textfile.as_deref().or(policy.metrics_textfile.as_deref());
+    metrics::prepare(textfile, opts.metrics_listen.or(policy.metrics_listen))
+}
+
 /// What the socket server and the signal handlers need.
 struct Serving<'a, F> {
     opts: &'a Options,
@@ -208,6 +225,7 @@ struct Serving<'a, F> {
     stats: Arc<ServerStats>,
     /// What the service manager shows (`systemctl status`).
     status: String,
+    metrics: metrics::Prepared,
 }
 
 /// Serves the socket until a signal asks to stop (Ok) or something the
@@ -216,7 +234,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
     serving: Serving<'_, F>,
     mut fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Result<()> {
-    let Serving { opts, tx, load_policy, stats, status } = serving;
+    let Serving { opts, tx, load_policy, stats, status, metrics } = serving;
     let listener = server::bind(&opts.socket)?;
     log::info!("serving {}", opts.socket.display());
     println!("ready");
@@ -229,6 +247,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
         let _ = api_tx.send(Msg::Api(request, caller, reply_tx));
         reply_rx
     });
+    let metrics = metrics.start(handler.clone(), opts.rescan_every)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -256,6 +275,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
         }
     }
     notifier.stopping();
+    metrics.finish().await;
     Ok(())
 }
 

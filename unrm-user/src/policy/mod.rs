@@ -41,6 +41,8 @@ struct ConfigFile {
     max_index_size: Option<SizeValue>,
     per_user: Option<PerUserFile>,
     btf: Option<PathBuf>,
+    metrics_textfile: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 /// `[per_user]`: what each user other than root may take.
@@ -147,6 +149,10 @@ pub struct Policy {
     /// The kernel's BTF, when not in /sys/kernel/btf/vmlinux (read at
     /// start only: the probes are loaded once).
     pub btf: Option<PathBuf>,
+    /// node_exporter's textfile directory, to write `unrm.prom` in; and
+    /// the loopback address to serve `/metrics` on (both read at start only).
+    pub metrics_textfile: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
 }
@@ -167,6 +173,8 @@ impl Default for Policy {
             max_index_size: 1 << 30,
             per_user: PerUser::default(),
             btf: None,
+            metrics_textfile: None,
+            metrics_listen: None,
             source: None,
         }
     }
@@ -236,6 +244,12 @@ impl Policy {
             }
         }
         policy.btf = file.btf;
+        // An empty value is off, the default.
+        policy.metrics_textfile = file.metrics_textfile.filter(|p| !p.as_os_str().is_empty());
+        if let Some(addr) = file.metrics_listen.filter(|a| !a.is_empty()) {
+            let parsed = addr.parse().map_err(|_| anyhow::anyhow!("{addr:?} is not an address and port"));
+            policy.metrics_listen = Some(parsed.context("metrics_listen")?);
+        }
         Ok(policy)
     }
 
@@ -347,6 +361,8 @@ mod tests {
             visible_to = "readers"
             store_reserve = "2G"
             max_index_size = "256M"
+            metrics_textfile = "/var/lib/prometheus/node-exporter"
+            metrics_listen = "[::1]:9465"
 
             [per_user]
             pins = 100
@@ -362,6 +378,8 @@ mod tests {
         assert_eq!(p.visible_to, Visibility::Readers);
         assert_eq!(p.store_reserve, Floor::Bytes(2 << 30));
         assert_eq!(p.max_index_size, 256 << 20);
+        assert_eq!(p.metrics_textfile.as_deref(), Some(Path::new("/var/lib/prometheus/node-exporter")));
+        assert_eq!(p.metrics_listen, Some("[::1]:9465".parse().unwrap()));
         assert_eq!(
             p.per_user,
             PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 }
@@ -396,6 +414,7 @@ mod tests {
         assert!(err("visible_to = \"everyone\"").contains("everyone"));
         assert!(err("[per_user]\npins = \"150%\"").contains("per_user.pins"));
         assert!(err("[per_user]\nbytes = 1").contains("bytes"));
+        assert!(err("metrics_listen = \"localhost\"").contains("metrics_listen"));
     }
 
     #[test]
