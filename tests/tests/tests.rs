@@ -10,6 +10,8 @@
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
 //!   unrm, unfair use of the store, a filesystem that stops answering.
+//! - `metrics`: the metrics as node_exporter, promtool and an OpenMetrics
+//!   parser read them.
 //! - `layout`: the source's own rules (layers, function length, names).
 //!
 //! What they run against (the daemon, holders, mounts, accounts) is in
@@ -23,6 +25,7 @@ mod fairness;
 mod faults;
 mod fs_tier;
 mod layout;
+mod metrics;
 mod policy;
 mod service;
 mod stuck;

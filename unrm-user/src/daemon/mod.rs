@@ -2,7 +2,7 @@
 //!
 //! probe (kernel) → ring buffer → reader thread (grabs, ingest) → engine thread
 //!                  pidfds (tokio) ↗      (pins, index) ↘ file workers (lanes) → store
-//! socket server (tokio) ⇄ engine
+//! socket server (tokio) ⇄ engine ⇠ metrics (tokio: asks through the server's handler)
 //!
 //! The reader only decodes, grabs and forwards; the engine takes decisions
 //! and writes the index; file workers talk to the filesystems (which may
@@ -142,15 +142,9 @@ pub fn run(opts: Options) -> Result<()> {
     })?;
 
     let status = format!("{} tier; serving {}", tier_name, opts.socket.display());
-    let serving = Serving {
-        opts: &opts,
-        tx: tx.clone(),
-        load_policy: &load_policy,
-        stats: server_stats,
-        status,
-        metrics,
-    };
-    let served = runtime.block_on(serve(serving, threads.fatal));
+    let serving =
+        Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
+    let served = runtime.block_on(serve(serving, metrics, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
     if served.is_ok() {
@@ -225,16 +219,16 @@ struct Serving<'a, F> {
     stats: Arc<ServerStats>,
     /// What the service manager shows (`systemctl status`).
     status: String,
-    metrics: metrics::Prepared,
 }
 
 /// Serves the socket until a signal asks to stop (Ok) or something the
 /// daemon cannot work without ends (Err).
 async fn serve<F: Fn() -> Result<Policy>>(
     serving: Serving<'_, F>,
+    metrics: metrics::Prepared,
     mut fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Result<()> {
-    let Serving { opts, tx, load_policy, stats, status, metrics } = serving;
+    let Serving { opts, tx, load_policy, stats, status } = serving;
     let listener = server::bind(&opts.socket)?;
     log::info!("serving {}", opts.socket.display());
     println!("ready");

@@ -40,7 +40,15 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
              only (or write them for node_exporter with --metrics-textfile)"
         );
     }
-    std::net::TcpListener::bind(addr).with_context(|| format!("metrics listen address {addr}"))
+    std::net::TcpListener::bind(addr).map_err(|err| {
+        // The packaged unit allows Unix sockets only, unless a drop-in says otherwise.
+        let hint = if err.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+            " (under the packaged unit, the drop-in in docs/service.md allows the listener)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("metrics listen address {addr}: {err}{hint}")
+    })
 }
 
 pub async fn serve(listener: TcpListener, source: Arc<Source>) {

@@ -30,7 +30,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use rustix::{
-    fs::{AtFlags, CWD, Mode, OFlags, ResolveFlags, fchmod, openat, openat2, renameat, unlinkat},
+    fs::{
+        Access, AtFlags, CWD, Mode, OFlags, ResolveFlags, accessat, fchmod, openat, openat2, renameat,
+        unlinkat,
+    },
     io::Errno,
 };
 
@@ -55,7 +58,18 @@ impl Dir {
             bail!("metrics textfile directory {}: give an absolute path", path.display());
         }
         let dir = Dir { path: path.to_path_buf(), failing: Default::default() };
-        dir.open().map_err(|err| anyhow::anyhow!("metrics textfile directory {}: {err}", path.display()))?;
+        let fd = dir
+            .open()
+            .map_err(|err| anyhow::anyhow!("metrics textfile directory {}: {err}", path.display()))?;
+        // Root may write anywhere but on a read-only file system (a unit's
+        // ProtectSystem= makes one of every path it does not list).
+        accessat(&fd, ".", Access::WRITE_OK, AtFlags::empty()).map_err(|err| {
+            anyhow::anyhow!(
+                "metrics textfile directory {}: not writable: {}",
+                path.display(),
+                std::io::Error::from(err)
+            )
+        })?;
         Ok(dir)
     }
 
