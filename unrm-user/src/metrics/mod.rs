@@ -11,7 +11,7 @@
 //! never reaches into the engine.
 
 mod http;
-pub mod render;
+mod render;
 mod table;
 mod textfile;
 
@@ -34,7 +34,7 @@ use crate::{
     },
 };
 
-pub use table::families;
+use table::families;
 
 /// What a family is, as both formats name it (`Info` is a gauge named
 /// `*_info` in the text format).

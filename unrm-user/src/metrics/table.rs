@@ -173,11 +173,23 @@ pub fn families(status: &DaemonStatus) -> Vec<Family> {
     out
 }
 
+/// The start of why a better tier was refused (the whole, with the
+/// verifier's output, is in the log and `unrm status`): a label stays a
+/// line a person can read.
+const FALLBACK_CHARS: usize = 240;
+
+fn shortened(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 fn probe_info(status: &DaemonStatus) -> Family {
     let p = &status.probes;
     let mut labels = vec![("tier", p.tier.clone()), ("hooks", p.fs_hooks.join(","))];
     if let Some(why) = &p.fallback {
-        labels.push(("fallback", why.clone()));
+        labels.push(("fallback", shortened(why, FALLBACK_CHARS)));
     }
     Family {
         name: "unrm_probe_info",
@@ -224,6 +236,17 @@ mod tests {
         assert_eq!(rows_named("unrm_records_total"), 6);
         let records = families.iter().find(|f| f.name == "unrm_records_total").unwrap();
         assert_eq!(records.samples.len(), 6, "rows of one family are one family");
+    }
+
+    #[test]
+    fn a_long_fallback_is_shortened() {
+        assert_eq!(shortened("ab", 2), "ab");
+        assert_eq!(shortened("abcé", 3), "abc…");
+        let mut status = DaemonStatus::default();
+        status.probes.fallback = Some("x".repeat(10_000));
+        let info = probe_info(&status);
+        let (_, why) = info.samples[0].labels.iter().find(|(k, _)| *k == "fallback").unwrap();
+        assert_eq!(why.chars().count(), FALLBACK_CHARS + 1);
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Dir {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         openat2(CWD, &self.path, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS).map_err(|err| match err {
             Errno::NOTDIR => "not a directory".to_owned(),
-            Errno::LOOP | Errno::XDEV => "its path has a symbolic link in it; give the real path".to_owned(),
+            Errno::LOOP => "its path has a symbolic link in it; give the real path".to_owned(),
             err => std::io::Error::from(err).to_string(),
         })
     }
