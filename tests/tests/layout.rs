@@ -13,7 +13,8 @@ use std::{
 /// path: a module may use only those before it.
 const LAYERS: &[&str] = &[
     "clock", "access", "xattrs", "budget", "copy", "mounts", "probe", "handle", "anchors", "notify",
-    "holders", "record", "pins", "ingest", "index", "store", "events", "policy", "api", "daemon", "cli",
+    "holders", "record", "pins", "ingest", "index", "store", "events", "policy", "api", "metrics", "daemon",
+    "cli",
 ];
 
 const MAX_FN_LINES: usize = 80;

@@ -13,6 +13,8 @@
 //!   unrm, unfair use of the store, a filesystem that stops answering.
 //! - `deploy`: the Kubernetes DaemonSet (deploy/): its manifest against the
 //!   service unit, and its image run by podman in the manifest's shape.
+//! - `metrics`: the metrics as node_exporter, promtool and an OpenMetrics
+//!   parser read them.
 //! - `layout`: the source's own rules (layers, function length, names).
 //!
 //! What they run against (the daemon, holders, mounts, accounts) is in
@@ -28,6 +30,7 @@ mod fairness;
 mod faults;
 mod fs_tier;
 mod layout;
+mod metrics;
 mod policy;
 mod service;
 mod stuck;

@@ -20,6 +20,7 @@ mod handle;
 mod holders;
 mod index;
 mod ingest;
+mod metrics;
 mod mounts;
 mod notify;
 mod pins;

@@ -180,6 +180,8 @@ pub fn test(root: &Path, bin: &Path, args: &[String]) -> Result<()> {
         ("runc", "runc"),
         ("busybox", "busybox-static"),
     ])?;
+    // The metrics test checks OpenMetrics with the reference parser.
+    toolchain::ensure_python_module("prometheus_client", "python3-prometheus-client")?;
     let object = root.join("target/ebpf").join(BPF_TARGET).join("bpf/unrm-ebpf");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)

@@ -163,6 +163,18 @@ pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
     apt_install(&missing)
 }
 
+/// Installs the Debian package of a Python module Debian's python3 cannot
+/// import (the tests run /usr/bin/python3, whatever python3 is on PATH).
+pub fn ensure_python_module(module: &str, package: &str) -> Result<()> {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found { Ok(()) } else { apt_install(&["python3", package]) }
+}
+
 fn on_path(cmd: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

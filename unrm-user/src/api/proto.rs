@@ -97,6 +97,9 @@ pub struct DaemonStatus {
     pub held_files: u64,
     pub held_bytes: u64,
     pub store_bytes: u64,
+    /// Captures in the store.
+    #[serde(default)]
+    pub store_files: u64,
     pub records: u64,
     /// Time from a deletion returning to unrm holding its pin.
     pub pin_latency_us: Latency,
@@ -207,6 +210,19 @@ pub struct Latency {
     pub p50: Option<u64>,
     pub p99: Option<u64>,
     pub max: Option<u64>,
+    /// Every latency since start, not only the recent `samples`.
+    #[serde(default)]
+    pub histogram: LatencyHistogram,
+}
+
+/// A histogram as Prometheus keeps one: for each upper bound (µs), how
+/// many samples were at or under it; then all samples and their sum.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub le_us: Vec<u64>,
+    pub cumulative: Vec<u64>,
+    pub sum_ns: u64,
+    pub count: u64,
 }
 
 pub fn frame(message: &impl Serialize) -> Vec<u8> {

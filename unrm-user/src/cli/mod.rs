@@ -99,6 +99,16 @@ enum Command {
         /// Events the event log may be behind by before it drops them.
         #[arg(long, hide = true, default_value_t = crate::events::sink::QUEUE)]
         events_queue: usize,
+        /// Keep DIR/unrm.prom up to date for node_exporter's textfile
+        /// collector (Debian: /var/lib/prometheus/node-exporter). Overrides
+        /// the config file's metrics_textfile.
+        #[arg(long, value_name = "DIR")]
+        metrics_textfile: Option<PathBuf>,
+        /// Serve the metrics over HTTP at /metrics on this loopback address
+        /// and port (127.0.0.1:9465, [::1]:9465). Overrides the config
+        /// file's metrics_listen.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Recent deletions, newest first.
     List {
@@ -224,6 +234,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             events,
             events_file,
             events_queue,
+            metrics_textfile,
+            metrics_listen,
         } => {
             daemon::run(daemon::Options {
                 config,
@@ -239,6 +251,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 events,
                 events_file,
                 events_queue,
+                metrics_textfile,
+                metrics_listen,
             })?;
         }
         Command::List { json, follow, since, until, path, status, limit } => {

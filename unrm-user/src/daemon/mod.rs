@@ -2,7 +2,7 @@
 //!
 //! probe (kernel) → ring buffer → reader thread (grabs, ingest) → engine thread
 //!                  pidfds (tokio) ↗      (pins, index) ↘ file workers (lanes) → store
-//! socket server (tokio) ⇄ engine
+//! socket server (tokio) ⇄ engine ⇠ metrics (tokio: asks through the server's handler)
 //!
 //! The reader only decodes, grabs and forwards; the engine takes decisions
 //! and writes the index; file workers talk to the filesystems (which may
@@ -47,7 +47,7 @@ use crate::{
     budget::{Budget, Shares},
     events::sink::{EventLog, Rotation, Sink},
     index::Index,
-    ingest,
+    ingest, metrics,
     notify::Group,
     policy::{self, Policy},
     probe::Tier,
@@ -74,6 +74,9 @@ pub struct Options {
     pub events_file: Option<PathBuf>,
     /// Events the event log's writer may be behind by before it drops them.
     pub events_queue: usize,
+    /// Where the metrics go (each wins over its policy key).
+    pub metrics_textfile: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One daemon per machine: two would each see the other's pins as holders
@@ -87,6 +90,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Everything the daemon creates is root's alone.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _lock = lock()?;
+    let metrics = prepare_metrics(&opts, &policy)?;
     sched::room_for_pins();
     let shares = Shares::current();
     let budget = Budget::new(shares.pins);
@@ -149,7 +153,7 @@ pub fn run(opts: Options) -> Result<()> {
     let status = format!("{} tier; serving {}", tier_name, opts.socket.display());
     let serving =
         Serving { opts: &opts, tx: tx.clone(), load_policy: &load_policy, stats: server_stats, status };
-    let served = runtime.block_on(serve(serving, threads.fatal));
+    let served = runtime.block_on(serve(serving, metrics, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
     if served.is_ok() {
@@ -236,6 +240,13 @@ fn policy_loader(opts: &Options) -> impl Fn() -> Result<Policy> + use<> {
     }
 }
 
+/// The metrics' textfile directory and listening socket, checked before
+/// anything else starts; `--metrics-*` wins over the policy's keys.
+fn prepare_metrics(opts: &Options, policy: &Policy) -> Result<metrics::Prepared> {
+    let textfile = opts.metrics_textfile.as_deref().or(policy.metrics_textfile.as_deref());
+    metrics::prepare(textfile, opts.metrics_listen.or(policy.metrics_listen))
+}
+
 /// What the socket server and the signal handlers need.
 struct Serving<'a, F> {
     opts: &'a Options,
@@ -250,6 +261,7 @@ struct Serving<'a, F> {
 /// daemon cannot work without ends (Err).
 async fn serve<F: Fn() -> Result<Policy>>(
     serving: Serving<'_, F>,
+    metrics: metrics::Prepared,
     mut fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Result<()> {
     let Serving { opts, tx, load_policy, stats, status } = serving;
@@ -265,6 +277,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
         let _ = api_tx.send(Msg::Api(request, caller, reply_tx));
         reply_rx
     });
+    let metrics = metrics.start(handler.clone(), opts.rescan_every)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -292,6 +305,7 @@ async fn serve<F: Fn() -> Result<Policy>>(
         }
     }
     notifier.stopping();
+    metrics.finish().await;
     Ok(())
 }
 

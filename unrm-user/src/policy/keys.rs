@@ -89,6 +89,18 @@ pub const KEYS: &[Key] = &[
         doc: "Where the kernel's BTF (its structures' layout) is, for a kernel that keeps it elsewhere; --btf on the command line wins. Read at start only.",
     },
     Key {
+        section: None,
+        name: "metrics_textfile",
+        default: "\"\"",
+        doc: "A directory node_exporter's textfile collector reads (Debian's: \"/var/lib/prometheus/node-exporter\"): the daemon keeps unrm.prom there up to date, replacing it whole every few seconds. Empty: off. --metrics-textfile on the command line wins. Read at start only.",
+    },
+    Key {
+        section: None,
+        name: "metrics_listen",
+        default: "\"\"",
+        doc: "A loopback address and port (\"127.0.0.1:9465\", \"[::1]:9465\") to serve the metrics on, over HTTP at /metrics; other addresses are refused. Empty: off. The packaged unit has no network: see docs/service.md for the drop-in this needs. --metrics-listen wins. Read at start only.",
+    },
+    Key {
         section: Some("events"),
         name: "to",
         default: "\"file\"",
@@ -237,6 +249,7 @@ mod tests {
             (d.scratch, d.visible_to, d.per_user)
         );
         assert!(parsed.uids.is_none() && parsed.include.is_none() && parsed.exclude.is_empty());
+        assert!(parsed.metrics_textfile.is_none() && parsed.metrics_listen.is_none(), "empty is off");
         assert!(parsed.wants(std::path::Path::new("/home/a/f"), Some(1000)), "empty lists filter nothing");
     }
 

@@ -45,6 +45,8 @@ struct ConfigFile {
     per_user: Option<PerUserFile>,
     btf: Option<PathBuf>,
     events: Option<events::EventsFile>,
+    metrics_textfile: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 /// `[per_user]`: what each user other than root may take.
@@ -153,6 +155,10 @@ pub struct Policy {
     pub btf: Option<PathBuf>,
     /// Where events go for log shippers (read at start only).
     pub events: Sink,
+    /// node_exporter's textfile directory, to write `unrm.prom` in; and
+    /// the loopback address to serve `/metrics` on (both read at start only).
+    pub metrics_textfile: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
 }
@@ -174,6 +180,8 @@ impl Default for Policy {
             per_user: PerUser::default(),
             btf: None,
             events: events::sink(None).expect("the default events section is valid"),
+            metrics_textfile: None,
+            metrics_listen: None,
             source: None,
         }
     }
@@ -244,6 +252,12 @@ impl Policy {
         }
         policy.btf = file.btf;
         policy.events = events::sink(file.events).context("events")?;
+        // An empty value is off, the default.
+        policy.metrics_textfile = file.metrics_textfile.filter(|p| !p.as_os_str().is_empty());
+        if let Some(addr) = file.metrics_listen.filter(|a| !a.is_empty()) {
+            let parsed = addr.parse().map_err(|_| anyhow::anyhow!("{addr:?} is not an address and port"));
+            policy.metrics_listen = Some(parsed.context("metrics_listen")?);
+        }
         Ok(policy)
     }
 
@@ -355,6 +369,8 @@ mod tests {
             visible_to = "readers"
             store_reserve = "2G"
             max_index_size = "256M"
+            metrics_textfile = "/var/lib/prometheus/node-exporter"
+            metrics_listen = "[::1]:9465"
 
             [per_user]
             pins = 100
@@ -370,6 +386,8 @@ mod tests {
         assert_eq!(p.visible_to, Visibility::Readers);
         assert_eq!(p.store_reserve, Floor::Bytes(2 << 30));
         assert_eq!(p.max_index_size, 256 << 20);
+        assert_eq!(p.metrics_textfile.as_deref(), Some(Path::new("/var/lib/prometheus/node-exporter")));
+        assert_eq!(p.metrics_listen, Some("[::1]:9465".parse().unwrap()));
         assert_eq!(
             p.per_user,
             PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 }
@@ -404,6 +422,7 @@ mod tests {
         assert!(err("visible_to = \"everyone\"").contains("everyone"));
         assert!(err("[per_user]\npins = \"150%\"").contains("per_user.pins"));
         assert!(err("[per_user]\nbytes = 1").contains("bytes"));
+        assert!(err("metrics_listen = \"localhost\"").contains("metrics_listen"));
     }
 
     #[test]

@@ -217,6 +217,11 @@ impl Usage {
         self.total = (self.total as i128 + bytes).max(0) as u64;
     }
 
+    /// Captures counted.
+    pub fn captures(&self) -> usize {
+        self.captures.len()
+    }
+
     /// Bytes charged to every capture together: what the store takes.
     pub fn total(&self) -> u64 {
         self.total

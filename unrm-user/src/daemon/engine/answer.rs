@@ -234,8 +234,12 @@ impl Engine {
             held_files: self.pins.len() as u64,
             held_bytes,
             store_bytes: self.storage.usage.total(),
+            store_files: self.storage.usage.captures() as u64,
             records: self.index.rows(),
-            pin_latency_us: latency(&self.figures.latencies_ns),
+            pin_latency_us: Latency {
+                histogram: self.figures.latency_counts.histogram(),
+                ..latency(&self.figures.latencies_ns)
+            },
             safety,
         })
     }
@@ -300,6 +304,7 @@ fn latency(samples_ns: &VecDeque<u64>) -> Latency {
         p50: at(0.5),
         p99: at(0.99),
         max: sorted.last().map(|ns| ns / 1000),
+        histogram: Default::default(),
     }
 }
 
