@@ -12,9 +12,9 @@ use std::{
 /// `unrm-user`'s top-level modules, lowest first, in the order of the data
 /// path: a module may use only those before it.
 const LAYERS: &[&str] = &[
-    "clock", "access", "xattrs", "budget", "copy", "mounts", "probe", "handle", "anchors", "notify",
-    "holders", "record", "pins", "ingest", "index", "store", "events", "policy", "api", "metrics", "daemon",
-    "cli",
+    "clock", "access", "xattrs", "budget", "cgroups", "copy", "mounts", "probe", "handle", "anchors",
+    "notify", "holders", "record", "pins", "ingest", "index", "store", "events", "policy", "api", "metrics",
+    "daemon", "cli",
 ];
 
 const MAX_FN_LINES: usize = 80;

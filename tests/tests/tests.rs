@@ -7,6 +7,7 @@
 //! - `policy`: what is kept, and the bounds that keep a disk from filling.
 //! - `faults`: crashes, a full store, garbage on the socket.
 //! - `cli`: the CLI on its own, its bad input, its output on a terminal and piped.
+//! - `containers`: which container deleted a file (real podman).
 //! - `events`: what leaves the host: following, the event log and a real shipper.
 //! - `users`, `aim`, `abuse`, `fairness`, `stuck`: the Security section of
 //!   README, one test per attack: reading, aiming a restore, stopping
@@ -24,6 +25,7 @@ mod abuse;
 mod aim;
 mod capture;
 mod cli;
+mod containers;
 mod deploy;
 mod events;
 mod fairness;

@@ -158,6 +158,8 @@ pub struct DeleteEvent {
     /// it, which is not where the file lives on the host when this is not
     /// the daemon's namespace.
     pub mnt_ns: u32,
+    /// The deleter's cgroup (v2) id: what names the container it ran in.
+    pub cgroup_id: u64,
 }
 
 /// A watched process closed, replaced or unmapped something, or exec'd.
@@ -299,7 +301,7 @@ pub const MNT_INTERNAL: u32 = 0x4000;
 const _: () = {
     assert!(core::mem::size_of::<DirFacts>() == 24);
     assert!(core::mem::size_of::<Victim>() == 80);
-    assert!(core::mem::size_of::<DeleteEvent>() == 144);
+    assert!(core::mem::size_of::<DeleteEvent>() == 152);
     assert!(core::mem::size_of::<ReleaseEvent>() == 48);
     assert!(core::mem::size_of::<HeldRecord>() == 112);
     assert!(core::mem::size_of::<InodeKey>() == 16);

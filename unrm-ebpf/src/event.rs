@@ -10,7 +10,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns,
+    },
 };
 use aya_log_ebpf::warn;
 use unrm_abi::{DeleteEvent, Victim, event_kind, path_flags, stat, victim_flags};
@@ -110,6 +113,9 @@ pub fn header(op: u32, ret: i32, victim: Victim, path_len: usize, dir_len: usize
         dir_len: dir_len as u32,
         path_flags: flags,
         mnt_ns: current_mnt_ns(),
+        // SAFETY: a helper with no arguments, callable from every program
+        // type the probes use (kprobe, tracepoint, tracing).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     }
 }
 

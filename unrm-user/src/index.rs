@@ -63,11 +63,20 @@ const RECORD_COLUMNS: &[(&str, &str)] = &[
     ("parent", "TEXT"),
     ("charged_uid", "INTEGER"),
     ("final_perms", "TEXT"),
+    ("deleter_cgroup", "TEXT"),
 ];
 
 /// Added after the first release: an index made before lacks them.
-const LATER_COLUMNS: &[&str] =
-    &["xattrs", "deleter_path", "access", "path_resolved", "parent", "charged_uid", "final_perms"];
+const LATER_COLUMNS: &[&str] = &[
+    "xattrs",
+    "deleter_path",
+    "access",
+    "path_resolved",
+    "parent",
+    "charged_uid",
+    "final_perms",
+    "deleter_cgroup",
+];
 
 const OTHER_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS counters (
@@ -455,6 +464,7 @@ impl Index {
                     "UPDATE records SET path = :path, deleted_at_ns = :deleted_at_ns,
                         deleter_pid = :deleter_pid, deleter_uid = :deleter_uid, deleter_comm = :deleter_comm,
                         op = :op, deleter_path = :deleter_path, path_resolved = :path_resolved,
+                        deleter_cgroup = :deleter_cgroup,
                         parent = COALESCE(:parent, parent) WHERE id = :id",
                 )?
                 .execute(named_params! {
@@ -466,6 +476,7 @@ impl Index {
                     ":deleter_comm": by.map(|d| d.comm.as_str()),
                     ":op": r.op.as_str(),
                     ":deleter_path": by.and_then(|d| d.path.as_deref()).map(str::as_bytes),
+                    ":deleter_cgroup": by.and_then(|d| d.cgroup.as_deref()),
                     ":path_resolved": r.path_resolved,
                     ":parent": json_opt(&r.restore.parent),
                 })?;
@@ -770,6 +781,7 @@ fn insert(c: &Connection, r: &Record) -> Result<()> {
         ":checksum": r.checksum,
         ":xattrs": (!r.restore.xattrs.is_empty()).then(|| json(&r.restore.xattrs)),
         ":deleter_path": by.and_then(|d| d.path.as_deref()).map(str::as_bytes),
+        ":deleter_cgroup": by.and_then(|d| d.cgroup.as_deref()),
         ":access": json_opt(&r.access),
         ":path_resolved": r.path_resolved,
         ":parent": json_opt(&r.restore.parent),
@@ -799,14 +811,19 @@ fn record_from_row(row: &Row) -> rusqlite::Result<Record> {
     let status: String = row.get(col!("status"))?;
     let op: String = row.get(col!("op"))?;
     let deleted_by = match row.get::<_, Option<u32>>(col!("deleter_pid"))? {
-        Some(pid) => Some(Deleter {
-            pid,
-            uid: row.get(col!("deleter_uid"))?,
-            comm: row.get(col!("deleter_comm"))?,
-            path: row
-                .get::<_, Option<Vec<u8>>>(col!("deleter_path"))?
-                .map(|p| String::from_utf8_lossy(&p).into_owned()),
-        }),
+        Some(pid) => Some(
+            Deleter {
+                pid,
+                uid: row.get(col!("deleter_uid"))?,
+                comm: row.get(col!("deleter_comm"))?,
+                path: row
+                    .get::<_, Option<Vec<u8>>>(col!("deleter_path"))?
+                    .map(|p| String::from_utf8_lossy(&p).into_owned()),
+                cgroup: None,
+                container: None,
+            }
+            .in_cgroup(row.get(col!("deleter_cgroup"))?),
+        ),
         None => None,
     };
     let mut record =
@@ -852,7 +869,13 @@ mod tests {
         r.dev = Some(7);
         r.ino = Some(at_s);
         r.deleted_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at_s);
-        r.deleted_by = Some(Deleter { pid: 1, uid: 0, comm: "rm".into(), path: None });
+        r.deleted_by = Some(
+            Deleter { pid: 1, uid: 0, comm: "rm".into(), path: None, cgroup: None, container: None }
+                .in_cgroup(Some(
+                    "/libpod_parent/libpod-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                        .into(),
+                )),
+        );
         r.holders = vec![Holder { pid: 5, comm: "less".into(), kind: HolderKind::Fd }];
         r
     }
@@ -974,7 +997,8 @@ mod tests {
         let (_dir, mut idx) = index();
         let by = |uid: u32, path: &str, status: Status, at: u64| {
             let mut r = new(path, status, at);
-            r.deleted_by = Some(Deleter { pid: 1, uid, comm: "rm".into(), path: None });
+            r.deleted_by =
+                Some(Deleter { pid: 1, uid, comm: "rm".into(), path: None, cgroup: None, container: None });
             r
         };
         for i in 0..6 {

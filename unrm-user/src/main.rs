@@ -11,6 +11,7 @@ mod access;
 mod anchors;
 mod api;
 mod budget;
+mod cgroups;
 mod cli;
 mod clock;
 mod copy;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     access::{Parent, PathFacts, Perms},
+    cgroups::{Container, container_of},
     holders::{Hold, HolderKind},
     xattrs::Xattr,
 };
@@ -133,6 +134,21 @@ pub struct Deleter {
     /// tree of its own. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Its cgroup (v2), from the hierarchy's root; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container that cgroup names, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+impl Deleter {
+    /// A deleter in cgroup `cgroup`, and so in the container it names.
+    pub fn in_cgroup(mut self, cgroup: Option<String>) -> Self {
+        self.container = cgroup.as_deref().and_then(container_of);
+        self.cgroup = cgroup;
+        self
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +228,14 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether a process in container `wanted` deleted it: `wanted` is the
+    /// start of the container's id (or an nspawn machine's name), or its
+    /// runtime's name (`docker`, `podman`, …).
+    pub fn in_container(&self, wanted: &str) -> bool {
+        let Some(c) = self.deleted_by.as_ref().and_then(|d| d.container.as_ref()) else { return false };
+        !wanted.is_empty() && (c.id.starts_with(wanted) || c.runtime == wanted)
+    }
+
     /// A record of `path` (its exact bytes), deleted now unless said
     /// otherwise; the id is the index's to give.
     pub fn new(path: Vec<u8>, op: Op, status: Status) -> Self {
@@ -330,7 +354,14 @@ mod tests {
             uid: Some(1000),
             gid: Some(1000),
             deleted_at: from_nanos(1_700_000_000_123_456_000),
-            deleted_by: Some(Deleter { pid: 9, uid: 1000, comm: "rm".into(), path: None }),
+            deleted_by: Some(Deleter {
+                pid: 9,
+                uid: 1000,
+                comm: "rm".into(),
+                path: None,
+                cgroup: None,
+                container: None,
+            }),
             op: Op::Unlink,
             status: Status::Held,
             reason: None,

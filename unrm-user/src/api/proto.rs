@@ -30,6 +30,10 @@ pub enum Request {
         /// Continue a listing where the previous page stopped.
         #[serde(default)]
         after: Option<(i64, i64)>,
+        /// Only deletions by a process in this container (the start of its
+        /// id, or a runtime's name).
+        #[serde(default)]
+        container: Option<String>,
     },
     Show {
         id: i64,
@@ -260,6 +264,7 @@ mod tests {
                 path: Some("*.log".into()),
                 limit: 3,
                 after: Some((7, 8)),
+                container: Some("3f4e".into()),
             },
             Request::Show { id: 1 },
             Request::Open { id: 2 },
@@ -302,7 +307,7 @@ mod tests {
         /// Every valid request survives framing and parsing unchanged.
         #[test]
         fn valid_requests_round_trip(id in proptest::num::i64::ANY, limit in 0usize..1_000_000, glob in "[a-z*/]{0,20}") {
-            for req in [Request::Show { id }, Request::Open { id }, Request::List { since_ns: Some(id), status: None, path: Some(glob.clone()), limit, after: None }] {
+            for req in [Request::Show { id }, Request::Open { id }, Request::List { since_ns: Some(id), status: None, path: Some(glob.clone()), limit, after: None, container: None }] {
                 let bytes = frame(&req);
                 let len = body_len(bytes[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
                 proptest::prop_assert_eq!(len, bytes.len() - 4);

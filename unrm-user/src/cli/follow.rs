@@ -26,9 +26,13 @@ use crate::{
 };
 
 /// Follows until the daemon hangs up or cuts this follower off (an error).
-pub fn run(socket: &Path, filters: &Filters, container: Option<String>, json: bool) -> Result<()> {
+pub fn run(socket: &Path, filters: &Filters, json: bool) -> Result<()> {
     let mut client = Client::connect(socket)?;
-    let request = Request::Follow { status: filters.status, path: filters.path.clone(), container };
+    let request = Request::Follow {
+        status: filters.status,
+        path: filters.path.clone(),
+        container: filters.container.clone(),
+    };
     let Response::Following = client.call(&request)?.0 else { bail!("unexpected answer") };
     let term = Term::stdout();
     let mut out = Printer { json, term: &term, listed: HashSet::new() };

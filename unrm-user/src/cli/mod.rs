@@ -138,6 +138,11 @@ enum Command {
         /// At most this many records (0 for all).
         #[arg(long)]
         limit: Option<usize>,
+        /// Only deletions by processes in this container: the start of its
+        /// id (as `docker ps` or `podman ps` shows it), an nspawn machine's
+        /// name, or a runtime (docker, podman, containerd, cri-o, nspawn).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
     },
     /// `unrm list --follow`: each new record and status change as it happens.
     Watch {
@@ -152,6 +157,9 @@ enum Command {
         /// Only records in this status.
         #[arg(long)]
         status: Option<Status>,
+        /// Only deletions by processes in this container (as for `unrm list`).
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
     },
     /// One record in full.
     Show {
@@ -255,10 +263,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 metrics_listen,
             })?;
         }
-        Command::List { json, follow, since, until, path, status, limit } => {
-            let filters = listing(since, until, status, path)?;
+        Command::List { json, follow, since, until, path, status, limit, container } => {
+            let filters = listing(since, until, status, path, container)?;
             if follow {
-                follow::run(&cli.socket, &filters, None, json)?;
+                follow::run(&cli.socket, &filters, json)?;
             }
             let records = select::list(&cli.socket, &filters, limit.unwrap_or(100))?;
             if json {
@@ -267,8 +275,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 show::table(&records, &term::Term::stdout());
             }
         }
-        Command::Watch { json, since, path, status } => {
-            follow::run(&cli.socket, &listing(since, None, status, path)?, None, json)?;
+        Command::Watch { json, since, path, status, container } => {
+            follow::run(&cli.socket, &listing(since, None, status, path, container)?, json)?;
         }
         Command::Show { id, json } => {
             let Response::Record { record } = call(&cli.socket, &Request::Show { id })? else {
@@ -307,6 +315,7 @@ fn listing(
     until: Option<SystemTime>,
     status: Option<Status>,
     path: Option<String>,
+    container: Option<String>,
 ) -> Result<Filters> {
     let cwd = std::env::current_dir()?;
     Ok(Filters {
@@ -314,6 +323,7 @@ fn listing(
         until_ns: until.map(nanos),
         status,
         path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
+        container,
     })
 }
 
@@ -343,7 +353,13 @@ fn restore_cmd(socket: &std::path::Path, args: RestoreArgs) -> Result<ExitCode> 
     if all {
         let cwd = std::env::current_dir()?;
         let path = path.map(|glob| when::absolute_glob(&glob.to_string_lossy(), &cwd));
-        let filters = Filters { since_ns: since.map(nanos), until_ns: until.map(nanos), status: None, path };
+        let filters = Filters {
+            since_ns: since.map(nanos),
+            until_ns: until.map(nanos),
+            status: None,
+            path,
+            container: None,
+        };
         return restore_all(socket, &select::all_of(socket, &filters, pid)?, to, force);
     }
     let id = match (id, path) {

@@ -22,6 +22,8 @@ pub struct Filters {
     pub status: Option<Status>,
     /// An absolute glob.
     pub path: Option<String>,
+    /// The start of a container's id, or a runtime's name.
+    pub container: Option<String>,
 }
 
 /// Every record the filters select, newest first, up to `limit` (0: all),
@@ -40,6 +42,7 @@ pub fn list(socket: &Path, f: &Filters, limit: usize) -> Result<Vec<Record>> {
             path: f.path.clone(),
             limit: want,
             after,
+            container: f.container.clone(),
         };
         let Response::Records { records: page, next } = client.call(&request)?.0 else {
             bail!("unexpected answer")
@@ -61,7 +64,7 @@ fn restorable(record: &Record) -> bool {
 pub fn newest_of(socket: &Path, path: &Path) -> Result<i64> {
     let path = when::absolute_path(path, &std::env::current_dir()?);
     let glob = globset::escape(&path.to_string_lossy());
-    let filters = Filters { since_ns: None, until_ns: None, status: None, path: Some(glob) };
+    let filters = Filters { since_ns: None, until_ns: None, status: None, path: Some(glob), container: None };
     let records = list(socket, &filters, 0)?;
     match (records.iter().find(|r| restorable(r)), records.first()) {
         (Some(r), _) => Ok(r.id),

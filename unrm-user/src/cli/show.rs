@@ -74,6 +74,13 @@ pub fn detail(r: &Record, term: &Term) {
     if let Some(seen) = r.deleted_by.as_ref().and_then(|d| d.path.as_ref()) {
         field("seen as", format!("{seen} (in the deleter's mount namespace)"));
     }
+    if let Some(cgroup) = r.deleted_by.as_ref().and_then(|d| d.cgroup.as_ref()) {
+        field("cgroup", cgroup.clone());
+    }
+    if let Some(c) = r.deleted_by.as_ref().and_then(|d| d.container.as_ref()) {
+        let pod = c.pod.as_ref().map(|pod| format!(", pod {pod}")).unwrap_or_default();
+        field("container", format!("{} {}{pod}", c.runtime, c.id));
+    }
     if !r.holders.is_empty() {
         let holders: Vec<String> = r
             .holders

@@ -99,6 +99,10 @@ pub struct Deletion {
     pub seen_path: Option<PathBuf>,
     /// The deleter's mount namespace (0: unknown).
     pub mnt_ns: u32,
+    /// The deleter's cgroup v2 id (0: unknown), and its path once the
+    /// engine has looked it up (`cgroups`).
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
     /// False when the base directory of a relative path could not be fully
     /// resolved; `path` is then the best the probe could tell.
     pub path_complete: bool,
@@ -205,6 +209,8 @@ fn decode_delete(bytes: &[u8]) -> Result<Deletion> {
         host_path: true,
         seen_path: None,
         mnt_ns: ev.mnt_ns,
+        cgroup_id: ev.cgroup_id,
+        cgroup: None,
         path_complete: flags & (path_flags::DIR_TRUNCATED | path_flags::DIR_UNKNOWN) == 0,
         victim,
         fs_hooked: v.flags & victim_flags::FS_HOOKED != 0,
@@ -461,6 +467,7 @@ mod tests {
             dir_len: dir.len() as u32,
             path_flags: flags,
             mnt_ns: 0,
+            cgroup_id: 0,
         };
         let mut out =
             unsafe { std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<DeleteEvent>()) }

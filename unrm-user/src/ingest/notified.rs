@@ -85,6 +85,8 @@ pub fn deletion(r: &Report, anchors: &Anchors, budget: &Arc<Budget>) -> Option<D
         host_path: false,
         seen_path: None,
         mnt_ns: 0,
+        cgroup_id: 0,
+        cgroup: None,
         path_complete,
         fs_hooked: victim.is_some(),
         victim,

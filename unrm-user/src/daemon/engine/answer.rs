@@ -50,7 +50,7 @@ impl Engine {
 
     fn answer_now(&mut self, request: Request, caller: &Caller) -> Result<Reply> {
         let response = match request {
-            Request::List { since_ns, status, path, limit, after } => {
+            Request::List { since_ns, status, path, limit, after, container } => {
                 let path = match path {
                     Some(glob) => Some(
                         globset::Glob::new(&glob)
@@ -64,8 +64,10 @@ impl Engine {
                     ListQuery { since, status, path, limit, after, scan: SCAN_ROWS, bytes: PAGE_BYTES };
                 let visibility = self.cfg.policy.visible_to;
                 let mut stale = Vec::new();
-                let page =
-                    self.index.list(&query, |r| may_see(&self.pins, visibility, caller, r, &mut stale))?;
+                let in_container = |r: &Record| container.as_deref().is_none_or(|c| r.in_container(c));
+                let page = self.index.list(&query, |r| {
+                    in_container(r) && may_see(&self.pins, visibility, caller, r, &mut stale)
+                })?;
                 self.reread_acls(stale);
                 Response::Records { records: page.records, next: page.next }
             }
@@ -74,10 +76,7 @@ impl Engine {
             Request::Status => Response::Status { status: self.status()? },
             Request::Scan => Response::Scan { files: self.scan(caller)? },
             Request::Follow { status, path, container } => {
-                if container.is_some() {
-                    anyhow::bail!("following by container is not supported by this daemon");
-                }
-                return Ok(self.follow(Filter::new(status, path)?, caller));
+                return Ok(self.follow(Filter::new(status, path, container)?, caller));
             }
         };
         Ok(Reply::new(response))

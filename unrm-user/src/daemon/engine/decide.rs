@@ -564,7 +564,10 @@ fn deleter(d: &Deletion) -> Deleter {
         uid: d.uid,
         comm: d.comm.clone(),
         path: d.seen_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        cgroup: None,
+        container: None,
     }
+    .in_cgroup(d.cgroup.clone())
 }
 
 fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> Record {

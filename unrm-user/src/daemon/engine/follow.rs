@@ -30,10 +30,12 @@ const FOLLOW_QUEUE: usize = 4096;
 pub struct Filter {
     pub status: Option<Status>,
     pub path: Option<GlobMatcher>,
+    /// The start of a container's id, or a runtime's name.
+    pub container: Option<String>,
 }
 
 impl Filter {
-    pub fn new(status: Option<Status>, path: Option<String>) -> Result<Self> {
+    pub fn new(status: Option<Status>, path: Option<String>, container: Option<String>) -> Result<Self> {
         let path = match path {
             Some(glob) => Some(
                 globset::Glob::new(&glob)
@@ -42,12 +44,13 @@ impl Filter {
             ),
             None => None,
         };
-        Ok(Filter { status, path })
+        Ok(Filter { status, path, container })
     }
 
     fn admits(&self, r: &Record) -> bool {
         self.status.is_none_or(|s| s == r.status)
             && self.path.as_ref().is_none_or(|glob| glob.is_match(&r.path))
+            && self.container.as_deref().is_none_or(|c| r.in_container(c))
     }
 }
 

@@ -58,6 +58,7 @@ use crate::{
         server::{Reply, ServerStats},
     },
     budget::Budget,
+    cgroups::Resolver,
     events::sink::EventLog,
     index::Index,
     ingest::{Deletion, Event},
@@ -200,6 +201,8 @@ pub struct Engine {
     anchoring: Anchoring,
     /// Who hears of committed changes.
     feed: Feed,
+    /// Names deleters' cgroups (and so their containers).
+    cgroups: Resolver,
 }
 
 impl Engine {
@@ -231,6 +234,7 @@ impl Engine {
             figures: Figures::new(exit_stats, pidfd_budget, server_stats),
             anchoring: Anchoring::new(anchors, group),
             feed: Feed::new(events, crate::events::host_name()),
+            cgroups: Resolver::new(),
         })
     }
 
@@ -370,8 +374,9 @@ impl Engine {
 
     fn handle(&mut self, msg: Msg) -> Result<()> {
         match msg {
-            Msg::Event(Event::Delete(deletion)) => {
+            Msg::Event(Event::Delete(mut deletion)) => {
                 self.figures.counters.events += 1;
+                deletion.cgroup = self.cgroups.path_of(deletion.cgroup_id, deletion.pid);
                 self.on_deletion(deletion)
             }
             Msg::Event(Event::Release(release)) => {
