@@ -216,12 +216,13 @@ fn systemd_unescape(name: &str) -> String {
     let bytes = name.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') {
-            if let Some(byte) = name.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
+        let escaped = (bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x'))
+            .then(|| name.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        if let Some(byte) = escaped {
+            out.push(byte);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

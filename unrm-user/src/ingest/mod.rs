@@ -102,7 +102,7 @@ pub struct Deletion {
     /// The deleter's cgroup v2 id (0: unknown), and its path once the
     /// engine has looked it up (`cgroups`).
     pub cgroup_id: u64,
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Box<str>>,
     /// False when the base directory of a relative path could not be fully
     /// resolved; `path` is then the best the probe could tell.
     pub path_complete: bool,

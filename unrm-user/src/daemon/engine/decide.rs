@@ -567,7 +567,7 @@ fn deleter(d: &Deletion) -> Deleter {
         cgroup: None,
         container: None,
     }
-    .in_cgroup(d.cgroup.clone())
+    .in_cgroup(d.cgroup.as_deref().map(str::to_owned))
 }
 
 fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> Record {

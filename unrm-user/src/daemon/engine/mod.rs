@@ -376,7 +376,8 @@ impl Engine {
         match msg {
             Msg::Event(Event::Delete(mut deletion)) => {
                 self.figures.counters.events += 1;
-                deletion.cgroup = self.cgroups.path_of(deletion.cgroup_id, deletion.pid);
+                deletion.cgroup =
+                    self.cgroups.path_of(deletion.cgroup_id, deletion.pid).map(String::into_boxed_str);
                 self.on_deletion(deletion)
             }
             Msg::Event(Event::Release(release)) => {
