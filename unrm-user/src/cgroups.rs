@@ -37,13 +37,12 @@ impl Resolver {
     /// The resolver of this mount namespace's cgroup2 hierarchy (a hybrid
     /// host has it at /sys/fs/cgroup/unified).
     pub fn new() -> Self {
+        // A descriptor of the mount to name handles on (not O_PATH: the
+        // kernel refuses that as open_by_handle_at's mount descriptor).
         let mount = cgroup2_mount().and_then(|dir| {
-            let fd = rustix::fs::open(
-                &dir,
-                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .ok()?;
+            let flags =
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+            let fd = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()).ok()?;
             Some((fd, dir))
         });
         Resolver { mount, cache: HashMap::new() }
