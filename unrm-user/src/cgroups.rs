@@ -286,6 +286,13 @@ mod tests {
         let own = of_process(std::process::id()).expect("a cgroup v2 line in /proc/self/cgroup");
         assert_eq!(resolver.path_of(0, std::process::id()).as_deref(), Some(own.as_str()));
         assert_eq!(resolver.path_of(0, u32::MAX), None);
+        // By its id alone (no live process to ask), as the probes give it.
+        use std::os::unix::fs::MetadataExt;
+        let (_, mount) = resolver.mount.as_ref().expect("a cgroup2 mount");
+        let id = std::fs::metadata(mount.join(own.trim_start_matches('/'))).unwrap().ino();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(resolver.path_of(id, u32::MAX).as_deref(), Some(own.as_str()));
+        }
     }
 
     #[test]
