@@ -189,18 +189,21 @@ fn the_event_log_rotates_by_size_and_keeps_a_bounded_number_of_files() {
     }
     let meta = fs::metadata(&file).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
-    // The newest survive rotation, whole and in order, each with its schema.
-    let events = events_in(&file, 2);
-    assert!(events.len() >= 10, "{} events kept", events.len());
-    let ids: Vec<i64> = events.iter().map(|e| e["record"]["id"].as_i64().unwrap()).collect();
+    // The newest survive rotation, whole and in order, each with its schema
+    // (others on the machine may have deleted files too).
+    let all = events_in(&file, 2);
+    assert!(all.iter().all(|e| e["schema"] == 1), "{all:?}");
+    let ours: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["record"]["path"].as_str().unwrap().starts_with(dir.to_str().unwrap()))
+        .collect();
+    assert!(ours.len() >= 10, "{} events kept", ours.len());
+    assert!(ours.iter().all(|e| e["event"] == "deleted"));
+    let ids: Vec<i64> = ours.iter().map(|e| e["record"]["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
-    let newest = daemon.json(&["list", "--json", "--limit", "1"]);
+    let glob = format!("{}/*", dir.display());
+    let newest = daemon.json(&["list", "--json", "--limit", "1", "--path", &glob]);
     assert_eq!(ids.last(), newest[0]["id"].as_i64().as_ref());
-    for e in &events {
-        assert_eq!(e["schema"], 1);
-        assert_eq!(e["event"], "deleted");
-        assert!(e["record"]["path"].as_str().unwrap().starts_with(dir.to_str().unwrap()));
-    }
 }
 
 #[test]
@@ -231,7 +234,8 @@ fn a_sink_too_slow_drops_events_and_counts_them_but_never_holds_up_the_engine() 
     let safety = daemon.status()["safety"].clone();
     assert!(safety["events_dropped"].as_u64().unwrap() > 0, "{safety}");
 
-    // Drained now: whole lines only, and written + dropped = every event.
+    // Drained now: whole lines only, and written + dropped cover every
+    // event (and those of whatever else on the machine deleted a file).
     let mut text = Vec::new();
     let mut counted = (0, 0);
     wait_until("written + dropped to cover every event", || {
@@ -245,7 +249,7 @@ fn a_sink_too_slow_drops_events_and_counts_them_but_never_holds_up_the_engine() 
         let s = daemon.status()["safety"].clone();
         counted = (s["events_written"].as_u64().unwrap(), s["events_dropped"].as_u64().unwrap());
         let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
-        counted.0 + counted.1 == total as u64 && lines == counted.0
+        counted.0 + counted.1 >= total as u64 && lines == counted.0
     });
     for line in String::from_utf8(text).unwrap().lines() {
         let event: Value =
@@ -262,9 +266,15 @@ fn events_can_go_to_standard_output_or_nowhere() {
     let path = fs.file("out", b"x");
     rm(&path, None);
     let record = daemon.wait_record(&path, "unheld");
-    let event: Value = serde_json::from_str(&daemon.stdout_line()).unwrap();
-    assert_eq!(event["record"]["id"], record["id"]);
+    // Others on the machine may delete files meanwhile: its line comes in turn.
+    let event = loop {
+        let event: Value = serde_json::from_str(&daemon.stdout_line()).unwrap();
+        if event["record"]["id"] == record["id"] {
+            break event;
+        }
+    };
     assert_eq!(event["event"], "deleted");
+    assert_eq!(event["record"]["path"], path.to_str().unwrap());
     daemon.stop();
 
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--events", "off"]);
