@@ -131,6 +131,18 @@ ev=/var/log/unrm/events.jsonl
 [ "$(stat -c %a:%G "$ev")" = 640:adm ] || fail "$ev is $(stat -c %a:%G "$ev"), not 640:adm"
 grep -q "\"event\":\"deleted\".*\"id\":$held," "$ev" || fail "no deletion event of record $held in $ev"
 
+step "the events to the journal instead: [events] to = \"journal\""
+sed -i 's/^#to = "file"/to = "journal"/' /etc/unrm.toml
+grep -qx 'to = "journal"' /etc/unrm.toml || fail "no [events] to key to set in /etc/unrm.toml"
+systemctl restart unrm
+echo j > $R/j
+hold $R/j
+rm $R/j
+wait_for "a held record of $R/j" has_record $R/j
+jid=$(record_of $R/j)
+wait_for "record $jid's event in the journal" sh -c "journalctl -u unrm -o cat --no-pager | grep -q '\"schema\":1.*\"record\":{\"id\":$jid,'"
+grep -q "\"id\":$jid," "$ev" && fail "record $jid's event went to the file too"
+
 step "man pages and completions"
 man unrm | grep -q restore || fail "man unrm"
 man 5 unrm.toml | grep -q max_file_size || fail "man 5 unrm.toml"

@@ -260,7 +260,7 @@ fn a_sink_too_slow_drops_events_and_counts_them_but_never_holds_up_the_engine() 
 }
 
 #[test]
-fn events_can_go_to_standard_output_or_nowhere() {
+fn events_can_go_to_standard_output_the_journal_or_nowhere() {
     let fs = Mount::ext4();
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--events", "stdout"]);
     let path = fs.file("out", b"x");
@@ -282,6 +282,19 @@ fn events_can_go_to_standard_output_or_nowhere() {
     rm(&path, None);
     daemon.wait_record(&path, "unheld");
     assert_eq!(daemon.status()["safety"]["events_written"], 0);
+    assert!(!daemon.events.exists());
+    daemon.stop();
+
+    // The journal: through the daemon's log, which is the journal under
+    // systemd (the package test reads it there); here, its stderr.
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &["--events", "journal"]);
+    let path = fs.file("journal", b"x");
+    rm(&path, None);
+    let record = daemon.wait_record(&path, "unheld");
+    let id = format!("\"record\":{{\"id\":{}", record["id"]);
+    wait_until("the event in the daemon's log", || {
+        daemon.log().lines().any(|l| l.contains("\"schema\":1") && l.contains(&id))
+    });
     assert!(!daemon.events.exists());
 }
 
