@@ -128,7 +128,7 @@ grep -q "\"UNRM_RECORD\":\"$held\"" journal.json || fail "no journal entry for r
 
 step "the event log under the unit"
 ev=/var/log/unrm/events.jsonl
-[ "$(stat -c %a:%G "$ev")" = 640:adm ] || fail "$ev is $(stat -c %a:%G "$ev"), not 640:adm"
+[ "$(stat -c %a:%U "$ev")" = 640:root ] || fail "$ev is $(stat -c %a:%U "$ev"), not 640:root"
 grep -q "\"event\":\"deleted\".*\"id\":$held," "$ev" || fail "no deletion event of record $held in $ev"
 
 step "the events to the journal instead: [events] to = \"journal\""

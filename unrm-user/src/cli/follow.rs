@@ -7,7 +7,7 @@
 //! is printed once.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io::{self, Write},
     path::Path,
     time::SystemTime,
@@ -35,13 +35,13 @@ pub fn run(socket: &Path, filters: &Filters, json: bool) -> Result<()> {
     };
     let Response::Following = client.call(&request)?.0 else { bail!("unexpected answer") };
     let term = Term::stdout();
-    let mut out = Printer { json, term: &term, listed: HashSet::new() };
+    let mut out = Printer { json, term: &term, listed: HashMap::new() };
     if filters.since_ns.is_some() {
         let host = host_name();
         let mut records = select::list(socket, filters, 0)?;
         records.reverse();
         for record in records {
-            out.listed.insert((record.id, record.status));
+            out.listed.insert(record.id, record.status);
             let event = Event {
                 schema: SCHEMA,
                 event: Kind::Deleted,
@@ -54,9 +54,16 @@ pub fn run(socket: &Path, filters: &Filters, json: bool) -> Result<()> {
     }
     loop {
         let Response::Event { event } = client.next()? else { bail!("unexpected answer") };
-        // Already printed by the listing, as it stands now.
-        if out.listed.contains(&(event.record.id, event.record.status)) {
-            continue;
+        // A record the listing printed: its deletion, and its changes up to
+        // the status the listing printed, are told already.
+        if let Some(&listed) = out.listed.get(&event.record.id) {
+            if event.event == Kind::Deleted {
+                continue;
+            }
+            if event.record.status == listed {
+                out.listed.remove(&event.record.id);
+                continue;
+            }
         }
         out.print(&event)?;
     }
@@ -66,7 +73,7 @@ struct Printer<'a> {
     json: bool,
     term: &'a Term,
     /// Records the listing printed, with the status it printed.
-    listed: HashSet<(i64, Status)>,
+    listed: HashMap<i64, Status>,
 }
 
 impl Printer<'_> {

@@ -62,10 +62,25 @@ pub struct Stats {
     pub errors: AtomicU64,
 }
 
-/// The engine's end of the event log.
+/// The engine's end of the event log. Dropped (the engine stopping), it
+/// lets the writer finish what is queued, for a short while at most.
 pub struct EventLog {
     tx: Option<SyncSender<Arc<str>>>,
+    /// Hears from the writer when it has written everything and ended.
+    done: Option<Receiver<()>>,
     pub stats: Arc<Stats>,
+}
+
+/// How long a stopping daemon waits for the event log's last lines.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(done) = self.done.take() {
+            let _ = done.recv_timeout(FINISH_WITHIN);
+        }
+    }
 }
 
 impl EventLog {
@@ -75,18 +90,22 @@ impl EventLog {
     pub fn start(sink: Sink, queue: usize) -> Result<EventLog> {
         let stats = Arc::new(Stats::default());
         if sink == Sink::Off {
-            return Ok(EventLog { tx: None, stats });
+            return Ok(EventLog { tx: None, done: None, stats });
         }
         if let Sink::File(rotation) = &sink {
             check_dir(&rotation.path)?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(queue.max(1));
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
         let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("unrm-events".into())
-            .spawn(move || write_loop(rx, sink, &writer_stats))
+            .spawn(move || {
+                write_loop(rx, sink, &writer_stats);
+                let _ = done_tx.send(());
+            })
             .context("starting the event log's writer")?;
-        Ok(EventLog { tx: Some(tx), stats })
+        Ok(EventLog { tx: Some(tx), done: Some(done), stats })
     }
 
     pub fn is_on(&self) -> bool {
@@ -109,7 +128,7 @@ impl EventLog {
 }
 
 /// The event file's directory: made if missing (searchable by all, so a
-/// shipper running as another user can be let in by the file's group), and
+/// shipper running as another user can be let in to the file), and
 /// refused if anyone but root could change it: there, rotation's renames
 /// and the file's creation could be turned against root.
 fn check_dir(path: &Path) -> Result<()> {
@@ -123,6 +142,9 @@ fn check_dir(path: &Path) -> Result<()> {
             .mode(0o755)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        // Past the daemon's umask (077).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     let meta = std::fs::metadata(dir).with_context(|| format!("event log directory {}", dir.display()))?;
     if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
@@ -136,7 +158,8 @@ fn check_dir(path: &Path) -> Result<()> {
 
 fn write_loop(rx: Receiver<Arc<str>>, sink: Sink, stats: &Stats) {
     let mut out = Output::new(sink);
-    while let Ok(first) = rx.recv() {
+    let mut pending = None;
+    while let Some(first) = pending.take().or_else(|| rx.recv().ok()) {
         let mut batch = Vec::with_capacity(BATCH_BYTES.min(first.len() * 64));
         batch.extend_from_slice(first.as_bytes());
         batch.push(b'\n');
@@ -158,8 +181,13 @@ fn write_loop(rx: Receiver<Arc<str>>, sink: Sink, stats: &Stats) {
                 stats.dropped.fetch_add(lines, Ordering::Relaxed)
             }
         };
+        // Unless the daemon is stopping (the queue closed and drained).
         if batch.len() < SMALL_BATCH {
-            std::thread::sleep(GATHER);
+            match rx.recv_timeout(GATHER) {
+                Ok(line) => pending = Some(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 }
@@ -287,8 +315,10 @@ impl Rotating {
 }
 
 /// Opens the event file for appending, never through a symbolic link. A
-/// new one is readable by root and the `adm` group (who read the system's
-/// logs); a pipe is fine too (a shipper reading one).
+/// new one is root's, mode 0640 (a shipper running as another user is let
+/// in by an ACL or the file's group, which the administrator chooses: the
+/// daemon has no CAP_CHOWN under its unit). A pipe is fine too (a shipper
+/// reading one).
 fn open(path: &Path) -> io::Result<File> {
     let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let created = OpenOptions::new().append(true).create_new(true).mode(0o640).custom_flags(flags).open(path);
@@ -297,9 +327,6 @@ fn open(path: &Path) -> io::Result<File> {
             // Past the daemon's umask (077).
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
-            if let Some(adm) = group_id("adm") {
-                let _ = rustix::fs::fchown(&file, None, Some(rustix::fs::Gid::from_raw(adm)));
-            }
             file
         }
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -312,15 +339,6 @@ fn open(path: &Path) -> io::Result<File> {
         return Err(io::Error::other(format!("{} is neither a regular file nor a pipe", path.display())));
     }
     Ok(file)
-}
-
-/// A group's id, from /etc/group.
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok()).flatten()
-    })
 }
 
 #[cfg(test)]

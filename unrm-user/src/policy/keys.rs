@@ -110,7 +110,7 @@ pub const KEYS: &[Key] = &[
         section: Some("events"),
         name: "file",
         default: "\"/var/log/unrm/events.jsonl\"",
-        doc: "The event file, for a log shipper to tail. Made readable by root and the adm group; its directory must be one only root can change. The daemon's --events-file flag wins.",
+        doc: "The event file, for a log shipper to tail: root's, mode 0640 (let another user read it with an ACL or the group); its directory must be one only root can change. The daemon's --events-file flag wins.",
     },
     Key {
         section: Some("events"),

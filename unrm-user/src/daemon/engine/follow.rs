@@ -25,6 +25,12 @@ use crate::{
 
 /// Events queued for one follower at most.
 const FOLLOW_QUEUE: usize = 4096;
+/// Followers one user other than root may have at once: each one's filter
+/// runs on every event of the machine.
+const FOLLOWERS_PER_USER: usize = 4;
+/// The longest path glob a follower may give: a glob runs on every event,
+/// and a long one with many wildcards costs the engine per path byte.
+pub const MAX_GLOB: usize = 1024;
 
 /// A listing's filters, applied to each change.
 pub struct Filter {
@@ -36,6 +42,9 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(status: Option<Status>, path: Option<String>, container: Option<String>) -> Result<Self> {
+        if path.as_ref().is_some_and(|glob| glob.len() > MAX_GLOB) {
+            anyhow::bail!("a --path glob to follow is at most {MAX_GLOB} bytes");
+        }
         let path = match path {
             Some(glob) => Some(
                 globset::Glob::new(&glob)
@@ -47,10 +56,15 @@ impl Filter {
         Ok(Filter { status, path, container })
     }
 
+    /// The cheap tests: status and container.
     fn admits(&self, r: &Record) -> bool {
         self.status.is_none_or(|s| s == r.status)
-            && self.path.as_ref().is_none_or(|glob| glob.is_match(&r.path))
             && self.container.as_deref().is_none_or(|c| r.in_container(c))
+    }
+
+    /// The glob, tested last (after the access check too).
+    fn path_matches(&self, r: &Record) -> bool {
+        self.path.as_ref().is_none_or(|glob| glob.is_match(&r.path))
     }
 }
 
@@ -79,6 +93,11 @@ impl Feed {
 impl Engine {
     /// Takes a follower on: its events come after this answer.
     pub(super) fn follow(&mut self, filter: Filter, caller: &Caller) -> Reply {
+        self.feed.followers.retain(|f| !f.tx.is_closed());
+        let mine = self.feed.followers.iter().filter(|f| f.caller.uid == caller.uid).count();
+        if !caller.is_root() && mine >= FOLLOWERS_PER_USER {
+            return Reply::error(format!("at most {FOLLOWERS_PER_USER} followers per user; stop one first"));
+        }
         let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
         self.feed.followers.push(Follower { caller: caller.clone(), filter, tx });
         let mut reply = Reply::new(Response::Following);
@@ -111,7 +130,8 @@ impl Engine {
             let mut behind = 0;
             feed.followers.retain(|f| {
                 let wanted = f.filter.admits(&event.record)
-                    && may_see(&self.pins, visibility, &f.caller, &event.record, &mut stale);
+                    && may_see(&self.pins, visibility, &f.caller, &event.record, &mut stale)
+                    && f.filter.path_matches(&event.record);
                 !wanted || offer(&f.tx, &line, &mut behind)
             });
             feed.dropped += behind;
