@@ -29,29 +29,31 @@ impl Client {
     /// an `Err` carrying the daemon's message.
     pub fn call(&mut self, request: &Request) -> Result<(Response, Option<OwnedFd>)> {
         self.stream.write_all(&frame(request)).context("sending to the daemon")?;
-        let (header, fd) = self.read_header().context("reading the daemon's answer")?;
-        let len = body_len(header, MAX_RESPONSE)?;
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).context("reading the daemon's answer")?;
-        let response: Response = serde_json::from_slice(&body).context("decoding the daemon's answer")?;
-        if let Response::Error { message } = response {
-            bail!("{message}");
-        }
-        Ok((response, fd))
+        self.receive("reading the daemon's answer", "decoding the daemon's answer")
     }
 
     /// The next message the daemon sends on its own (a follower's events);
     /// an `Error` becomes an `Err`, the daemon hanging up too.
     pub fn next(&mut self) -> Result<Response> {
-        let (header, _) = self.read_header().context("the daemon stopped sending events")?;
+        Ok(self.receive("the daemon stopped sending events", "decoding an event")?.0)
+    }
+
+    /// One message and the descriptor that came with it; an `Error` becomes
+    /// an `Err` carrying the daemon's message.
+    fn receive(
+        &mut self,
+        reading: &'static str,
+        decoding: &'static str,
+    ) -> Result<(Response, Option<OwnedFd>)> {
+        let (header, fd) = self.read_header().context(reading)?;
         let len = body_len(header, MAX_RESPONSE)?;
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).context("reading an event")?;
-        let response: Response = serde_json::from_slice(&body).context("decoding an event")?;
+        self.stream.read_exact(&mut body).context(reading)?;
+        let response: Response = serde_json::from_slice(&body).context(decoding)?;
         if let Response::Error { message } = response {
             bail!("{message}");
         }
-        Ok(response)
+        Ok((response, fd))
     }
 
     /// Reads the 4-byte header with `recvmsg`, so a descriptor sent with the

@@ -51,14 +51,7 @@ impl Engine {
     fn answer_now(&mut self, request: Request, caller: &Caller) -> Result<Reply> {
         let response = match request {
             Request::List { since_ns, status, path, limit, after, container } => {
-                let path = match path {
-                    Some(glob) => Some(
-                        globset::Glob::new(&glob)
-                            .with_context(|| format!("bad --path glob {glob:?}"))?
-                            .compile_matcher(),
-                    ),
-                    None => None,
-                };
+                let path = path_glob(path)?;
                 let since = since_ns.map(from_nanos);
                 let query =
                     ListQuery { since, status, path, limit, after, scan: SCAN_ROWS, bytes: PAGE_BYTES };
@@ -248,6 +241,14 @@ impl Engine {
 /// for a file still held, as it is now (a chmod after the deletion counts).
 /// A held file whose ACL changed since it was last read is seen by its
 /// owner only until a file worker has read it again (`stale` asks for it).
+/// A request's `--path` glob, compiled.
+pub(super) fn path_glob(path: Option<String>) -> Result<Option<globset::GlobMatcher>> {
+    path.map(|glob| {
+        Ok(globset::Glob::new(&glob).with_context(|| format!("bad --path glob {glob:?}"))?.compile_matcher())
+    })
+    .transpose()
+}
+
 pub(super) fn may_see(
     pins: &PinTable,
     visibility: Visibility,

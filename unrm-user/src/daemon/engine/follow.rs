@@ -8,11 +8,14 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use globset::GlobMatcher;
 use tokio::sync::mpsc;
 
-use super::{Engine, answer::may_see};
+use super::{
+    Engine,
+    answer::{may_see, path_glob},
+};
 use crate::{
     access::Caller,
     api::{
@@ -45,15 +48,7 @@ impl Filter {
         if path.as_ref().is_some_and(|glob| glob.len() > MAX_GLOB) {
             anyhow::bail!("a --path glob to follow is at most {MAX_GLOB} bytes");
         }
-        let path = match path {
-            Some(glob) => Some(
-                globset::Glob::new(&glob)
-                    .with_context(|| format!("bad --path glob {glob:?}"))?
-                    .compile_matcher(),
-            ),
-            None => None,
-        };
-        Ok(Filter { status, path, container })
+        Ok(Filter { status, path: path_glob(path)?, container })
     }
 
     /// The cheap tests: status and container.
