@@ -13,8 +13,8 @@ use std::{
 /// path: a module may use only those before it.
 const LAYERS: &[&str] = &[
     "clock", "access", "xattrs", "budget", "cgroups", "copy", "mounts", "probe", "handle", "anchors",
-    "notify", "holders", "record", "pins", "ingest", "index", "store", "events", "policy", "api", "metrics",
-    "daemon", "cli",
+    "notify", "holders", "record", "pins", "protect", "ingest", "index", "store", "events", "policy", "api",
+    "metrics", "daemon", "cli",
 ];
 
 const MAX_FN_LINES: usize = 80;

@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns DESC, id DESC);
+CREATE INDEX IF NOT EXISTS records_captured_by_path ON records (path) WHERE status = 'captured';
 ";
 
 /// The position of column `name` in `RECORD_COLUMNS`, found while
@@ -126,6 +127,15 @@ static COLUMNS: std::sync::LazyLock<String> =
 
 fn columns() -> &'static str {
     &COLUMNS
+}
+
+/// One captured version of a path.
+#[derive(Debug)]
+pub struct Version {
+    pub id: i64,
+    pub deleted_at_ns: i64,
+    /// When its content was last written.
+    pub mtime_ns: Option<i64>,
 }
 
 /// A column a single write changes.
@@ -673,6 +683,18 @@ impl Index {
                 row.get::<_, Option<i64>>(1)?.map(|d| d as u64),
                 row.get::<_, Option<i64>>(2)?.map(|i| i as u64),
             ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The captured versions of `path`, newest first.
+    pub fn versions_of(&self, path: &[u8]) -> Result<Vec<Version>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, deleted_at_ns, mtime_ns FROM records WHERE status = 'captured' AND path = ?1
+             ORDER BY deleted_at_ns DESC, id DESC",
+        )?;
+        let rows = stmt.query_map([path], |row| {
+            Ok(Version { id: row.get(0)?, deleted_at_ns: row.get(1)?, mtime_ns: row.get(2)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

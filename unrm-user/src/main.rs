@@ -27,6 +27,7 @@ mod notify;
 mod pins;
 mod policy;
 mod probe;
+mod protect;
 mod record;
 mod store;
 mod xattrs;

@@ -33,20 +33,42 @@ pub struct Report {
 
 pub enum Notice {
     Deleted(Report),
+    /// A name appeared in a marked directory (`Group::for_names`).
+    Appeared(Appeared),
     /// The queue overflowed: some deletions were not reported.
     Lost,
+}
+
+/// What one `FAN_CREATE` or `FAN_MOVED_TO` report says.
+#[derive(Debug)]
+pub struct Appeared {
+    /// The handle of the directory the name appeared in (see `Report::dir`).
+    pub dir: Vec<u8>,
+    pub name: Vec<u8>,
+    /// The name is a directory's.
+    pub is_dir: bool,
 }
 
 pub struct Group {
     fd: OwnedFd,
 }
 
+/// What a group made by `Group::for_names` reports of a marked directory.
+const NAMES: u64 = libc::FAN_CREATE | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
+
 impl Group {
     pub fn new() -> io::Result<Group> {
-        let flags = libc::FAN_CLASS_NOTIF
-            | libc::FAN_CLOEXEC
-            | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME_TARGET;
+        Self::init(libc::FAN_REPORT_DFID_NAME_TARGET)
+    }
+
+    /// A group that reports names created in, or moved into, directories
+    /// it marks (`mark_names`), and nothing else (Linux 5.9+).
+    pub fn for_names() -> io::Result<Group> {
+        Self::init(libc::FAN_REPORT_DFID_NAME)
+    }
+
+    fn init(report: u32) -> io::Result<Group> {
+        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | report;
         // SAFETY: plain system call; the descriptor it returns is ours.
         let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) };
         if fd < 0 {
@@ -65,6 +87,22 @@ impl Group {
                 self.fd.as_raw_fd(),
                 flags,
                 libc::FAN_DELETE,
+                dir.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Reports names that appear in the directory `dir` (an inode mark:
+    /// nothing else on the filesystem pays for it).
+    pub fn mark_names(&self, dir: BorrowedFd) -> io::Result<()> {
+        // SAFETY: a null path names `dir` itself.
+        let ret = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                NAMES,
                 dir.as_raw_fd(),
                 std::ptr::null(),
             )
@@ -109,9 +147,14 @@ fn parse(bytes: &[u8]) -> Vec<Notice> {
         if mask & libc::FAN_Q_OVERFLOW != 0 {
             notices.push(Notice::Lost);
         } else if mask & libc::FAN_DELETE != 0
-            && let Some(report) = report(&event[meta_len..], pid as u32)
+            && let Some(report) = report(&event[meta_len..], pid as u32).filter(|r| !r.target.is_empty())
         {
             notices.push(Notice::Deleted(report));
+        } else if mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO) != 0
+            && let Some(report) = report(&event[meta_len..], pid as u32)
+        {
+            let is_dir = mask & libc::FAN_ONDIR != 0;
+            notices.push(Notice::Appeared(Appeared { dir: report.dir, name: report.name, is_dir }));
         }
         at += event_len;
     }
@@ -143,8 +186,10 @@ fn report(mut infos: &[u8], pid: u32) -> Option<Report> {
             _ => {}
         }
     }
-    let ((fsid, dir, name), target) = (dir?, target?);
-    Some(Report { pid, fsid, dir, name, target })
+    // A `FAN_DELETE` report carries the target's handle; a name's
+    // appearance only the directory's.
+    let (fsid, dir, name) = dir?;
+    Some(Report { pid, fsid, dir, name, target: target.unwrap_or_default() })
 }
 
 #[cfg(test)]

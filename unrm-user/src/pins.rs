@@ -145,6 +145,8 @@ pub struct Pin {
     pub place: Place,
     pub holding: Holding,
     pub acl: AclCache,
+    /// Its file was in a protected tree (unrm held it before its deletion).
+    pub protected: bool,
 }
 
 /// Where a pinned file was.

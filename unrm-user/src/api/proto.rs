@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::Event,
     holders::HeldView,
+    protect::TreeView,
     record::{Record, RestoreMeta, Status},
 };
 
@@ -55,6 +56,19 @@ pub enum Request {
         #[serde(default)]
         container: Option<String>,
     },
+    /// Protects the directory tree at `path` (absolute, as the caller
+    /// resolved it): see README, Protected trees.
+    Protect {
+        path: String,
+        /// Also on a network, FUSE or removable filesystem (root only).
+        #[serde(default)]
+        any_fs: bool,
+    },
+    Unprotect {
+        path: String,
+    },
+    /// The protected trees the caller may see.
+    Protected,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +96,10 @@ pub enum Response {
     },
     /// A follow request was taken: events follow, one per frame.
     Following,
+    /// Protected trees.
+    Trees {
+        trees: Vec<TreeView>,
+    },
     Event {
         event: Event<'static>,
     },

@@ -4,6 +4,7 @@ mod follow;
 mod format;
 mod hue;
 mod privilege;
+mod protect;
 
 pub use format::clean;
 mod restore;
@@ -161,6 +162,28 @@ enum Command {
         #[arg(long, value_name = "ID")]
         container: Option<String>,
     },
+    /// Hold a reference to every file under each directory, so that
+    /// deleting one (rm, rm -rf, mv or an editor's save over it) is undoable
+    /// even when nothing had it open: see README, Protected trees.
+    Protect {
+        /// Directories (yours, unless you are root).
+        paths: Vec<PathBuf>,
+        /// List the protected trees instead: files held, left out, and why.
+        #[arg(long, conflicts_with_all = ["paths", "any_fs"])]
+        list: bool,
+        #[arg(long, requires = "list")]
+        json: bool,
+        /// Root only: also on a network, FUSE or removable filesystem (where
+        /// unrm's references make a plain umount fail: see README).
+        #[arg(long)]
+        any_fs: bool,
+    },
+    /// Stop protecting these directories: unrm lets go of their files (and
+    /// their filesystem can be unmounted).
+    Unprotect {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// One record in full.
     Show {
         id: i64,
@@ -205,6 +228,10 @@ pub struct RestoreArgs {
     /// glob as for `unrm list`.
     #[arg(long, conflicts_with = "id")]
     path: Option<PathBuf>,
+    /// With --path: the Nth newest version that still has its content
+    /// (1, the default, is the newest; a protected file keeps `versions`).
+    #[arg(long, value_name = "N", requires = "path", conflicts_with = "all")]
+    version: Option<usize>,
     /// Every record the filters (--path, --since, --until, --pid) select
     /// that still has its content; of each path, the newest.
     #[arg(long, conflicts_with = "id")]
@@ -289,6 +316,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Restore(args) => return restore_cmd(&cli.socket, args),
+        Command::Protect { paths, list, json, any_fs } => {
+            return if list {
+                protect::list(&cli.socket, json)
+            } else {
+                protect::protect(&cli.socket, &paths, any_fs)
+            };
+        }
+        Command::Unprotect { paths } => return protect::unprotect(&cli.socket, &paths),
         Command::Scan { json } => scan::run(&cli.socket, json)?,
         Command::Generate(what) => generate(what)?,
         Command::Status { json } => {
@@ -349,7 +384,7 @@ fn generate(what: Generate) -> Result<()> {
 }
 
 fn restore_cmd(socket: &std::path::Path, args: RestoreArgs) -> Result<ExitCode> {
-    let RestoreArgs { id, path, all, since, until, pid, to, force } = args;
+    let RestoreArgs { id, path, version, all, since, until, pid, to, force } = args;
     if all {
         let cwd = std::env::current_dir()?;
         let path = path.map(|glob| when::absolute_glob(&glob.to_string_lossy(), &cwd));
@@ -364,7 +399,7 @@ fn restore_cmd(socket: &std::path::Path, args: RestoreArgs) -> Result<ExitCode> 
     }
     let id = match (id, path) {
         (Some(id), _) => id,
-        (None, Some(path)) => select::newest_of(socket, &path)?,
+        (None, Some(path)) => select::version_of(socket, &path, version.unwrap_or(1))?,
         (None, None) => bail!("name a record: its id, its path with --path, or --all"),
     };
     restore::run(socket, id, to, force)?;

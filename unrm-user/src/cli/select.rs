@@ -59,25 +59,30 @@ fn restorable(record: &Record) -> bool {
     matches!(record.status, Status::Held | Status::Captured)
 }
 
-/// The newest record of `path` that a restore can bring back (held or
-/// captured), among those the caller may see.
-pub fn newest_of(socket: &Path, path: &Path) -> Result<i64> {
+/// The `n`th newest record of `path` (1: the newest) that a restore can
+/// bring back (held or captured), among those the caller may see.
+pub fn version_of(socket: &Path, path: &Path, n: usize) -> Result<i64> {
     let path = when::absolute_path(path, &std::env::current_dir()?);
     let glob = globset::escape(&path.to_string_lossy());
     let filters = Filters { since_ns: None, until_ns: None, status: None, path: Some(glob), container: None };
     let records = list(socket, &filters, 0)?;
-    match (records.iter().find(|r| restorable(r)), records.first()) {
+    let shown = format::clean(&path.to_string_lossy()).into_owned();
+    let versions: Vec<&Record> = records.iter().filter(|r| restorable(r)).collect();
+    if n == 0 {
+        bail!("--version counts from 1 (the newest)");
+    }
+    match (versions.get(n - 1), records.first()) {
         (Some(r), _) => Ok(r.id),
+        (None, _) if !versions.is_empty() => {
+            bail!("{shown}: {} versions with their content, no version {n}", versions.len())
+        }
         (None, Some(newest)) => bail!(
-            "{}: no record with its content ({} records; the newest, {}, is {})",
-            format::clean(&path.to_string_lossy()),
+            "{shown}: no record with its content ({} records; the newest, {}, is {})",
             records.len(),
             newest.id,
             newest.status.as_str()
         ),
-        (None, None) => {
-            bail!("{}: no deletion of this path is recorded", format::clean(&path.to_string_lossy()))
-        }
+        (None, None) => bail!("{shown}: no deletion of this path is recorded"),
     }
 }
 

@@ -413,6 +413,8 @@ pub fn forward<M: From<Event>>(mut src: Sources, tx: Sender<M>) -> Result<()> {
                     notified::deletion(&report, &src.anchors, &src.budget).map(Event::Delete)
                 }
                 Notice::Lost => Some(Event::Lost),
+                // This group marks no directory for names.
+                Notice::Appeared(_) => None,
             })),
             Some(Err(err)) => {
                 log::error!(

@@ -101,6 +101,36 @@ pub const KEYS: &[Key] = &[
         doc: "A loopback address and port (\"127.0.0.1:9465\", \"[::1]:9465\") to serve the metrics on, over HTTP at /metrics; other addresses are refused. Empty: off. The packaged unit has no network: see docs/service.md for the drop-in this needs. --metrics-listen wins. Read at start only.",
     },
     Key {
+        section: None,
+        name: "protect",
+        default: "[]",
+        doc: "Directories whose files unrm holds a reference to, so that deleting any of them (rm, rm -rf, find -delete, mv or an editor saving over one) is undoable even when no process had it open; see README, Protected trees. Each costs about one kernel file object per file. Files the exclude globs name are left out; trees on network, FUSE or removable filesystems are refused here (root may ask with unrm protect --any-fs).",
+    },
+    Key {
+        section: None,
+        name: "protect_max_files",
+        default: "500000",
+        doc: "Files protected at once, in all trees together; past it, new files are not protected, and unrm protect --list says how many and why.",
+    },
+    Key {
+        section: None,
+        name: "protect_max_tree_files",
+        default: "200000",
+        doc: "Files protected at once in one tree.",
+    },
+    Key {
+        section: None,
+        name: "versions",
+        default: "10",
+        doc: "Captured versions kept per path of a protected tree (each save over a file captures the version it replaced): past it, the oldest version is evicted.",
+    },
+    Key {
+        section: None,
+        name: "min_interval",
+        default: "\"1m\"",
+        doc: "A version of a protected file that lived less than this (written, then replaced within it) is kept only until a newer version is captured: an editor saving every few seconds leaves the last version and the long-lived ones, not hundreds of drafts. 0s keeps every version (within versions).",
+    },
+    Key {
         section: Some("events"),
         name: "to",
         default: "\"file\"",
@@ -135,6 +165,12 @@ pub const KEYS: &[Key] = &[
         name: "store",
         default: "\"25%\"",
         doc: "For each user but root: how much of max_store_size the captures of their files may take (a share or a size). Their own oldest captures are evicted to make room, never anyone else's.",
+    },
+    Key {
+        section: Some("per_user"),
+        name: "protected_files",
+        default: "\"25%\"",
+        doc: "For each user but root: how many files the trees they protect may hold, as a share of protect_max_files or a count.",
     },
     Key {
         section: Some("per_user"),

@@ -47,6 +47,11 @@ struct ConfigFile {
     events: Option<events::EventsFile>,
     metrics_textfile: Option<PathBuf>,
     metrics_listen: Option<String>,
+    protect: Option<Vec<PathBuf>>,
+    protect_max_files: Option<u64>,
+    protect_max_tree_files: Option<u64>,
+    versions: Option<u64>,
+    min_interval: Option<String>,
 }
 
 /// `[per_user]`: what each user other than root may take.
@@ -56,6 +61,7 @@ struct PerUserFile {
     pins: Option<SizeValue>,
     store: Option<SizeValue>,
     records_per_minute: Option<u64>,
+    protected_files: Option<SizeValue>,
 }
 
 /// `1G`, `512M` or a plain number of bytes.
@@ -105,11 +111,18 @@ pub struct PerUser {
     pub store: Share,
     /// Records of deletions nobody held, per deleting user per minute.
     pub records_per_minute: u64,
+    /// Files the trees one user protects may hold, of `protect.max_files`.
+    pub protected_files: Share,
 }
 
 impl Default for PerUser {
     fn default() -> Self {
-        PerUser { pins: Share::Percent(25.0), store: Share::Percent(25.0), records_per_minute: 60_000 }
+        PerUser {
+            pins: Share::Percent(25.0),
+            store: Share::Percent(25.0),
+            records_per_minute: 60_000,
+            protected_files: Share::Percent(25.0),
+        }
     }
 }
 
@@ -159,8 +172,34 @@ pub struct Policy {
     /// the loopback address to serve `/metrics` on (both read at start only).
     pub metrics_textfile: Option<PathBuf>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Protected trees and their bounds.
+    pub protect: Protect,
     /// Where it came from, for messages; None for the defaults.
     pub source: Option<PathBuf>,
+}
+
+/// Protected trees (README, Protected trees): which, how many files, and
+/// how many versions of each path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Protect {
+    /// The config file's trees (absolute).
+    pub trees: Vec<PathBuf>,
+    pub max_files: u64,
+    pub max_tree_files: u64,
+    pub versions: u64,
+    pub min_interval: Duration,
+}
+
+impl Default for Protect {
+    fn default() -> Self {
+        Protect {
+            trees: Vec::new(),
+            max_files: 500_000,
+            max_tree_files: 200_000,
+            versions: 10,
+            min_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -182,6 +221,7 @@ impl Default for Policy {
             events: events::sink(None).expect("the default events section is valid"),
             metrics_textfile: None,
             metrics_listen: None,
+            protect: Protect::default(),
             source: None,
         }
     }
@@ -208,7 +248,7 @@ impl Policy {
 
     fn parse(text: &str) -> Result<Self> {
         let file: ConfigFile = toml::from_str(text)?;
-        let mut policy = Policy::default();
+        let mut policy = Policy { protect: protect(&file)?, ..Policy::default() };
         if let Some(size) = file.max_file_size {
             policy.max_file_size = size_of_value(size).context("max_file_size")?;
         }
@@ -249,6 +289,9 @@ impl Policy {
             if let Some(rate) = per_user.records_per_minute {
                 policy.per_user.records_per_minute = rate;
             }
+            if let Some(files) = per_user.protected_files {
+                policy.per_user.protected_files = share(files).context("per_user.protected_files")?;
+            }
         }
         policy.btf = file.btf;
         policy.events = events::sink(file.events).context("events")?;
@@ -275,6 +318,28 @@ impl Policy {
             _ => true,
         }
     }
+}
+
+fn protect(file: &ConfigFile) -> Result<Protect> {
+    let mut p = Protect::default();
+    for tree in file.protect.iter().flatten() {
+        if !tree.is_absolute() {
+            bail!("protect: {} is not an absolute path", tree.display());
+        }
+        p.trees.push(tree.clone());
+    }
+    p.max_files = file.protect_max_files.unwrap_or(p.max_files);
+    p.max_tree_files = file.protect_max_tree_files.unwrap_or(p.max_tree_files);
+    p.versions = file.versions.unwrap_or(p.versions);
+    if p.versions == 0 {
+        bail!("versions: at least 1 (the newest version is always kept)");
+    }
+    if let Some(interval) = &file.min_interval {
+        p.min_interval = humantime::parse_duration(interval)
+            .map_err(|e| anyhow::anyhow!("{interval:?}: {e}"))
+            .context("min_interval")?;
+    }
+    Ok(p)
 }
 
 fn one_line(text: &str) -> String {
@@ -390,7 +455,12 @@ mod tests {
         assert_eq!(p.metrics_listen, Some("[::1]:9465".parse().unwrap()));
         assert_eq!(
             p.per_user,
-            PerUser { pins: Share::Amount(100), store: Share::Percent(10.0), records_per_minute: 600 }
+            PerUser {
+                pins: Share::Amount(100),
+                store: Share::Percent(10.0),
+                records_per_minute: 600,
+                protected_files: Share::Percent(25.0),
+            }
         );
         assert_eq!(Share::Percent(25.0).of(1000), 250);
         let defaults = Policy::default();

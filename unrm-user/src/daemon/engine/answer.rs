@@ -38,6 +38,9 @@ const PAGE_BYTES: usize = 4 << 20;
 
 impl Engine {
     pub(super) fn answer(&mut self, request: Request, caller: &Caller, reply: oneshot::Sender<Reply>) {
+        if matches!(request, Request::Protect { .. } | Request::Unprotect { .. } | Request::Protected) {
+            return self.ask_protector(request, caller, reply);
+        }
         if let Request::Open { id } = request {
             if let Err(err) = self.open(id, caller, reply) {
                 log::debug!("open of record {id}: {err:#}");
@@ -65,7 +68,12 @@ impl Engine {
                 Response::Records { records: page.records, next: page.next }
             }
             Request::Show { id } => Response::Record { record: self.record(id, caller)? },
-            Request::Open { .. } => unreachable!("answered by open"),
+            Request::Open { .. }
+            | Request::Protect { .. }
+            | Request::Unprotect { .. }
+            | Request::Protected => {
+                unreachable!("answered by open or the protector")
+            }
             Request::Status => Response::Status { status: self.status()? },
             Request::Scan => Response::Scan { files: self.scan(caller)? },
             Request::Follow { status, path, container } => {

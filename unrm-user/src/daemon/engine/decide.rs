@@ -80,8 +80,11 @@ impl Engine {
         }
         let grabbed = pending.deletion.grabbed.is_some();
         if !grabbed && (pending.deletion.over_budget || self.admission.budget.exhausted()) {
-            // No snapshot can help: there is no descriptor to pin with.
-            self.not_pinned(None, Some(&pending), NotPinned::Budget);
+            // No snapshot can help: there is no descriptor to pin with
+            // (unless unrm's reference keeps a protected file meanwhile).
+            if let Some(pending) = self.defer_protected(pending) {
+                self.not_pinned(None, Some(&pending), NotPinned::Budget);
+            }
             return Ok(());
         }
         log::debug!(
@@ -148,11 +151,18 @@ impl Engine {
                 self.fault("starting a capture", &err);
             }
         }
+        self.retry_protected();
         self.sync_watches();
     }
 
     /// Decides what a deletion was, now that the snapshot says who holds what.
     fn resolve(&mut self, mut p: Pending, snapshot: &Snapshot) {
+        if let Some(v) = p.deletion.victim
+            && self.pins.contains(&v.inode)
+        {
+            // A sweep pinned it first.
+            return self.adopt(v.inode, &p);
+        }
         let grab = p.deletion.grabbed.take();
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),
@@ -183,8 +193,10 @@ impl Engine {
                 return;
             }
         }
+        let found = found.is_some();
+        let Some(p) = self.await_sweep(p) else { return };
         let d = &p.deletion;
-        let status = match (&d.victim, p.held_hint, found.is_some()) {
+        let status = match (&d.victim, p.held_hint, found) {
             (_, Some(true), _) | (_, _, true) => Status::Missed,
             (Some(_), _, _) => Status::Unheld,
             (None, _, _) if d.op == Op::Unlink => Status::Unheld,
@@ -221,8 +233,18 @@ impl Engine {
     /// time unrm reached for it (true when it was recorded as not pinned,
     /// over a limit). Whom it is charged to is decided here, now that the
     /// snapshot names its holders.
-    fn pin(&mut self, held: &HeldFile, pending: Option<&Pending>, grab: Option<Box<Grab>>) -> bool {
-        if let Some(why) = self.over_user_pins(payer(held.uid, &held.holds, pending.map(|p| p.deletion.uid)))
+    pub(super) fn pin(
+        &mut self,
+        held: &HeldFile,
+        pending: Option<&Pending>,
+        grab: Option<Box<Grab>>,
+    ) -> bool {
+        // A protected file's pin lasts only until its capture, and its tree
+        // is bounded by the protect limits already.
+        let protected = self.protection.is_protected(&held.inode);
+        if let Some(why) = self
+            .over_user_pins(payer(held.uid, &held.holds, pending.map(|p| p.deletion.uid)))
+            .filter(|_| !protected)
         {
             self.not_pinned(Some(held), pending, why);
             return true;
@@ -365,6 +387,8 @@ impl Engine {
             place: Place { path, dev: meta.dev, parent },
             holding: Holding { holds, deleter, others_held, from_scan: pending.is_none() },
             acl: AclCache::default(),
+            // unrm's own pin holds it now: the tree's reference can go.
+            protected: self.protection.protector.shared.release(&inode).is_some(),
         };
         self.inspect(inode, &pin, path_resolved);
         self.pins.insert(inode, pin);
@@ -454,7 +478,12 @@ impl Engine {
             }
             Done::Captured { record, inode, result, took, at } => {
                 let charged = self.pins.get(&inode).map_or(0, |pin| pin.charged);
+                let protected =
+                    self.pins.get(&inode).filter(|pin| pin.protected).map(|p| p.place.path.clone());
                 self.unpin(&inode);
+                if !self.protection.waiting.is_empty() {
+                    self.timers.recheck(std::time::Duration::ZERO);
+                }
                 match result {
                     Ok(captured) => {
                         self.figures.counters.captured += 1;
@@ -471,6 +500,9 @@ impl Engine {
                         self.storage.usage.add(record, charged, nanos(at), captured.cost);
                         let job = jobs::checksum(self.storage.files.clone(), record, self.workers.tx.clone());
                         self.workers.lanes.run(lanes::STORE, job);
+                        if let Some(path) = protected {
+                            self.keep_versions(record, &path)?;
+                        }
                     }
                     Err(reason) => {
                         self.figures.counters.failed += 1;

@@ -159,7 +159,7 @@ impl Engine {
         self.storage.usage.biggest_above(0).and_then(|uid| self.storage.usage.oldest_of(uid))
     }
 
-    fn evict(&mut self, id: i64, why: &str) {
+    pub(super) fn evict(&mut self, id: i64, why: &str) {
         self.storage.usage.remove(id);
         if let Err(err) = self.storage.files.remove(id) {
             log::warn!("removing capture {id}: {err:#}");

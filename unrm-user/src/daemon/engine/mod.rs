@@ -40,6 +40,7 @@ mod follow;
 mod keep;
 mod kernel;
 mod limits;
+mod protecting;
 mod resume;
 mod table;
 mod watch;
@@ -81,6 +82,8 @@ pub enum Msg {
     Api(Request, Caller, oneshot::Sender<Reply>),
     /// A new policy, validated, from SIGHUP.
     Reload(Box<Policy>),
+    /// A protected file lost its last name, as a sweep found.
+    Swept(crate::protect::Gone),
     Shutdown,
 }
 
@@ -203,6 +206,8 @@ pub struct Engine {
     feed: Feed,
     /// Names deleters' cgroups (and so their containers).
     cgroups: Resolver,
+    /// Protected trees, and their deletions waiting for a descriptor.
+    protection: protecting::Protection,
 }
 
 impl Engine {
@@ -221,7 +226,10 @@ impl Engine {
             group,
             events,
         } = parts;
+        let protection =
+            protecting::Protection::start(&cfg.state_dir, &cfg.policy, cfg.rescan_every, tx.clone())?;
         Ok(Self {
+            protection,
             cfg,
             kernel: Kernel::new(probes, exits)?,
             index,
@@ -405,7 +413,12 @@ impl Engine {
             }
             Msg::Done(done) => self.on_done(done),
             Msg::Reload(policy) => {
+                self.protection.protector.ask(crate::protect::Ask::Configure(protecting::settings(&policy)));
                 self.cfg.policy = *policy;
+                Ok(())
+            }
+            Msg::Swept(gone) => {
+                self.on_swept(gone);
                 Ok(())
             }
             Msg::Api(..) | Msg::Shutdown => unreachable!("handled by run"),

@@ -77,6 +77,8 @@ impl Engine {
                         from_scan: false,
                     },
                     acl: AclCache::default(),
+                    // A previous run's: protected or not, its version is kept.
+                    protected: false,
                 };
                 self.inspect(held.inode, &pin, self.index.get(id)?.is_some_and(|r| r.path_resolved));
                 self.pins.insert(held.inode, pin);
