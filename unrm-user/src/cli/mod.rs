@@ -256,40 +256,7 @@ pub struct RestoreArgs {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon {
-            state_dir,
-            config,
-            max_file_size,
-            ring_size,
-            tier,
-            rescan_interval,
-            btf,
-            watch_entries,
-            client_timeout,
-            events,
-            events_file,
-            events_queue,
-            metrics_textfile,
-            metrics_listen,
-        } => {
-            daemon::run(daemon::Options {
-                config,
-                tier,
-                btf,
-                state_dir,
-                socket: cli.socket,
-                max_file_size,
-                ring_bytes: ring_size,
-                rescan_every: rescan_interval,
-                watch_entries,
-                client_timeout,
-                events,
-                events_file,
-                events_queue,
-                metrics_textfile,
-                metrics_listen,
-            })?;
-        }
+        command @ Command::Daemon { .. } => run_daemon(cli.socket, command)?,
         Command::List { json, follow, since, until, path, status, limit, container } => {
             let filters = listing(since, until, status, path, container)?;
             if follow {
@@ -360,6 +327,47 @@ fn listing(
         path: path.map(|glob| when::absolute_glob(&glob, &cwd)),
         container,
     })
+}
+
+/// `unrm daemon`.
+fn run_daemon(socket: PathBuf, command: Command) -> Result<()> {
+    let Command::Daemon {
+        state_dir,
+        config,
+        max_file_size,
+        ring_size,
+        tier,
+        rescan_interval,
+        btf,
+        watch_entries,
+        client_timeout,
+        events,
+        events_file,
+        events_queue,
+        metrics_textfile,
+        metrics_listen,
+    } = command
+    else {
+        unreachable!("a daemon command")
+    };
+    daemon::run(daemon::Options {
+        config,
+        tier,
+        btf,
+        state_dir,
+        socket,
+        max_file_size,
+        ring_bytes: ring_size,
+        rescan_every: rescan_interval,
+        watch_entries,
+        client_timeout,
+        events,
+        events_file,
+        events_queue,
+        metrics_textfile,
+        metrics_listen,
+    })?;
+    Ok(())
 }
 
 fn call(socket: &std::path::Path, request: &Request) -> Result<Response> {
