@@ -5,6 +5,8 @@
 //! - `capture`: the capture loop: held, captured, restored, on ext4 and tmpfs.
 //! - `tiers`, `fs_tier`: what must not depend on the probe tier; the fs tier.
 //! - `policy`: what is kept, and the bounds that keep a disk from filling.
+//! - `protect`: protected trees: files nobody held, deleted every way users
+//!   delete them, restored; new files, excludes, limits, unmounting, users.
 //! - `faults`: crashes, a full store, garbage on the socket.
 //! - `cli`: the CLI on its own, its bad input, its output on a terminal and piped.
 //! - `containers`: which container deleted a file (real podman).
@@ -34,6 +36,7 @@ mod fs_tier;
 mod layout;
 mod metrics;
 mod policy;
+mod protect;
 mod service;
 mod stuck;
 mod tiers;

@@ -418,9 +418,11 @@ impl Engine {
         let (record, charged) = (pin.record, pin.charged);
         let size = Meta::of(pin.fd.as_fd()).map_or(pin.size, |m| m.size);
         let policy = &self.cfg.policy;
+        // unrm held a protected file before its deletion: never a scratch file.
         let refused = if policy.scratch == Scratch::Ignore
             && !pin.holding.others_held
             && pin.holding.deleter.is_some()
+            && !pin.protected
         {
             Some(
                 "a scratch file: only the process that deleted it ever held it (scratch_files = \"ignore\")"
