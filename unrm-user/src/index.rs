@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS records_by_time ON records (deleted_at_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS records_held ON records (dev, ino) WHERE status = 'held';
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, deleted_at_ns DESC, id DESC);
-CREATE INDEX IF NOT EXISTS records_captured_by_path ON records (path) WHERE status = 'captured';
+CREATE INDEX IF NOT EXISTS records_versions ON records (path, deleted_at_ns DESC, id DESC)
+    WHERE status = 'captured';
 ";
 
 /// The position of column `name` in `RECORD_COLUMNS`, found while
@@ -690,8 +691,9 @@ impl Index {
     /// The captured versions of `path`, newest first.
     pub fn versions_of(&self, path: &[u8]) -> Result<Vec<Version>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, deleted_at_ns, mtime_ns FROM records WHERE status = 'captured' AND path = ?1
-             ORDER BY deleted_at_ns DESC, id DESC",
+            // Named: by status, the planner's own pick, walks every capture.
+            "SELECT id, deleted_at_ns, mtime_ns FROM records INDEXED BY records_versions
+             WHERE status = 'captured' AND path = ?1 ORDER BY deleted_at_ns DESC, id DESC",
         )?;
         let rows = stmt.query_map([path], |row| {
             Ok(Version { id: row.get(0)?, deleted_at_ns: row.get(1)?, mtime_ns: row.get(2)? })

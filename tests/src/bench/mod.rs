@@ -9,6 +9,7 @@ pub mod held_unlink;
 pub mod hot;
 pub mod memory;
 pub mod pin;
+pub mod protect;
 pub mod scan;
 pub mod snapshot;
 pub mod storm;

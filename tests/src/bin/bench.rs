@@ -86,6 +86,11 @@ fn main() {
         rows.insert(1, off);
         rows
     });
+    section("protect", &|| {
+        let mut rows = bench::protect::rm_rf(if q { 20_000 } else { 100_000 }, if q { 1 } else { 3 });
+        rows.push(bench::protect::save_loop_cost(if q { 100 } else { 300 }, if q { 3 } else { 7 }));
+        rows
+    });
     section("memory", &|| vec![bench::memory::pinned(if q { 2_000 } else { 10_000 })]);
     section("scan", &|| {
         let fds_each = if q { 200 } else { 1000 };

@@ -66,6 +66,8 @@ struct Slot {
     keeper: usize,
     fd: RawFd,
     tree: u64,
+    /// Deleted, and the engine knows: sweeps leave it out.
+    claimed: bool,
 }
 
 /// A keeper and how many references it holds.
@@ -117,6 +119,12 @@ impl Shared {
         Some(table.keepers[slot.keeper].keeper.link(slot.fd))
     }
 
+    /// Marks `inode`'s deletion as known to the engine (it waits for a
+    /// descriptor): sweeps no longer report it. False if not protected.
+    pub fn claim(&self, inode: &InodeId) -> bool {
+        self.lock().files.get_mut(inode).map(|slot| slot.claimed = true).is_some()
+    }
+
     /// The protected tree `path` is in, if any.
     pub fn tree_of(&self, path: &Path) -> Option<PathBuf> {
         let table = self.lock();
@@ -138,7 +146,7 @@ impl Shared {
                     twice.push(kept.fd);
                     continue;
                 }
-                table.files.insert(inode, Slot { keeper: k, fd: kept.fd, tree });
+                table.files.insert(inode, Slot { keeper: k, fd: kept.fd, tree, claimed: false });
                 table.keepers[k].used += 1;
                 if let Some(t) = table.trees.get_mut(&tree) {
                     t.files += 1;

@@ -110,15 +110,14 @@ impl Engine {
             self.protection.protector.shared.release(&gone.inode);
             return;
         }
-        let pending_already =
-            self.pending.iter().any(|p| p.deletion.victim.is_some_and(|v| v.inode == gone.inode));
-        let waiting_already = self.protection.waiting.iter().any(|w| match w {
-            Waiting::Deletion(p) => p.deletion.victim.is_some_and(|v| v.inode == gone.inode),
-            Waiting::Swept(g) => g.inode == gone.inode,
-        });
-        if pending_already || waiting_already {
+        // Its event came too, and waits for the next snapshot.
+        if self.pending.iter().any(|p| p.deletion.victim.is_some_and(|v| v.inode == gone.inode)) {
             return;
         }
+        self.pin_swept(gone);
+    }
+
+    fn pin_swept(&mut self, gone: Gone) {
         match pins::grab(&gone.link, gone.inode, &self.admission.budget) {
             Ok((pin, meta)) => {
                 let held = HeldFile {
@@ -136,7 +135,11 @@ impl Engine {
                 self.pin(&held, pending.as_ref(), Some(grab));
                 self.timers.recheck(Duration::ZERO);
             }
-            Err(Refused::Budget) => self.protection.waiting.push_back(Waiting::Swept(gone)),
+            Err(Refused::Budget) => {
+                // Sweeps leave it out from now on: it waits here.
+                self.protection.protector.shared.claim(&gone.inode);
+                self.protection.waiting.push_back(Waiting::Swept(gone));
+            }
             Err(Refused::Gone(err)) => {
                 log::debug!("protect: {} went before unrm pinned it: {err}", gone.path.display())
             }
@@ -148,7 +151,7 @@ impl Engine {
     /// if it is not a protected file's.
     pub(super) fn defer_protected(&mut self, pending: Pending) -> Option<Pending> {
         match pending.deletion.victim {
-            Some(v) if self.protection.is_protected(&v.inode) => {
+            Some(v) if self.protection.protector.shared.claim(&v.inode) => {
                 self.protection.waiting.push_back(Waiting::Deletion(pending));
                 None
             }
@@ -176,7 +179,7 @@ impl Engine {
         while !self.admission.budget.exhausted() {
             let Some(waiting) = self.protection.waiting.pop_front() else { return };
             match waiting {
-                Waiting::Swept(gone) => self.on_swept(gone),
+                Waiting::Swept(gone) => self.pin_swept(gone),
                 Waiting::Deletion(mut p) => {
                     let inode = p.deletion.victim.expect("a protected deletion names its inode").inode;
                     let Some(link) = self.protection.protector.shared.link(&inode) else {

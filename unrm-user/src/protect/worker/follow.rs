@@ -151,7 +151,7 @@ impl Worker {
         let by_keeper: Vec<(crate::protect::Keeper, HashMap<RawFd, InodeId>)> = {
             let table = self.shared.lock();
             let mut fds: Vec<HashMap<RawFd, InodeId>> = vec![HashMap::new(); table.keepers.len()];
-            for (inode, slot) in &table.files {
+            for (inode, slot) in table.files.iter().filter(|(_, slot)| !slot.claimed) {
                 fds[slot.keeper].insert(slot.fd, *inode);
             }
             table.keepers.iter().map(|h| h.keeper.clone()).zip(fds).collect()
