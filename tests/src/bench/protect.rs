@@ -170,14 +170,11 @@ fn save(path: &Path, data: &[u8]) {
     std::fs::rename(&temp, path).unwrap();
 }
 
-/// Seconds per save of `saves` saves of `path`.
-fn save_loop(path: &Path, saves: usize) -> f64 {
-    let data = vec![b'x'; 4096];
+/// Seconds one save of `path` takes.
+fn timed_save(path: &Path, data: &[u8]) -> f64 {
     let started = Instant::now();
-    for _ in 0..saves {
-        save(path, &data);
-    }
-    started.elapsed().as_secs_f64() / saves as f64
+    save(path, data);
+    started.elapsed().as_secs_f64()
 }
 
 /// An editor's save loop on a protected file vs an unprotected one.
@@ -194,14 +191,17 @@ pub fn save_loop_cost(saves: usize, rounds: usize) -> Row {
     std::fs::write(&file_off, b"first").unwrap();
     let out = daemon.cli(&["protect", guarded.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One save each in turn, the order swapped every time: both meet the
+    // same disk (a save's fsync waits on whatever else the disk does).
+    let data = vec![b'x'; 4096];
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
+    for i in 0..saves * rounds {
         if i % 2 == 0 {
-            on.push(save_loop(&file_on, saves));
-            off.push(save_loop(&file_off, saves));
+            on.push(timed_save(&file_on, &data));
+            off.push(timed_save(&file_off, &data));
         } else {
-            off.push(save_loop(&file_off, saves));
-            on.push(save_loop(&file_on, saves));
+            off.push(timed_save(&file_off, &data));
+            on.push(timed_save(&file_on, &data));
         }
     }
     let kept = |d: &Daemon| {
@@ -222,20 +222,26 @@ pub fn save_loop_cost(saves: usize, rounds: usize) -> Row {
         std::thread::sleep(Duration::from_millis(200));
     }
     let kept = kept(&daemon);
-    let (on_s, off_s) = (median(&mut on.clone()), median(&mut off.clone()));
+    // What the saver pays in all: the mean (the median is shown too).
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (on_s, off_s) = (mean(&on), mean(&off));
+    let median_ratio = median(&mut on.clone()) / median(&mut off.clone());
     let ratio = on_s / off_s;
     Row {
         measure: "editor save loop".into(),
         how: format!(
-            "write 4 KiB to a temporary file, fsync, rename over: {saves} saves × {rounds} rounds, protected file vs not (versions = {versions}, min_interval = 0s)"
+            "write 4 KiB to a temporary file, fsync, rename over: {} saves each of a protected file and an \
+             unprotected one, in turn (versions = {versions}, min_interval = 0s)",
+            saves * rounds
         ),
         result: format!(
-            "{ratio:.3}× ({:.0} µs vs {:.0} µs per save); {kept} versions kept",
+            "{ratio:.3}× ({:.0} µs vs {:.0} µs per save, mean; median {median_ratio:.3}×); {kept} versions kept",
             on_s * 1e6,
             off_s * 1e6
         ),
         target: format!("≤ 1.10×; {versions} versions kept"),
         met: Some(ratio <= 1.10 && kept == versions),
-        data: json!({ "on_s": on, "off_s": off, "versions_kept": kept }),
+        data: json!({ "mean_on_s": on_s, "mean_off_s": off_s, "median_ratio": median_ratio, "saves": on.len(),
+                      "versions_kept": kept }),
     }
 }

@@ -126,43 +126,68 @@ pub fn reread_acl<M: From<Done> + Send + 'static>(pin: Pinned, inode: InodeId, d
     })
 }
 
-/// Copies a pinned file into the store as record `record`, with the
-/// attributes it has now, if it is still no larger than `admitted`.
+/// One file a capture job copies.
+pub struct ToCapture {
+    pub pin: Pinned,
+    pub record: i64,
+    pub inode: InodeId,
+    /// The size room was made for.
+    pub admitted: u64,
+}
+
+/// Copies pinned files into the store, each with the attributes it has
+/// now if it is still no larger than admitted; then makes them durable
+/// together (`Store::commit`), and reports each.
 pub fn capture<M: From<Done> + Send + 'static>(
     store: Arc<Store>,
-    pin: Pinned,
-    record: i64,
-    inode: InodeId,
-    admitted: u64,
+    files: Vec<ToCapture>,
     done: Sender<M>,
 ) -> Job {
     Box::new(move || {
         let started = Instant::now();
-        let result = (|| -> anyhow::Result<Captured> {
-            let file = pin.open_for_reading()?;
-            let xattrs = xattrs::read(&file);
-            let now = Meta::of(file.as_fd())?;
-            // Room was made for `admitted` bytes (by its limits and the
-            // store's): a file grown since, through a holder no snapshot
-            // sees, is not copied past them.
-            if now.size > admitted {
-                anyhow::bail!(
-                    "it grew to {} bytes after unrm made room for {admitted} (a holder unrm cannot see?)",
-                    now.size
-                );
-            }
-            let acl = xattrs.iter().find(|x| x.name == ACL_XATTR).and_then(|x| parse_acl(&x.value));
-            let perms = Perms { uid: now.uid, gid: now.gid, mode: now.mode, acl };
-            let stored = store.capture(record, file.as_fd(), now.size)?;
-            let cost = store.cost(record)?;
-            Ok(Captured { stored, xattrs, cost, perms })
-        })()
-        .map_err(|e| format!("{e:#}"));
-        drop(pin);
-        let captured =
-            Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
-        let _ = done.send(captured.into());
+        let written: Vec<(ToCapture, Result<Captured, String>)> = files
+            .into_iter()
+            .map(|f| {
+                let result = write(&store, &f).map_err(|e| format!("{e:#}"));
+                (f, result)
+            })
+            .collect();
+        let ids: Vec<i64> = written.iter().filter(|(_, r)| r.is_ok()).map(|(f, _)| f.record).collect();
+        let mut committed = store.commit(&ids).into_iter();
+        for (f, result) in written {
+            let result = result.and_then(|mut captured| {
+                committed.next().expect("one result per id").map_err(|e| format!("{e:#}"))?;
+                captured.cost = store.cost(f.record).map_err(|e| format!("{e:#}"))?;
+                Ok(captured)
+            });
+            let (record, inode) = (f.record, f.inode);
+            drop(f);
+            let captured =
+                Done::Captured { record, inode, result, took: started.elapsed(), at: SystemTime::now() };
+            let _ = done.send(captured.into());
+        }
     })
+}
+
+/// One file's copy, not yet durable.
+fn write(store: &Store, f: &ToCapture) -> anyhow::Result<Captured> {
+    let file = f.pin.open_for_reading()?;
+    let xattrs = xattrs::read(&file);
+    let now = Meta::of(file.as_fd())?;
+    // Room was made for `admitted` bytes (by its limits and the store's): a
+    // file grown since, through a holder no snapshot sees, is not copied
+    // past them.
+    if now.size > f.admitted {
+        anyhow::bail!(
+            "it grew to {} bytes after unrm made room for {} (a holder unrm cannot see?)",
+            now.size,
+            f.admitted
+        );
+    }
+    let acl = xattrs.iter().find(|x| x.name == ACL_XATTR).and_then(|x| parse_acl(&x.value));
+    let perms = Perms { uid: now.uid, gid: now.gid, mode: now.mode, acl };
+    let stored = store.write(f.record, file.as_fd(), now.size)?;
+    Ok(Captured { stored, xattrs, cost: Cost::default(), perms })
 }
 
 /// A capture's checksum, computed after the fact so that a capture (a

@@ -78,25 +78,66 @@ impl Store {
         Ok(self.names()?.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
-    /// Copies `size` bytes of `src` into the store as record `id`.
+    /// Copies `size` bytes of `src` into the store as record `id`, durably
+    /// (the daemon batches `write` and `commit` instead).
+    #[cfg(test)]
     pub fn capture(&self, id: i64, src: BorrowedFd, size: u64) -> Result<Stored> {
+        let stored = self.write(id, src, size)?;
+        self.commit(&[id]).remove(0)?;
+        Ok(stored)
+    }
+
+    /// Copies `size` bytes of `src` under record `id`'s temporary name; not
+    /// a capture until `commit`: several are written, then made durable
+    /// together (one journal commit serves them all, not one each).
+    pub fn write(&self, id: i64, src: BorrowedFd, size: u64) -> Result<Stored> {
         let temp = Self::temp_name(id);
-        let result = self.write(id, &temp, src, size);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let result = openat(&self.dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))
+            .with_context(|| format!("creating {}", self.path.join(&temp).display()))
+            .and_then(|file| copy::copy(src, file.as_fd(), size).context("copying into the store"));
+        match result {
+            Ok(method) => Ok(Stored { size, method }),
+            Err(err) => {
+                let _ = unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes what `write` wrote for `ids` durable captures: each synced,
+    /// renamed into place, then the directory synced once. One result per
+    /// id; a failed one leaves no file behind.
+    pub fn commit(&self, ids: &[i64]) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = ids.iter().map(|&id| self.sync_and_rename(id)).collect();
+        if let Err(err) = fsync(&self.dir) {
+            for (id, result) in ids.iter().zip(&mut results) {
+                if result.is_ok() {
+                    let _ = unlinkat(&self.dir, id.to_string().as_str(), AtFlags::empty());
+                    *result = Err(anyhow::anyhow!("syncing the store's directory: {err}"));
+                }
+            }
+        }
+        results
+    }
+
+    fn sync_and_rename(&self, id: i64) -> Result<()> {
+        let temp = Self::temp_name(id);
+        let result = (|| -> Result<()> {
+            let file = openat(
+                &self.dir,
+                temp.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            fsync(&file).context("syncing the capture")?;
+            renameat(&self.dir, temp.as_str(), &self.dir, id.to_string().as_str())?;
+            Ok(())
+        })();
         if result.is_err() {
             let _ = unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
         }
         result
-    }
-
-    fn write(&self, id: i64, temp: &str, src: BorrowedFd, size: u64) -> Result<Stored> {
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = openat(&self.dir, temp, flags, Mode::from_raw_mode(0o600))
-            .with_context(|| format!("creating {}", self.path.join(temp).display()))?;
-        let method = copy::copy(src, file.as_fd(), size).context("copying into the store")?;
-        fsync(&file).context("syncing the capture")?;
-        renameat(&self.dir, temp, &self.dir, id.to_string().as_str())?;
-        fsync(&self.dir)?;
-        Ok(Stored { size, method })
     }
 
     /// BLAKE3 of a capture, computed after the fact so that a capture (a

@@ -441,15 +441,8 @@ impl Engine {
         }
         let pin = self.pins.get_mut(&inode).expect("still pinned");
         pin.capturing = true;
-        let job = jobs::capture(
-            self.storage.files.clone(),
-            pin.fd.clone(),
-            record,
-            inode,
-            size,
-            self.workers.tx.clone(),
-        );
-        self.workers.lanes.run(inode.dev, job);
+        let file = jobs::ToCapture { pin: pin.fd.clone(), record, inode, admitted: size };
+        self.batches.add(inode.dev, file, pin.protected);
         Ok(())
     }
 

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 mod anchoring;
 mod answer;
+mod batches;
 mod decide;
 mod figures;
 mod follow;
@@ -208,6 +209,8 @@ pub struct Engine {
     cgroups: Resolver,
     /// Protected trees, and their deletions waiting for a descriptor.
     protection: protecting::Protection,
+    /// Captures waiting to be handed over together.
+    batches: batches::Batches,
 }
 
 impl Engine {
@@ -229,6 +232,7 @@ impl Engine {
         let protection =
             protecting::Protection::start(&cfg.state_dir, &cfg.policy, cfg.rescan_every, tx.clone())?;
         Ok(Self {
+            batches: batches::Batches::default(),
             protection,
             cfg,
             kernel: Kernel::new(probes, exits)?,
@@ -278,6 +282,9 @@ impl Engine {
             if let Some(since) = self.timers.txn_since {
                 deadline = deadline.min(since + COMMIT_EVERY);
             }
+            if let Some(due) = self.batches.due {
+                deadline = deadline.min(due);
+            }
             if !requests.is_empty() {
                 deadline = Instant::now();
             }
@@ -320,6 +327,7 @@ impl Engine {
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
             }
+            self.flush_captures();
             if self.kernel.watches.stale {
                 self.sync_watches();
             }
