@@ -132,8 +132,9 @@ impl Shared {
     }
 
     /// Has keepers open and keep the regular files among `names` in `dir`
-    /// for `tree`; an inode kept already (another name of it) is kept once.
-    fn keep(&self, dir: BorrowedFd, mut names: Vec<CString>, tree: u64) -> std::io::Result<()> {
+    /// for `tree`, on the filesystem the kernel calls `dev`; an inode kept
+    /// already (another name of it) is kept once.
+    fn keep(&self, dir: BorrowedFd, mut names: Vec<CString>, tree: u64, dev: u64) -> std::io::Result<()> {
         while !names.is_empty() {
             let (k, keeper, room) = self.keeper_with_room()?;
             let rest = names.split_off(room.min(names.len()));
@@ -141,7 +142,7 @@ impl Shared {
             let mut table = self.lock();
             let mut twice = Vec::new();
             for kept in kept {
-                let inode = InodeId { dev: kept.meta.dev, ino: kept.meta.ino };
+                let inode = InodeId { dev, ino: kept.meta.ino };
                 if table.files.contains_key(&inode) {
                     twice.push(kept.fd);
                     continue;

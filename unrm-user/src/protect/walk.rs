@@ -42,6 +42,8 @@ pub struct Walker<'a> {
     pub tree: u64,
     /// The tree's mount: the walk does not leave it.
     pub mnt_id: u64,
+    /// Its filesystem's device, as the kernel names its inodes.
+    pub sb_dev: u64,
     pub group: &'a Group,
     pub excluded: &'a dyn Fn(&Path) -> bool,
     pub room: Room<'a>,
@@ -120,7 +122,7 @@ impl Walker<'_> {
             self.left_out((names.len() - room) as u64, why);
             names.truncate(room);
         }
-        if let Err(err) = self.shared.keep(dir, names, self.tree) {
+        if let Err(err) = self.shared.keep(dir, names, self.tree, self.sb_dev) {
             self.left_out(0, format!("keeping the files of {}: {err}", path.display()));
         }
     }

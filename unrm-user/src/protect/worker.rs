@@ -159,6 +159,8 @@ struct Live {
     /// are opened through.
     root: OwnedFd,
     mnt_id: u64,
+    /// Its filesystem's device, as the kernel names its inodes.
+    sb_dev: u64,
     group: Group,
 }
 
@@ -299,11 +301,21 @@ fn mount_ids(mountinfo: &mut File) -> HashSet<u64> {
     text.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect()
 }
 
-/// The filesystem type of mount `id`, as mountinfo names it.
-fn fstype_of(id: u64) -> String {
+/// Mount `id`'s filesystem type and device, as mountinfo names them: the
+/// superblock's device, which the probes name inodes by (stat(2) gives
+/// each btrfs subvolume a device of its own).
+fn mount_facts(id: u64) -> (String, Option<u64>) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let line = text.lines().find(|l| l.split(' ').next() == Some(&id.to_string()));
-    line.and_then(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_owned)).unwrap_or_default()
+    let Some(line) = text.lines().find(|l| l.split(' ').next() == Some(&id.to_string())) else {
+        return (String::new(), None);
+    };
+    let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default();
+    let dev = line
+        .split(' ')
+        .nth(2)
+        .and_then(|d| d.split_once(':'))
+        .and_then(|(major, minor)| Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?)));
+    (fstype.to_owned(), dev)
 }
 
 /// Where a kept descriptor's file was, without the kernel's " (deleted)".

@@ -163,6 +163,15 @@ impl Engine {
             // A sweep pinned it first.
             return self.adopt(v.inode, &p);
         }
+        if p.deletion.grabbed.is_none() {
+            // A protected file the reader could not pin by handle (tmpfs
+            // opens only handles someone asked for): through unrm's own
+            // reference instead, or it waits for a descriptor.
+            p = match self.grab_protected(p) {
+                Some(p) => p,
+                None => return,
+            };
+        }
         let grab = p.deletion.grabbed.take();
         let found = match &p.deletion.victim {
             Some(v) => snapshot.files.get(&v.inode),

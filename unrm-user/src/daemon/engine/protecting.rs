@@ -159,6 +159,20 @@ impl Engine {
         }
     }
 
+    /// Pins a protected file's deletion through unrm's own reference (the
+    /// reader's pin by handle failed); given back with its grab, or as it
+    /// was if it is not protected; kept waiting if the budget is spent.
+    pub(super) fn grab_protected(&mut self, mut p: Pending) -> Option<Pending> {
+        let Some(v) = p.deletion.victim else { return Some(p) };
+        let Some(link) = self.protection.protector.shared.link(&v.inode) else { return Some(p) };
+        match pins::grab(&link, v.inode, &self.admission.budget) {
+            Ok((pin, meta)) => p.deletion.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
+            Err(Refused::Budget) => return self.defer_protected(p),
+            Err(Refused::Gone(err)) => log::debug!("protect: no pin through {}: {err}", link.display()),
+        }
+        Some(p)
+    }
+
     /// A deletion in a protected tree whose inode no probe named: a sweep
     /// will find it (and its record will say who deleted it). Given back
     /// if its path is in no protected tree.

@@ -71,6 +71,7 @@ impl Worker {
             shared,
             tree: id,
             mnt_id: live.mnt_id,
+            sb_dev: live.sb_dev,
             group: &live.group,
             excluded: &*settings.excluded,
             room: &room,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    Live, MAX_TREES, MAX_TREES_PER_USER, Source, Tree, Worker, fstype_of, mount_ids, open_root, tree_path,
+    Live, MAX_TREES, MAX_TREES_PER_USER, Source, Tree, Worker, mount_facts, mount_ids, open_root, tree_path,
 };
 use crate::{
     notify::Group,
@@ -128,12 +128,14 @@ impl Worker {
             }
         };
         let mnt_id = mount_of(root.as_fd()).unwrap_or(0);
-        tree.fstype = fstype_of(mnt_id);
+        let (fstype, sb_dev) = mount_facts(mnt_id);
+        tree.fstype = fstype;
+        let sb_dev = sb_dev.or(tree.dev).unwrap_or(0);
         tree.refused = None;
         let covered = Covered { path: tree.path.clone(), uid: tree.uid, files: 0 };
         self.shared.lock().trees.insert(id, covered);
         let walk_from = root.try_clone();
-        tree.live = Some(Live { root, mnt_id, group });
+        tree.live = Some(Live { root, mnt_id, sb_dev, group });
         let started = std::time::Instant::now();
         match walk_from {
             Ok(fd) => self.walk(id, fd, self.trees[&id].path.clone(), true),
