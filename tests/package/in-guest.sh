@@ -87,6 +87,17 @@ as_user 'unrm restore --path g'
 as_user 'unrm list --json --limit 0' | grep -q "$R/f" && fail "the user sees root's record"
 as_user "unrm show $held" > /dev/null 2>&1 && fail "the user may show root's record"
 
+step "unrm protect: a file nobody held comes back, and the tree outlives a restart"
+as_user 'mkdir -p tree && echo guarded > tree/p && unrm protect tree' | grep -q "protected /home/unrmuser/tree: 1 files" || fail "the user's unrm protect"
+as_user 'rm tree/p'
+wait_for "the protected file captured" as_user 'unrm list --json --status captured --path tree/p | grep -q /home/unrmuser/tree/p'
+as_user 'unrm restore --path tree/p --to p.back'
+[ "$(cat /home/unrmuser/p.back)" = guarded ] || fail "the protected file's restore"
+systemctl restart unrm
+is_active || fail "not active after a restart"
+wait_for "the tree protected again" sh -c "runuser -u unrmuser -- unrm protect --list --json | grep -q '\"state\": \"protected\"'"
+as_user 'unrm unprotect tree' | grep -q "unprotected /home/unrmuser/tree" || fail "the user's unprotect"
+
 step "systemctl reload: the new policy applies"
 mkdir -p $R/excluded
 sed -i "1i exclude = [\"$R/excluded/**\"]" /etc/unrm.toml
