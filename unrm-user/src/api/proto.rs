@@ -122,6 +122,11 @@ pub struct DaemonStatus {
     /// Captures in the store.
     #[serde(default)]
     pub store_files: u64,
+    /// Files unrm holds in protected trees, and the trees.
+    #[serde(default)]
+    pub protected_files: u64,
+    #[serde(default)]
+    pub protected_trees: u64,
     pub records: u64,
     /// Time from a deletion returning to unrm holding its pin.
     pub pin_latency_us: Latency,

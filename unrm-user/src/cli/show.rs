@@ -132,6 +132,9 @@ pub fn status(s: &DaemonStatus) {
         format::size(s.store_bytes),
         s.records
     );
+    if s.protected_trees > 0 {
+        println!("protected: {} files in {} trees", s.protected_files, s.protected_trees);
+    }
     let l = &s.pin_latency_us;
     if let (Some(p50), Some(p99)) = (l.p50, l.p99) {
         println!("pin latency: p50 {p50} µs, p99 {p99} µs over {} pins", l.samples);

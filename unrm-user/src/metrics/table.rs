@@ -71,6 +71,8 @@ pub const ROWS: &[Row] = &[
     gauge("unrm_held_bytes", "Size of the deleted files pinned now.", |s| s.held_bytes),
     gauge("unrm_store_bytes", "Bytes the store's captures take.", |s| s.store_bytes),
     gauge("unrm_store_files", "Captures in the store.", |s| s.store_files),
+    gauge("unrm_protected_files", "Files unrm holds in protected trees.", |s| s.protected_files),
+    gauge("unrm_protected_trees", "Trees being protected.", |s| s.protected_trees),
     gauge("unrm_index_records", "Records in the index.", |s| s.records),
     gauge(
         "unrm_release_probes_attached",

@@ -170,6 +170,12 @@ impl Shared {
         Ok((table.keepers.len() - 1, keeper, room))
     }
 
+    /// Files protected now, and trees being protected.
+    pub fn totals(&self) -> (u64, u64) {
+        let table = self.lock();
+        (table.files.len() as u64, table.trees.len() as u64)
+    }
+
     /// Files protected now, in all and for `uid`.
     fn counts(&self, uid: u32) -> (usize, usize) {
         let table = self.lock();

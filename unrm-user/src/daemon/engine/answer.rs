@@ -235,6 +235,8 @@ impl Engine {
             held_bytes,
             store_bytes: self.storage.usage.total(),
             store_files: self.storage.usage.captures() as u64,
+            protected_files: self.protection.protector.shared.totals().0,
+            protected_trees: self.protection.protector.shared.totals().1,
             records: self.index.rows(),
             pin_latency_us: Latency {
                 histogram: self.figures.latency_counts.histogram(),
