@@ -315,3 +315,50 @@ fn protection_works_in_every_tier_that_loads() {
         }
     }
 }
+
+#[test]
+fn another_users_file_of_the_same_name_evicts_none_of_the_owners_versions() {
+    let bob = User::ensure("unrm-test-bob");
+    let fs = Mount::ext4();
+    fs::set_permissions(&fs.path, fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = fs.path.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let config = format!("protect = [{:?}]\nversions = 2\nmin_interval = \"0s\"\n", shared.to_str().unwrap());
+    let (_cfg, daemon) = Daemon::with_config(&config, &[]);
+    wait_until("the config's tree protected", || tree(&daemon, &shared)["state"] == "protected");
+    let doc = shared.join("doc");
+    fs::write(&doc, b"root v0").unwrap();
+    wait_until("the file protected", || tree(&daemon, &shared)["files"] == 1);
+    save(&doc, b"root v1");
+    daemon.wait_record(&doc, "captured");
+    rm(&doc, None);
+    let captured = |uid: u32| {
+        let list = daemon.json(&[
+            "list",
+            "--json",
+            "--limit",
+            "0",
+            "--status",
+            "captured",
+            "--path",
+            doc.to_str().unwrap(),
+        ]);
+        list.as_array().unwrap().iter().filter(|r| r["uid"] == uid).count()
+    };
+    wait_until("root's two versions", || captured(0) == 2);
+    // bob makes a file of the same name, again and again, and deletes it.
+    for i in 0..4 {
+        let out = bob.run(Command::new("sh").arg("-c").arg(format!("echo bob {i} > {}", doc.display())));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        wait_until("bob's file protected", || tree(&daemon, &shared)["files"] == 1);
+        let out = bob.run(Command::new("rm").arg(&doc));
+        assert!(out.status.success());
+        wait_until("bob's deletion captured", || {
+            tree(&daemon, &shared)["files"] == 0 && captured(bob.uid) == (i + 1).min(2)
+        });
+    }
+    assert_eq!(captured(0), 2, "root's versions evicted by bob's files");
+    let back = restore_path(&daemon, &doc, Some(1), &fs.path.join("mine"));
+    assert!(back.starts_with(b"bob"), "root sees bob's newest too (root sees all)");
+}

@@ -688,14 +688,17 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The captured versions of `path`, newest first.
-    pub fn versions_of(&self, path: &[u8]) -> Result<Vec<Version>> {
+    /// The captured versions of `path` whose file `uid` owned, newest first
+    /// (another user's file of the same name is not a version of this one:
+    /// anyone may make one, in a directory of their own or a namespace).
+    pub fn versions_of(&self, path: &[u8], uid: u32) -> Result<Vec<Version>> {
         let mut stmt = self.conn.prepare_cached(
             // Named: by status, the planner's own pick, walks every capture.
             "SELECT id, deleted_at_ns, mtime_ns FROM records INDEXED BY records_versions
-             WHERE status = 'captured' AND path = ?1 ORDER BY deleted_at_ns DESC, id DESC",
+             WHERE status = 'captured' AND path = ?1 AND uid = ?2 AND path_resolved = 1
+             ORDER BY deleted_at_ns DESC, id DESC",
         )?;
-        let rows = stmt.query_map([path], |row| {
+        let rows = stmt.query_map(params![path, uid], |row| {
             Ok(Version { id: row.get(0)?, deleted_at_ns: row.get(1)?, mtime_ns: row.get(2)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -25,8 +25,9 @@ use std::{
     thread,
 };
 
-use rustix::fs::{CWD, Mode, OFlags, openat};
+use rustix::fs::{CWD, Mode, OFlags, openat, openat2};
 
+use super::walk::BENEATH;
 use crate::pins::Meta;
 
 /// Descriptors a keeper keeps for itself (0-2, and the directory it is
@@ -160,8 +161,9 @@ fn keep(dir: RawFd, names: &[CString]) -> io::Result<Vec<Kept>> {
     let own = openat(CWD, link.as_str(), flags, Mode::empty())?;
     let mut kept = Vec::with_capacity(names.len());
     for name in names {
+        // Nor across a mount (a file bind-mounted over a name, a FUSE one).
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let Ok(fd) = openat(&own, name.as_c_str(), flags, Mode::empty()) else { continue };
+        let Ok(fd) = openat2(&own, name.as_c_str(), flags, Mode::empty(), BENEATH) else { continue };
         match Meta::of(fd.as_fd()) {
             Ok(meta) if meta.is_regular() => kept.push(Kept { fd: fd.into_raw_fd(), meta }),
             _ => {}

@@ -3,9 +3,12 @@
 //! filesystem's business), each marked for new names before it is read,
 //! so a file created while the walk goes is seen by one or the other.
 //!
-//! Nothing is followed: directories are opened with `O_NOFOLLOW` relative
-//! to their parent's descriptor, files by the keeper likewise, so a user
-//! who swaps a name for a symbolic link mid-walk leads unrm nowhere else.
+//! Nothing is followed and nothing piles up: each directory is opened from
+//! the tree's root by its path inside the tree (`openat2` beneath the root,
+//! through no symbolic link and across no mount), one at a time, so a user
+//! who swaps a name for a link mid-walk leads unrm nowhere else, a FUSE
+//! mount inside the tree is never entered, and a tree of a million
+//! directories costs one descriptor, not a million.
 
 use std::{
     ffi::{CString, OsStr},
@@ -16,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, StatxFlags, openat, statx};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, StatxFlags, openat2, statx};
 
 use super::Shared;
 use crate::notify::Group;
@@ -31,8 +34,8 @@ pub struct Counts {
     pub why: Option<String>,
 }
 
-/// A directory's file names, and its subdirectories opened.
-type Listing = (Vec<CString>, Vec<(OwnedFd, PathBuf)>);
+/// A directory's file names, and its subdirectories (paths in the tree).
+type Listing = (Vec<CString>, Vec<PathBuf>);
 
 /// How many more files may be protected, and what says so.
 pub type Room<'a> = &'a dyn Fn() -> (usize, String);
@@ -40,8 +43,9 @@ pub type Room<'a> = &'a dyn Fn() -> (usize, String);
 pub struct Walker<'a> {
     pub shared: &'a Shared,
     pub tree: u64,
-    /// The tree's mount: the walk does not leave it.
-    pub mnt_id: u64,
+    /// The tree's root, and where it is.
+    pub root: BorrowedFd<'a>,
+    pub root_path: &'a Path,
     /// Its filesystem's device, as the kernel names its inodes.
     pub sb_dev: u64,
     pub group: &'a Group,
@@ -55,30 +59,46 @@ pub fn mount_of(fd: BorrowedFd) -> Option<u64> {
     statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok().map(|st| st.stx_mnt_id)
 }
 
+/// How anything inside a tree is reached from its root.
+pub const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
 impl Walker<'_> {
-    /// Walks the directory `dir`, at `path`, and everything under it.
-    pub fn walk(&mut self, dir: OwnedFd, path: PathBuf) {
-        let mut todo = vec![(dir, path)];
-        while let Some((dir, path)) = todo.pop() {
+    /// Walks the directory at `rel` inside the tree, and everything under it.
+    pub fn walk(&mut self, rel: PathBuf) {
+        let mut todo = vec![rel];
+        while let Some(rel) = todo.pop() {
+            let path = self.root_path.join(&rel);
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let at = if rel.as_os_str().is_empty() { Path::new(".") } else { rel.as_path() };
+            let dir = match openat2(self.root, at, flags, Mode::empty(), BENEATH) {
+                Ok(dir) => dir,
+                // Another mount inside the tree is not entered, silently.
+                Err(rustix::io::Errno::XDEV) => continue,
+                Err(err) => {
+                    self.left_out(1, format!("{} could not be opened: {err}", path.display()));
+                    continue;
+                }
+            };
             self.counts.dirs += 1;
             if let Err(err) = self.group.mark_names(dir.as_fd()) {
                 self.left_out(0, format!("new files in {} are not seen: {err}", path.display()));
             }
-            let (files, subdirs) = match self.read(&dir, &path) {
-                Ok(found) => found,
-                Err(err) => {
-                    log::warn!("protect: reading {}: {err}", path.display());
-                    continue;
+            match self.read(&dir, &rel, &path) {
+                Ok((files, subdirs)) => {
+                    self.keep(dir.as_fd(), &path, files);
+                    todo.extend(subdirs);
                 }
-            };
-            self.keep(dir.as_fd(), &path, files);
-            todo.extend(subdirs);
+                Err(err) => self.left_out(1, format!("reading {}: {err}", path.display())),
+            }
         }
     }
 
-    /// The names of `dir`'s files, and its subdirectories on the same
-    /// mount, opened; the excluded left out.
-    fn read(&mut self, dir: &OwnedFd, path: &Path) -> rustix::io::Result<Listing> {
+    /// The names of `dir`'s files, and its subdirectories; the excluded
+    /// left out.
+    fn read(&mut self, dir: &OwnedFd, rel: &Path, path: &Path) -> rustix::io::Result<Listing> {
         let (mut files, mut subdirs) = (Vec::new(), Vec::new());
         for entry in Dir::read_from(dir)? {
             let entry = entry?;
@@ -86,30 +106,18 @@ impl Walker<'_> {
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            let child = path.join(OsStr::from_bytes(name.to_bytes()));
-            if (self.excluded)(&child) {
+            let name_os = OsStr::from_bytes(name.to_bytes());
+            if (self.excluded)(&path.join(name_os)) {
                 self.counts.excluded += 1;
                 continue;
             }
             match entry.file_type() {
-                FileType::Directory => subdirs.extend(self.open_subdir(dir.as_fd(), name, child)),
+                FileType::Directory => subdirs.push(rel.join(name_os)),
                 FileType::RegularFile | FileType::Unknown => files.push(name.to_owned()),
                 _ => {}
             }
         }
         Ok((files, subdirs))
-    }
-
-    /// Opens a subdirectory, if it is on the tree's mount.
-    pub fn open_subdir(
-        &self,
-        parent: BorrowedFd,
-        name: &std::ffi::CStr,
-        path: PathBuf,
-    ) -> Option<(OwnedFd, PathBuf)> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = openat(parent, name, flags, Mode::empty()).ok()?;
-        (mount_of(fd.as_fd()) == Some(self.mnt_id)).then_some((fd, path))
     }
 
     /// Has keepers protect `names` in `dir`, as far as the limits allow.

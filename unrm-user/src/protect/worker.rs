@@ -120,6 +120,7 @@ impl Protector {
             next_id: 1,
             gone: Box::new(gone),
             sweep_every,
+            next_sweep: Instant::now() + sweep_every,
             mountinfo,
         };
         std::thread::Builder::new().name("unrm-protect".into()).spawn(move || worker.run())?;
@@ -149,6 +150,8 @@ struct Tree {
     dev: Option<u64>,
     live: Option<Live>,
     counts: Counts,
+    /// When its queue last overflowed (a walk again, at most once a sweep).
+    rewalked: Option<Instant>,
     fstype: String,
     refused: Option<String>,
 }
@@ -175,14 +178,19 @@ struct Worker {
     next_id: u64,
     gone: Box<dyn Fn(Gone) + Send>,
     sweep_every: Duration,
+    /// When the next sweep is due (an `Ask::Sweep` brings it forward).
+    next_sweep: Instant,
     mountinfo: File,
 }
+
+/// Sweeps asked for come at most this often: they are merged.
+const SWEEP_GAP: Duration = Duration::from_millis(200);
 
 impl Worker {
     fn run(mut self) {
         self.adopt_trees();
-        let mut next_sweep = Instant::now() + self.sweep_every;
         loop {
+            let next_sweep = self.next_sweep;
             let live: Vec<(u64, RawFd)> = self
                 .trees
                 .iter()
@@ -199,9 +207,9 @@ impl Worker {
             for id in groups {
                 self.read_names(id);
             }
-            if Instant::now() >= next_sweep {
+            if Instant::now() >= self.next_sweep {
                 self.sweep();
-                next_sweep = Instant::now() + self.sweep_every;
+                self.next_sweep = Instant::now() + self.sweep_every;
             }
         }
     }
@@ -264,7 +272,7 @@ impl Worker {
                 self.settings = settings;
                 self.sync_config_trees();
             }
-            Ask::Sweep => self.sweep(),
+            Ask::Sweep => self.next_sweep = self.next_sweep.min(Instant::now() + SWEEP_GAP),
         }
     }
 }

@@ -78,6 +78,14 @@ impl Engine {
             self.adopt(victim.inode, &pending);
             return Ok(());
         }
+        // A protected file past its share of the budget waits its turn.
+        let pending = match pending.deletion.grabbed.is_some() && self.protected_share_spent() {
+            true => match self.defer_protected(pending) {
+                Some(pending) => pending,
+                None => return Ok(()),
+            },
+            false => pending,
+        };
         let grabbed = pending.deletion.grabbed.is_some();
         if !grabbed && (pending.deletion.over_budget || self.admission.budget.exhausted()) {
             // No snapshot can help: there is no descriptor to pin with
@@ -606,7 +614,7 @@ fn deleter(d: &Deletion) -> Deleter {
     .in_cgroup(d.cgroup.as_deref().map(str::to_owned))
 }
 
-fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> Record {
+pub(super) fn deletion_record(d: &Deletion, at: SystemTime, status: Status, reason: Option<&str>) -> Record {
     let v = d.victim.as_ref();
     let mut record = Record::new(d.path.as_os_str().as_bytes().to_vec(), d.op, status);
     record.path_resolved = d.host_path && d.path_complete;

@@ -321,6 +321,7 @@ impl Engine {
                         self.fault("enforcing the store's bounds", &err);
                     }
                     self.workers.lanes.tick();
+                    self.record_unmatched();
                     self.refresh_anchors();
                     self.release_memory_if_idle();
                     watchdog.status(self.status_line());

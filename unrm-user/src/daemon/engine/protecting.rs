@@ -11,7 +11,7 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     sync::{Arc, mpsc::Sender},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -30,6 +30,7 @@ use crate::{
     pins::{self, Refused},
     policy::Policy,
     protect::{Ask, Gone, Protector, Settings, TreeView},
+    record::Status,
 };
 
 /// Deletions waiting for a tracepoint-tier sweep to name their inode, at most.
@@ -46,7 +47,7 @@ pub(super) struct Protection {
     pub waiting: VecDeque<Waiting>,
     /// Deletions in protected trees whose inode no probe named (the
     /// tracepoint tier), by path: a sweep finds the inode.
-    pub by_path: HashMap<PathBuf, Pending>,
+    pub by_path: HashMap<PathBuf, (Pending, Instant)>,
 }
 
 impl Protection {
@@ -130,7 +131,7 @@ impl Engine {
                     holds: Vec::new(),
                     parent: None,
                 };
-                let pending = self.protection.by_path.remove(&gone.path);
+                let pending = self.protection.by_path.remove(&gone.path).map(|(p, _)| p);
                 let grab = Box::new(Grab { pin, meta, at_ns: monotonic_ns() });
                 self.pin(&held, pending.as_ref(), Some(grab));
                 self.timers.recheck(Duration::ZERO);
@@ -149,9 +150,12 @@ impl Engine {
     /// A protected deletion the budget could not pin: it waits for a
     /// descriptor (unrm's reference keeps the file meanwhile). Given back
     /// if it is not a protected file's.
-    pub(super) fn defer_protected(&mut self, pending: Pending) -> Option<Pending> {
+    pub(super) fn defer_protected(&mut self, mut pending: Pending) -> Option<Pending> {
         match pending.deletion.victim {
             Some(v) if self.protection.protector.shared.claim(&v.inode) => {
+                // Its descriptor goes back to the budget; unrm's reference
+                // keeps the file.
+                pending.deletion.grabbed = None;
                 self.protection.waiting.push_back(Waiting::Deletion(pending));
                 None
             }
@@ -165,6 +169,9 @@ impl Engine {
     pub(super) fn grab_protected(&mut self, mut p: Pending) -> Option<Pending> {
         let Some(v) = p.deletion.victim else { return Some(p) };
         let Some(link) = self.protection.protector.shared.link(&v.inode) else { return Some(p) };
+        if self.protected_share_spent() {
+            return self.defer_protected(p);
+        }
         match pins::grab(&link, v.inode, &self.admission.budget) {
             Ok((pin, meta)) => p.deletion.grabbed = Some(Box::new(Grab { pin, meta, at_ns: monotonic_ns() })),
             Err(Refused::Budget) => return self.defer_protected(p),
@@ -181,16 +188,49 @@ impl Engine {
         if pending.deletion.victim.is_some() || self.protection.protector.shared.tree_of(path).is_none() {
             return Some(pending);
         }
-        if self.protection.by_path.len() < AWAITING_SWEEP {
-            self.protection.by_path.insert(path.clone(), pending);
+        if self.protection.by_path.len() >= AWAITING_SWEEP {
+            return Some(pending);
         }
+        self.protection.by_path.insert(path.clone(), (pending, Instant::now()));
         self.protection.protector.ask(Ask::Sweep);
         None
     }
 
+    /// Deletions no sweep matched within two rescans: none of a kept file
+    /// (a symbolic link, an excluded file, a file over a limit), recorded
+    /// as unheld, as they would have been outside a protected tree.
+    pub(super) fn record_unmatched(&mut self) {
+        let stale = self.cfg.rescan_every * 2;
+        let old: Vec<PathBuf> = self
+            .protection
+            .by_path
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() > stale)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in old {
+            let Some((p, _)) = self.protection.by_path.remove(&path) else { continue };
+            if self.admission.rate.allow(p.deletion.uid, self.cfg.policy.per_user.records_per_minute) {
+                self.figures.counters.unheld += 1;
+                self.index.insert(super::decide::deletion_record(
+                    &p.deletion,
+                    p.deleted_at,
+                    Status::Unheld,
+                    None,
+                ));
+            }
+        }
+    }
+
+    /// Protected deletions may wait, held files of everyone else may not:
+    /// the former take at most three quarters of the descriptor budget.
+    pub(super) fn protected_share_spent(&self) -> bool {
+        self.admission.budget.used() * 4 >= self.admission.budget.limit() * 3
+    }
+
     /// Pins what waited for a descriptor, as far as the budget allows now.
     pub(super) fn retry_protected(&mut self) {
-        while !self.admission.budget.exhausted() {
+        while !self.protected_share_spent() {
             let Some(waiting) = self.protection.waiting.pop_front() else { return };
             match waiting {
                 Waiting::Swept(gone) => self.pin_swept(gone),
@@ -222,7 +262,10 @@ impl Engine {
     /// if it lived less than `min_interval`.
     pub(super) fn keep_versions(&mut self, record: i64, path: &Path) -> Result<()> {
         let policy = self.cfg.policy.protect.clone();
-        let mut versions = self.index.versions_of(path.as_os_str().as_bytes())?;
+        // Only a path verified on this host, and only the owner's own files.
+        let Some(new) = self.index.get(record)?.filter(|r| r.path_resolved) else { return Ok(()) };
+        let Some(owner) = new.uid else { return Ok(()) };
+        let mut versions = self.index.versions_of(path.as_os_str().as_bytes(), owner)?;
         if let [newest, previous, ..] = versions.as_slice()
             && newest.id == record
             && previous.mtime_ns.is_some_and(|m| {

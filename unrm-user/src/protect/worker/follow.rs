@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     ffi::OsStr,
     os::{
-        fd::{AsFd, OwnedFd, RawFd},
+        fd::{AsFd, RawFd},
         unix::ffi::OsStrExt,
     },
     path::PathBuf,
@@ -21,14 +21,15 @@ use crate::{
     protect::walk::{Counts, Walker},
 };
 
-/// Bytes read from a tree's fanotify group at once.
+/// Bytes read from a tree's fanotify group at once, and reads per turn.
 const READ_BUF: usize = 64 * 1024;
+const READS_PER_TURN: usize = 8;
 
 impl Worker {
-    /// Walks `dir` (at `path`) of tree `id`. A `full` walk starts the
+    /// Walks the directory at `rel` in tree `id`. A `full` walk starts the
     /// tree's counts afresh.
-    pub(super) fn walk(&mut self, id: u64, dir: OwnedFd, path: PathBuf, full: bool) {
-        let counts = self.walk_counting(id, |walker| walker.walk(dir, path));
+    pub(super) fn walk(&mut self, id: u64, rel: PathBuf, full: bool) {
+        let counts = self.walk_counting(id, |walker| walker.walk(rel));
         let tree = self.trees.get_mut(&id).expect("a known tree");
         if full {
             tree.counts = counts;
@@ -44,6 +45,7 @@ impl Worker {
         let tree = &self.trees[&id];
         let Some(live) = tree.live.as_ref() else { return Counts::default() };
         let (uid, settings, shared) = (tree.uid, &self.settings, &self.shared);
+        let root_path = tree.path.as_path();
         let room = || {
             let (all, mine) = shared.counts(uid);
             let this = shared.lock().trees.get(&id).map_or(0, |c| c.files);
@@ -70,7 +72,8 @@ impl Worker {
         let mut walker = Walker {
             shared,
             tree: id,
-            mnt_id: live.mnt_id,
+            root: live.root.as_fd(),
+            root_path,
             sb_dev: live.sb_dev,
             group: &live.group,
             excluded: &*settings.excluded,
@@ -81,10 +84,11 @@ impl Worker {
         walker.counts
     }
 
-    /// Takes in the names that appeared in tree `id`'s directories.
+    /// Takes in the names that appeared in tree `id`'s directories, a
+    /// bounded number of reads at a time: the other trees get their turn.
     pub(super) fn read_names(&mut self, id: u64) {
         let mut buf = vec![0u8; READ_BUF];
-        loop {
+        for _ in 0..READS_PER_TURN {
             let Some(live) = self.trees.get(&id).and_then(|t| t.live.as_ref()) else { return };
             let notices = match live.group.read(&mut buf) {
                 Ok(notices) if notices.is_empty() => return,
@@ -107,12 +111,15 @@ impl Worker {
     }
 
     fn rewalk(&mut self, id: u64) {
-        let tree = &self.trees[&id];
-        log::warn!("protect: fanotify's queue overflowed; walking {} again", tree.path.display());
-        let root = tree.live.as_ref().and_then(|l| l.root.try_clone().ok());
-        if let Some(root) = root {
-            self.walk(id, root, self.trees[&id].path.clone(), true);
+        let tree = self.trees.get_mut(&id).expect("a known tree");
+        // A storm of names that keeps overflowing the queue gets one walk
+        // per sweep period, not one per read.
+        if tree.rewalked.is_some_and(|at| at.elapsed() < self.sweep_every) {
+            return;
         }
+        tree.rewalked = Some(std::time::Instant::now());
+        log::warn!("protect: fanotify's queue overflowed; walking {} again", tree.path.display());
+        self.walk(id, PathBuf::new(), true);
     }
 
     /// A name appeared in directory `dir` (a handle) of tree `id`.
@@ -130,8 +137,8 @@ impl Worker {
             if (walker.excluded)(&child) {
                 walker.counts.excluded += 1;
             } else if is_dir {
-                if let Some((fd, path)) = walker.open_subdir(dir_fd.as_fd(), &name, child.clone()) {
-                    walker.walk(fd, path);
+                if let Ok(rel) = child.strip_prefix(walker.root_path) {
+                    walker.walk(rel.to_path_buf());
                 }
             } else {
                 walker.keep(dir_fd.as_fd(), &dir_path, vec![name]);

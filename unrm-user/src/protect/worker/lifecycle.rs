@@ -4,8 +4,8 @@
 //! that filesystem is back.
 
 use std::{
-    os::{fd::AsFd, unix::fs::MetadataExt},
-    path::Path,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
 };
 
 use super::{
@@ -27,6 +27,22 @@ impl Worker {
         for asked in self.asked.clone() {
             if let Err(err) = self.protect(&asked.path, asked.uid, asked.any_fs, Source::User) {
                 log::warn!("protect: {err}");
+                // Kept, and shown as refused: the user unprotects it.
+                let id = self.next_id;
+                self.next_id += 1;
+                let tree = Tree {
+                    path: asked.path,
+                    uid: asked.uid,
+                    source: Source::User,
+                    any_fs: asked.any_fs,
+                    dev: None,
+                    live: None,
+                    counts: Counts::default(),
+                    rewalked: None,
+                    fstype: String::new(),
+                    refused: Some(err),
+                };
+                self.trees.insert(id, tree);
             }
         }
     }
@@ -61,39 +77,48 @@ impl Worker {
         source: Source,
     ) -> Result<u64, String> {
         let path = tree_path(path)?;
-        if let Some((id, _)) = self.trees.iter().find(|(_, t)| t.path == path) {
-            return Ok(*id);
+        if any_fs && uid != 0 {
+            return Err("only root may protect a network, FUSE or removable filesystem (--any-fs)".into());
         }
-        for tree in self.trees.values() {
-            if path.starts_with(&tree.path) || tree.path.starts_with(&path) {
-                return Err(format!(
-                    "{} overlaps the protected tree {}",
-                    path.display(),
-                    tree.path.display()
-                ));
-            }
+        // What a user is told of a path before it is found to be theirs is
+        // the same whatever the reason: root's walk must not tell them
+        // what exists where they cannot look.
+        let not_yours = || {
+            format!(
+                "{}: not a directory of yours: a user may protect only a directory of their own",
+                path.display()
+            )
+        };
+        let root = open_root(&path)
+            .map_err(|err| if uid == 0 { format!("{}: {err}", path.display()) } else { not_yours() })?;
+        let st = rustix::fs::fstat(&root).map_err(|err| format!("{}: {err}", path.display()))?;
+        if uid != 0 && st.st_uid != uid {
+            return Err(not_yours());
+        }
+        if let Some((id, tree)) = self.trees.iter().find(|(_, t)| t.path == path) {
+            return if uid == 0 || tree.uid == uid {
+                Ok(*id)
+            } else {
+                Err(format!("{}: protected already", path.display()))
+            };
+        }
+        if let Some(tree) =
+            self.trees.values().find(|t| path.starts_with(&t.path) || t.path.starts_with(&path))
+        {
+            let other =
+                if uid == 0 || tree.uid == uid { tree.path.display().to_string() } else { "another".into() };
+            return Err(format!("{} overlaps the protected tree {other}", path.display()));
         }
         let mine = self.trees.values().filter(|t| t.uid == uid).count();
-        if self.trees.len() >= MAX_TREES || (uid != 0 && mine >= MAX_TREES_PER_USER) {
+        let users = self.trees.values().filter(|t| t.source == Source::User).count();
+        // The config file's trees are not crowded out by users'.
+        if (source == Source::User && users >= MAX_TREES) || (uid != 0 && mine >= MAX_TREES_PER_USER) {
             return Err(format!(
                 "too many protected trees (at most {MAX_TREES}, {MAX_TREES_PER_USER} per user)"
             ));
         }
-        if any_fs && uid != 0 {
-            return Err("only root may protect a network, FUSE or removable filesystem (--any-fs)".into());
-        }
-        let root = open_root(&path).map_err(|err| format!("{}: {err}", path.display()))?;
-        let st = std::fs::File::from(root.try_clone().map_err(|e| e.to_string())?)
-            .metadata()
-            .map_err(|err| format!("{}: {err}", path.display()))?;
-        if uid != 0 && st.uid() != uid {
-            return Err(format!(
-                "{}: owned by uid {}, not you: a user may protect only a directory of their own",
-                path.display(),
-                st.uid()
-            ));
-        }
-        if let Some(why) = unsafe_filesystem(root.as_fd(), st.dev()).filter(|_| !any_fs) {
+        let dev = st.st_dev;
+        if let Some(why) = unsafe_filesystem(root.as_fd(), dev).filter(|_| !any_fs) {
             return Err(format!(
                 "{}: {why}; unrm holds files there only when root asks with --any-fs (see README)",
                 path.display()
@@ -106,9 +131,10 @@ impl Worker {
             uid,
             source,
             any_fs,
-            dev: Some(st.dev()),
+            dev: Some(dev),
             live: None,
             counts: Counts::default(),
+            rewalked: None,
             fstype: String::new(),
             refused: None,
         };
@@ -134,13 +160,9 @@ impl Worker {
         tree.refused = None;
         let covered = Covered { path: tree.path.clone(), uid: tree.uid, files: 0 };
         self.shared.lock().trees.insert(id, covered);
-        let walk_from = root.try_clone();
         tree.live = Some(Live { root, mnt_id, sb_dev, group });
         let started = std::time::Instant::now();
-        match walk_from {
-            Ok(fd) => self.walk(id, fd, self.trees[&id].path.clone(), true),
-            Err(err) => log::warn!("protect: {err}"),
-        }
+        self.walk(id, PathBuf::new(), true);
         let tree = &self.trees[&id];
         log::info!(
             "protecting {}: {} files in {} directories ({} excluded, {} not protected) in {:?}",
@@ -211,7 +233,7 @@ impl Worker {
         for id in back {
             let tree = &self.trees[&id];
             let Ok(root) = open_root(&tree.path) else { continue };
-            let dev = std::fs::File::from(root.try_clone().expect("dup")).metadata().map(|m| m.dev()).ok();
+            let dev = rustix::fs::fstat(&root).map(|st| st.st_dev).ok();
             if dev.is_some() && dev == tree.dev {
                 log::info!("protect: {} is back; protecting it again", tree.path.display());
                 self.go_live(id, root);
@@ -228,10 +250,11 @@ impl Worker {
             .map(|t| Asked { path: t.path.clone(), uid: t.uid, any_fs: t.any_fs })
             .collect();
         if asked != self.asked {
-            if let Err(err) = self.registry.save(&asked) {
-                log::error!("protect: remembering the protected trees: {err:#}");
+            match self.registry.save(&asked) {
+                Ok(()) => self.asked = asked,
+                // Tried again at the next change.
+                Err(err) => log::error!("protect: remembering the protected trees: {err:#}"),
             }
-            self.asked = asked;
         }
     }
 
