@@ -150,8 +150,10 @@ struct Tree {
     dev: Option<u64>,
     live: Option<Live>,
     counts: Counts,
-    /// When its queue last overflowed (a walk again, at most once a sweep).
+    /// When its queue last overflowed (a walk again, at most once a sweep),
+    /// and whether a walk waits for the next sweep.
     rewalked: Option<Instant>,
+    rewalk_due: bool,
     fstype: String,
     refused: Option<String>,
 }

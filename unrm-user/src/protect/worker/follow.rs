@@ -115,8 +115,10 @@ impl Worker {
         // A storm of names that keeps overflowing the queue gets one walk
         // per sweep period, not one per read.
         if tree.rewalked.is_some_and(|at| at.elapsed() < self.sweep_every) {
+            tree.rewalk_due = true;
             return;
         }
+        tree.rewalk_due = false;
         tree.rewalked = Some(std::time::Instant::now());
         log::warn!("protect: fanotify's queue overflowed; walking {} again", tree.path.display());
         self.walk(id, PathBuf::new(), true);
@@ -156,6 +158,10 @@ impl Worker {
     /// Asks each keeper which of its files lost their last name, and tells
     /// the engine.
     pub(super) fn sweep(&mut self) {
+        let due: Vec<u64> = self.trees.iter().filter(|(_, t)| t.rewalk_due).map(|(id, _)| *id).collect();
+        for id in due {
+            self.rewalk(id);
+        }
         let by_keeper: Vec<(crate::protect::Keeper, HashMap<RawFd, InodeId>)> = {
             let table = self.shared.lock();
             let mut fds: Vec<HashMap<RawFd, InodeId>> = vec![HashMap::new(); table.keepers.len()];

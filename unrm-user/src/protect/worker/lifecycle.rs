@@ -39,6 +39,7 @@ impl Worker {
                     live: None,
                     counts: Counts::default(),
                     rewalked: None,
+                    rewalk_due: false,
                     fstype: String::new(),
                     refused: Some(err),
                 };
@@ -135,6 +136,7 @@ impl Worker {
             live: None,
             counts: Counts::default(),
             rewalked: None,
+            rewalk_due: false,
             fstype: String::new(),
             refused: None,
         };
