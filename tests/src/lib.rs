@@ -242,6 +242,18 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
+    /// Every record of exactly `path` (in `status`, if given), newest first.
+    pub fn records_of(&self, path: &Path, status: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["list", "--json", "--limit", "0", "--path", path.to_str().unwrap()];
+        if let Some(status) = status {
+            args.extend(["--status", status]);
+        }
+        match self.json(&args) {
+            Value::Array(records) => records,
+            other => panic!("unrm list answered {other}"),
+        }
+    }
+
     /// The newest record for `path`, waiting until one exists whose status
     /// is `status`.
     pub fn wait_record(&self, path: &Path, status: &str) -> Value {

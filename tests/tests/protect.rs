@@ -116,14 +116,10 @@ fn an_editor_save_loop_keeps_versions_newest_first() {
         // Each save's replaced version is captured before the next.
         let rec = daemon.wait_record(&file, "captured");
         assert_eq!(rec["size"], 9, "{rec}");
-        wait_until("the versions bounded", || {
-            let list =
-                daemon.json(&["list", "--json", "--path", file.to_str().unwrap(), "--status", "captured"]);
-            list.as_array().unwrap().len() == v.min(3)
-        });
+        wait_until("the versions bounded", || daemon.records_of(&file, Some("captured")).len() == v.min(3));
     }
-    let list = daemon.json(&["list", "--json", "--path", file.to_str().unwrap(), "--status", "captured"]);
-    let kept: Vec<i64> = list.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let kept: Vec<i64> =
+        daemon.records_of(&file, Some("captured")).iter().map(|r| r["id"].as_i64().unwrap()).collect();
     assert!(kept.windows(2).all(|w| w[0] > w[1]), "newest first: {kept:?}");
     // Versions 4, 3, 2 were replaced last: newest first.
     for (n, want) in [(1, "version 4"), (2, "version 3"), (3, "version 2")] {
@@ -133,8 +129,8 @@ fn an_editor_save_loop_keeps_versions_newest_first() {
     let out =
         daemon.cli(&["restore", "--path", file.to_str().unwrap(), "--version", "4", "--to", "/tmp/nowhere"]);
     assert_one_line_error(&out, "no version 4");
-    let evicted = daemon.json(&["list", "--json", "--path", file.to_str().unwrap(), "--status", "evicted"]);
-    assert_eq!(evicted.as_array().unwrap().len(), 2, "{evicted}");
+    let evicted = daemon.records_of(&file, Some("evicted"));
+    assert_eq!(evicted.len(), 2, "{evicted:?}");
     assert_eq!(fs::read(&file).unwrap(), b"version 5");
 }
 
@@ -207,8 +203,7 @@ fn the_limits_hold_are_counted_and_shown() {
 fn wait_any(daemon: &Daemon, path: &Path, statuses: &[&str]) -> Value {
     let mut found = Value::Null;
     wait_until(&format!("a record of {}", path.display()), || {
-        let list = daemon.json(&["list", "--json", "--path", path.to_str().unwrap()]);
-        found = list.as_array().unwrap().first().cloned().unwrap_or(Value::Null);
+        found = daemon.records_of(path, None).first().cloned().unwrap_or(Value::Null);
         statuses.iter().any(|s| found["status"] == *s)
     });
     found
@@ -333,19 +328,8 @@ fn another_users_file_of_the_same_name_evicts_none_of_the_owners_versions() {
     save(&doc, b"root v1");
     daemon.wait_record(&doc, "captured");
     rm(&doc, None);
-    let captured = |uid: u32| {
-        let list = daemon.json(&[
-            "list",
-            "--json",
-            "--limit",
-            "0",
-            "--status",
-            "captured",
-            "--path",
-            doc.to_str().unwrap(),
-        ]);
-        list.as_array().unwrap().iter().filter(|r| r["uid"] == uid).count()
-    };
+    let captured =
+        |uid: u32| daemon.records_of(&doc, Some("captured")).iter().filter(|r| r["uid"] == uid).count();
     wait_until("root's two versions", || captured(0) == 2);
     // bob makes a file of the same name, again and again, and deletes it.
     for i in 0..4 {

@@ -204,19 +204,7 @@ pub fn save_loop_cost(saves: usize, rounds: usize) -> Row {
             on.push(timed_save(&file_on, &data));
         }
     }
-    let kept = |d: &Daemon| {
-        let list = d.json(&[
-            "list",
-            "--json",
-            "--limit",
-            "0",
-            "--status",
-            "captured",
-            "--path",
-            file_on.to_str().unwrap(),
-        ]);
-        list.as_array().map_or(0, Vec::len)
-    };
+    let kept = |d: &Daemon| d.records_of(&file_on, Some("captured")).len();
     let deadline = Instant::now() + Duration::from_secs(60);
     while kept(&daemon) != versions && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

@@ -489,9 +489,9 @@ impl Engine {
                 }
             }
             Done::Captured { record, inode, result, took, at } => {
-                let charged = self.pins.get(&inode).map_or(0, |pin| pin.charged);
-                let protected =
-                    self.pins.get(&inode).filter(|pin| pin.protected).map(|p| p.place.path.clone());
+                let pin = self.pins.get(&inode);
+                let charged = pin.map_or(0, |pin| pin.charged);
+                let protected = pin.filter(|pin| pin.protected).map(|pin| pin.place.path.clone());
                 self.unpin(&inode);
                 if !self.protection.waiting.is_empty() {
                     self.timers.recheck(std::time::Duration::ZERO);
