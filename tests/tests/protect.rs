@@ -117,6 +117,9 @@ fn an_editor_save_loop_keeps_versions_newest_first() {
         let rec = daemon.wait_record(&file, "captured");
         assert_eq!(rec["size"], 9, "{rec}");
         wait_until("the versions bounded", || daemon.records_of(&file, Some("captured")).len() == v.min(3));
+        // The replaced version's reference went when it was pinned: one
+        // file held again means the new version is, before it is replaced.
+        wait_until("the new version protected", || tree(&daemon, &fs.path)["files"] == 1);
     }
     let kept: Vec<i64> =
         daemon.records_of(&file, Some("captured")).iter().map(|r| r["id"].as_i64().unwrap()).collect();
@@ -159,7 +162,11 @@ fn new_files_are_covered_and_excluded_ones_are_not() {
     // Excluded: not recorded at all (the policy's exclude).
     rm(&object, None);
     rm(&built, None);
+    // A file is covered once the daemon has heard of it (fanotify), not
+    // the instant it is made: wait for that before deleting the canary
+    // (held then: the canary and the two restored copies).
     let canary = fs.file("canary", b"c");
+    wait_until("the canary protected", || tree(&daemon, &fs.path)["files"] == 3);
     rm(&canary, None);
     daemon.wait_record(&canary, "captured");
     let all = daemon.json(&["list", "--json", "--limit", "0"]);

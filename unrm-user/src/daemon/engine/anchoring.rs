@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -34,6 +34,10 @@ pub const MAX_ANCHORS: usize = 64;
 /// How long before a filesystem whose anchor could not be opened is tried
 /// again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long the start waits for the first anchors before it reports ready:
+/// a deletion right after that is pinned by handle, not left to a snapshot.
+/// A filesystem that does not answer by then is anchored when it does.
+const FIRST_ANCHORS_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Anchoring {
     pub anchors: Arc<Anchors>,
@@ -45,7 +49,7 @@ pub struct Anchoring {
     /// Opens queued or running on a worker: never asked again meanwhile
     /// (a worker stuck on a filesystem would otherwise collect one more
     /// every `RETRY_AFTER`).
-    opening: Arc<Mutex<HashSet<u64>>>,
+    opening: Arc<Opening>,
     group: Option<Arc<Group>>,
     /// When the mount table was last looked at.
     looked: Instant,
@@ -74,6 +78,18 @@ impl Engine {
     pub(super) fn anchor_wanted(&mut self, dev: u64) {
         if !self.anchoring.anchors.contains(dev) && self.anchoring.looked.elapsed() >= LOOK_AGAIN_AFTER {
             self.refresh_anchors();
+        }
+    }
+
+    /// Opens the anchors of the filesystems mounted now, and waits (a
+    /// bounded time) until they are open.
+    pub(super) fn first_anchors(&mut self) {
+        self.refresh_anchors();
+        if !self.anchoring.opening.wait_all(FIRST_ANCHORS_WAIT) {
+            log::warn!(
+                "some filesystems did not answer within {FIRST_ANCHORS_WAIT:?}; \
+                 their deletions are pinned by snapshot until they do"
+            );
         }
     }
 
@@ -111,7 +127,7 @@ impl Engine {
             if anchors.len() >= MAX_ANCHORS || anchors.contains(w.dev) || asked.contains_key(&w.dev) {
                 continue;
             }
-            if !opening.lock().unwrap().insert(w.dev) {
+            if !opening.begin(w.dev) {
                 continue;
             }
             asked.insert(w.dev, Instant::now());
@@ -122,10 +138,36 @@ impl Engine {
                 Box::new(move || {
                     let dev = w.dev;
                     w.open(&anchors, group.as_deref());
-                    opening.lock().unwrap().remove(&dev);
+                    opening.end(dev);
                 }),
             );
         }
+    }
+}
+
+/// The filesystems whose anchors are being opened, and a signal when one is.
+#[derive(Default)]
+struct Opening {
+    devs: Mutex<HashSet<u64>>,
+    ended: Condvar,
+}
+
+impl Opening {
+    /// False if `dev` is being opened already.
+    fn begin(&self, dev: u64) -> bool {
+        self.devs.lock().unwrap().insert(dev)
+    }
+
+    fn end(&self, dev: u64) {
+        self.devs.lock().unwrap().remove(&dev);
+        self.ended.notify_all();
+    }
+
+    /// Waits until no open is under way, or `limit` has passed; says which.
+    fn wait_all(&self, limit: Duration) -> bool {
+        let devs = self.devs.lock().unwrap();
+        let (devs, _) = self.ended.wait_timeout_while(devs, limit, |devs| !devs.is_empty()).unwrap();
+        devs.is_empty()
     }
 }
 

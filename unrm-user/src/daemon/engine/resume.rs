@@ -17,7 +17,7 @@ impl Engine {
     /// Picks up where the last run stopped, then pins everything deleted
     /// and still held, whenever it was deleted.
     pub fn start(&mut self) -> Result<()> {
-        self.refresh_anchors();
+        self.first_anchors();
         self.count_store()?;
         self.index.begin();
         let snapshot = self.kernel.snapshot()?;
