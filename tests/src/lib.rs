@@ -307,22 +307,34 @@ impl Daemon {
         self.terminate();
     }
 
-    fn terminate(&mut self) {
+    /// SIGTERM, then the daemon's own time to finish what only it holds
+    /// (30 s) and some; how it exited, None if it had to be killed.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         // SAFETY: signalling our own child by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the daemon (SIGTERM), expects it to exit by itself and
+    /// cleanly, and gives back its directory, state and all, for the next
+    /// daemon.
+    pub fn stop_keeping(mut self) -> tempfile::TempDir {
+        let status = self.terminate();
+        assert!(status.is_some_and(|s| s.success()), "the daemon did not stop cleanly ({status:?})");
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
     }
 
     /// Kills the daemon at once (SIGKILL), as a crash would.

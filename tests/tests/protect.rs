@@ -105,6 +105,39 @@ fn rm_rm_rf_find_delete_and_mv_over_are_restorable_byte_exact() {
 }
 
 #[test]
+fn a_stop_right_after_an_rm_rf_loses_nothing() {
+    let fs = Mount::ext4();
+    let dir = fs.path.join("tree");
+    fs::create_dir(&dir).unwrap();
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let path = dir.join(format!("f{i}"));
+            let data = tagged(&format!("stop {i}"));
+            fs::write(&path, &data).unwrap();
+            (path, data)
+        })
+        .collect();
+    let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &[]);
+    protect(&daemon, &dir);
+    run(Command::new("rm").arg("-rf").arg(&dir));
+    // Every deletion is known (pinned through unrm's own reference, most
+    // not copied yet), then the service manager says stop.
+    wait_until("every deletion recorded", || {
+        let all = daemon.json(&["list", "--json", "--limit", "0"]);
+        all.as_array().unwrap().len() == files.len()
+    });
+    let state = daemon.stop_keeping();
+    let daemon = Daemon::start_in(state, &[]);
+    let all = daemon.json(&["list", "--json", "--limit", "0"]);
+    let captured = all.as_array().unwrap().iter().filter(|r| r["status"] == "captured").count();
+    assert_eq!(captured, files.len(), "{}", daemon.log());
+    for (i, (path, data)) in files.iter().enumerate().step_by(37) {
+        let rec = daemon.wait_record(path, "captured");
+        assert_eq!(&daemon.restore_to(&rec["id"], &fs.path.join(format!("back{i}"))), data);
+    }
+}
+
+#[test]
 fn an_editor_save_loop_keeps_versions_newest_first() {
     let fs = Mount::ext4();
     let config = "versions = 3\nmin_interval = \"0s\"\n";
@@ -267,6 +300,16 @@ fn a_user_protects_only_their_own_trees() {
     let mine = bobs.join("mine.txt");
     fs::write(&mine, tagged("bob")).unwrap();
     std::os::unix::fs::chown(&mine, Some(bob.uid), Some(bob.gid)).unwrap();
+    // What is not bob's in his tree is not his to have kept: root's file,
+    // and root's private directory (not entered: what is in it is not his
+    // to learn, nor to count).
+    let roots_file = bobs.join("roots.txt");
+    fs::write(&roots_file, b"root's").unwrap();
+    let private = bobs.join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = private.join("secret");
+    fs::write(&secret, b"secret").unwrap();
 
     let out = daemon.cli_as(&bob, &["protect", root_dir.to_str().unwrap()]);
     assert_one_line_error(&out, "a user may protect only a directory of their own");
@@ -274,6 +317,9 @@ fn a_user_protects_only_their_own_trees() {
     assert_one_line_error(&out, "only root may");
     let out = daemon.cli_as(&bob, &["protect", bobs.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = tree(&daemon, &bobs);
+    assert_eq!(t["files"], 1, "{t}");
+    assert!(t["why"].as_str().is_some_and(|why| why.contains("another user's: not entered")), "{t}");
     protect(&daemon, &root_dir);
     // bob sees his tree only, and may not unprotect root's.
     let listed = daemon.cli_as(&bob, &["protect", "--list", "--json"]);
@@ -291,6 +337,10 @@ fn a_user_protects_only_their_own_trees() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(&back).unwrap(), tagged("bob"));
     assert_eq!(fs::metadata(&back).unwrap().uid(), bob.uid);
+    for path in [&roots_file, &secret] {
+        rm(path, None);
+        daemon.wait_record(path, "unheld");
+    }
 }
 
 #[test]

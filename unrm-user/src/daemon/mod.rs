@@ -156,6 +156,7 @@ pub fn run(opts: Options) -> Result<()> {
     let served = runtime.block_on(serve(serving, metrics, threads.fatal));
     threads.stopping.store(true, Ordering::Release);
     let _ = tx.send(Msg::Shutdown);
+    runtime.spawn(pass_on_a_second_stop(tx));
     if served.is_ok() {
         let _ = engine.join();
     }
@@ -245,6 +246,20 @@ fn policy_loader(opts: &Options) -> impl Fn() -> Result<Policy> + use<> {
 fn prepare_metrics(opts: &Options, policy: &Policy) -> Result<metrics::Prepared> {
     let textfile = opts.metrics_textfile.as_deref().or(policy.metrics_textfile.as_deref());
     metrics::prepare(textfile, opts.metrics_listen.or(policy.metrics_listen))
+}
+
+/// The engine finishes the copies only it can make before it stops; a
+/// second SIGTERM or SIGINT has it stop at once.
+async fn pass_on_a_second_stop(tx: std::sync::mpsc::Sender<Msg>) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = tx.send(Msg::Shutdown);
 }
 
 /// What the socket server and the signal handlers need.

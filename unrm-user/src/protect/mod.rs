@@ -133,18 +133,29 @@ impl Shared {
 
     /// Has keepers open and keep the regular files among `names` in `dir`
     /// for `tree`, on the filesystem the kernel calls `dev`; an inode kept
-    /// already (another name of it) is kept once.
-    fn keep(&self, dir: BorrowedFd, mut names: Vec<CString>, tree: u64, dev: u64) -> std::io::Result<()> {
+    /// already (another name of it) is kept once; in a user's tree (`owner`)
+    /// only that user's files.
+    fn keep(
+        &self,
+        dir: BorrowedFd,
+        mut names: Vec<CString>,
+        tree: u64,
+        dev: u64,
+        owner: Option<u32>,
+    ) -> std::io::Result<()> {
         while !names.is_empty() {
             let (k, keeper, room) = self.keeper_with_room()?;
             let rest = names.split_off(room.min(names.len()));
             let kept = keeper.keep(dir, std::mem::replace(&mut names, rest))?;
             let mut table = self.lock();
-            let mut twice = Vec::new();
+            let mut unwanted = Vec::new();
             for kept in kept {
                 let inode = InodeId { dev, ino: kept.meta.ino };
-                if table.files.contains_key(&inode) {
-                    twice.push(kept.fd);
+                // Another user's file in a user's tree is not the tree
+                // owner's to keep: its captures would count against its
+                // own owner's share of the store.
+                if table.files.contains_key(&inode) || owner.is_some_and(|uid| uid != kept.meta.uid) {
+                    unwanted.push(kept.fd);
                     continue;
                 }
                 table.files.insert(inode, Slot { keeper: k, fd: kept.fd, tree, claimed: false });
@@ -153,7 +164,7 @@ impl Shared {
                     t.files += 1;
                 }
             }
-            keeper.close(twice);
+            keeper.close(unwanted);
         }
         Ok(())
     }

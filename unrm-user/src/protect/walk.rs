@@ -49,6 +49,11 @@ pub struct Walker<'a> {
     /// Its filesystem's device, as the kernel names its inodes.
     pub sb_dev: u64,
     pub group: &'a Group,
+    /// A user's tree: only their own directories are entered and only
+    /// their own files kept (see `Shared::keep`): another user's directory
+    /// may be one its owner cannot read, and what is in it, and how much,
+    /// is not theirs to learn or to have unrm keep. None for root's.
+    pub owner: Option<u32>,
     pub excluded: &'a dyn Fn(&Path) -> bool,
     pub room: Room<'a>,
     pub counts: Counts,
@@ -59,6 +64,11 @@ pub fn mount_of(fd: BorrowedFd) -> Option<u64> {
     statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok().map(|st| st.stx_mnt_id)
 }
 
+/// `dir`'s parent is the directory `ino` (on the same filesystem).
+fn child_of(dir: &OwnedFd, ino: u64) -> bool {
+    statx(dir, "..", AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO).is_ok_and(|st| st.stx_ino == ino)
+}
+
 /// How anything inside a tree is reached from its root.
 pub const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
@@ -66,22 +76,35 @@ pub const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_XDEV);
 
 impl Walker<'_> {
-    /// Walks the directory at `rel` inside the tree, and everything under it.
-    pub fn walk(&mut self, rel: PathBuf) {
-        let mut todo = vec![rel];
-        while let Some(rel) = todo.pop() {
+    /// Walks the directory at `rel` inside the tree, and everything under
+    /// it; `parent` is the inode of the directory it was found in, if known.
+    pub fn walk(&mut self, rel: PathBuf, parent: Option<u64>) {
+        let mut todo = vec![(rel, parent)];
+        while let Some((rel, parent)) = todo.pop() {
             let path = self.root_path.join(&rel);
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let at = if rel.as_os_str().is_empty() { Path::new(".") } else { rel.as_path() };
             let dir = match openat2(self.root, at, flags, Mode::empty(), BENEATH) {
                 Ok(dir) => dir,
-                // Another mount inside the tree is not entered, silently.
-                Err(rustix::io::Errno::XDEV) => continue,
+                // Gone since, or another mount inside the tree (not
+                // entered): silently.
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::XDEV) => continue,
                 Err(err) => {
                     self.left_out(1, format!("{} could not be opened: {err}", path.display()));
                     continue;
                 }
             };
+            let Ok(st) = rustix::fs::fstat(&dir) else { continue };
+            // Still in the directory it was found in: one renamed in since
+            // (another user's, from beside the tree) is not walked by a
+            // path that was never its own.
+            if parent.is_some_and(|ino| !child_of(&dir, ino)) {
+                continue;
+            }
+            if self.owner.is_some_and(|uid| uid != st.st_uid) {
+                self.left_out(0, format!("{} is another user's: not entered", path.display()));
+                continue;
+            }
             self.counts.dirs += 1;
             if let Err(err) = self.group.mark_names(dir.as_fd()) {
                 self.left_out(0, format!("new files in {} are not seen: {err}", path.display()));
@@ -89,7 +112,7 @@ impl Walker<'_> {
             match self.read(&dir, &rel, &path) {
                 Ok((files, subdirs)) => {
                     self.keep(dir.as_fd(), &path, files);
-                    todo.extend(subdirs);
+                    todo.extend(subdirs.into_iter().map(|sub| (sub, Some(st.st_ino))));
                 }
                 Err(err) => self.left_out(1, format!("reading {}: {err}", path.display())),
             }
@@ -122,6 +145,14 @@ impl Walker<'_> {
 
     /// Has keepers protect `names` in `dir`, as far as the limits allow.
     pub fn keep(&mut self, dir: BorrowedFd, path: &Path, mut names: Vec<CString>) {
+        // Another user's files take none of the owner's room (`Shared::keep`
+        // checks again what it opened).
+        if let Some(uid) = self.owner {
+            names.retain(|name| {
+                statx(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::UID)
+                    .is_ok_and(|st| st.stx_uid == uid)
+            });
+        }
         if names.is_empty() {
             return;
         }
@@ -130,7 +161,7 @@ impl Walker<'_> {
             self.left_out((names.len() - room) as u64, why);
             names.truncate(room);
         }
-        if let Err(err) = self.shared.keep(dir, names, self.tree, self.sb_dev) {
+        if let Err(err) = self.shared.keep(dir, names, self.tree, self.sb_dev, self.owner) {
             self.left_out(0, format!("keeping the files of {}: {err}", path.display()));
         }
     }

@@ -34,6 +34,13 @@ impl Batches {
         let at = Instant::now() + if protected { SETTLE } else { Duration::ZERO };
         self.due = Some(self.due.map_or(at, |due| due.min(at)));
     }
+
+    /// What waits is due now (the daemon is stopping).
+    pub fn hurry(&mut self) {
+        if self.due.is_some() {
+            self.due = Some(Instant::now());
+        }
+    }
 }
 
 impl Engine {

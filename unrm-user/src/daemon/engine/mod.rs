@@ -43,6 +43,7 @@ mod kernel;
 mod limits;
 mod protecting;
 mod resume;
+mod stopping;
 mod table;
 mod watch;
 
@@ -162,6 +163,8 @@ struct Timers {
     txn_since: Option<Instant>,
     /// Events counted at the last rescan: none since means idle.
     events_at_rescan: u64,
+    /// Once asked to stop: the latest the engine stops (see `stopping`).
+    stop_by: Option<Instant>,
 }
 
 impl Timers {
@@ -272,32 +275,17 @@ impl Engine {
         let mut watchdog = Watchdog::from_env();
         loop {
             watchdog.ping();
-            let mut deadline = next_rescan;
-            if let Some(due) = watchdog.due_in() {
-                deadline = deadline.min(Instant::now() + due);
-            }
-            if let Some(at) = self.timers.recheck_at {
-                deadline = deadline.min(at);
-            }
-            if let Some(since) = self.timers.txn_since {
-                deadline = deadline.min(since + COMMIT_EVERY);
-            }
-            if let Some(due) = self.batches.due {
-                deadline = deadline.min(due);
-            }
-            if !requests.is_empty() {
-                deadline = Instant::now();
-            }
+            let deadline =
+                if requests.is_empty() { self.next_wakeup(next_rescan, &watchdog) } else { Instant::now() };
             let first = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut shutdown = false;
             for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()).take(BATCH)) {
                 match msg {
                     Msg::Api(request, caller, reply) => requests.push_back((request, caller, reply)),
-                    Msg::Shutdown => shutdown = true,
+                    Msg::Shutdown => self.asked_to_stop(),
                     other => {
                         self.begin();
                         if let Err(err) = self.handle(other) {
@@ -317,16 +305,13 @@ impl Engine {
                     self.fault("reconciling with the kernel", &err);
                 }
                 if rescan {
-                    if let Err(err) = self.keep_within_bounds() {
-                        self.fault("enforcing the store's bounds", &err);
-                    }
-                    self.workers.lanes.tick();
-                    self.record_unmatched();
-                    self.refresh_anchors();
-                    self.release_memory_if_idle();
+                    self.periodic();
                     watchdog.status(self.status_line());
                     next_rescan = Instant::now() + self.cfg.rescan_every;
                 }
+            }
+            if self.stopping() {
+                self.batches.hurry();
             }
             self.flush_captures();
             if self.kernel.watches.stale {
@@ -335,17 +320,39 @@ impl Engine {
             // Writes share a commit for a few milliseconds; a reader sees
             // them all before it gets its answer.
             let stale = self.timers.txn_since.is_some_and(|since| since.elapsed() >= COMMIT_EVERY);
-            if stale || !requests.is_empty() || shutdown || self.index.health().waiting > 0 {
+            if stale || !requests.is_empty() || self.stopping() || self.index.health().waiting > 0 {
                 self.commit();
             }
             for (request, caller, reply) in requests.drain(..requests.len().min(REQUESTS_PER_BATCH)) {
                 self.answer(request, &caller, reply);
             }
-            if shutdown {
-                log::info!("shutting down; {} pinned files stay held by their processes", self.pins.len());
+            if self.stopping() && self.may_stop() {
                 return;
             }
         }
+    }
+
+    /// When the loop must next look up from its queue.
+    fn next_wakeup(&self, next_rescan: Instant, watchdog: &Watchdog) -> Instant {
+        let due = [
+            watchdog.due_in().map(|due| Instant::now() + due),
+            self.timers.recheck_at,
+            self.timers.txn_since.map(|since| since + COMMIT_EVERY),
+            self.batches.due,
+            self.timers.stop_by,
+        ];
+        due.into_iter().flatten().fold(next_rescan, Instant::min)
+    }
+
+    /// What each rescan period brings besides the reconcile.
+    fn periodic(&mut self) {
+        if let Err(err) = self.keep_within_bounds() {
+            self.fault("enforcing the store's bounds", &err);
+        }
+        self.workers.lanes.tick();
+        self.record_unmatched(self.cfg.rescan_every * 2);
+        self.refresh_anchors();
+        self.release_memory_if_idle();
     }
 
     /// After a quiet rescan period, gives the memory a burst used back to

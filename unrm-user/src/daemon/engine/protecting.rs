@@ -196,11 +196,10 @@ impl Engine {
         None
     }
 
-    /// Deletions no sweep matched within two rescans: none of a kept file
-    /// (a symbolic link, an excluded file, a file over a limit), recorded
-    /// as unheld, as they would have been outside a protected tree.
-    pub(super) fn record_unmatched(&mut self) {
-        let stale = self.cfg.rescan_every * 2;
+    /// Deletions no sweep matched within `stale` (two rescans): none of a
+    /// kept file (a symbolic link, an excluded file, a file over a limit),
+    /// recorded as unheld, as they would have been outside a protected tree.
+    pub(super) fn record_unmatched(&mut self, stale: Duration) {
         let old: Vec<PathBuf> = self
             .protection
             .by_path
@@ -224,8 +223,11 @@ impl Engine {
 
     /// Protected deletions may wait, held files of everyone else may not:
     /// the former take at most three quarters of the descriptor budget.
+    /// While stopping, no held file needs room any more (the next start pins
+    /// them again): protected deletions may take what there is.
     pub(super) fn protected_share_spent(&self) -> bool {
-        self.admission.budget.used() * 4 >= self.admission.budget.limit() * 3
+        let limit = if self.stopping() { 4 } else { 3 };
+        self.admission.budget.used() * 4 >= self.admission.budget.limit() * limit
     }
 
     /// Pins what waited for a descriptor, as far as the budget allows now.

@@ -29,7 +29,7 @@ impl Worker {
     /// Walks the directory at `rel` in tree `id`. A `full` walk starts the
     /// tree's counts afresh.
     pub(super) fn walk(&mut self, id: u64, rel: PathBuf, full: bool) {
-        let counts = self.walk_counting(id, |walker| walker.walk(rel));
+        let counts = self.walk_counting(id, |walker| walker.walk(rel, None));
         let tree = self.trees.get_mut(&id).expect("a known tree");
         if full {
             tree.counts = counts;
@@ -76,6 +76,7 @@ impl Worker {
             root_path,
             sb_dev: live.sb_dev,
             group: &live.group,
+            owner: (uid != 0).then_some(uid),
             excluded: &*settings.excluded,
             room: &room,
             counts: Counts::default(),
@@ -139,8 +140,9 @@ impl Worker {
             if (walker.excluded)(&child) {
                 walker.counts.excluded += 1;
             } else if is_dir {
-                if let Ok(rel) = child.strip_prefix(walker.root_path) {
-                    walker.walk(rel.to_path_buf());
+                let parent = rustix::fs::fstat(&dir_fd).map(|st| st.st_ino).ok();
+                if let (Ok(rel), Some(parent)) = (child.strip_prefix(walker.root_path), parent) {
+                    walker.walk(rel.to_path_buf(), Some(parent));
                 }
             } else {
                 walker.keep(dir_fd.as_fd(), &dir_path, vec![name]);
