@@ -8,7 +8,9 @@
 //! through no symbolic link and across no mount), one at a time, so a user
 //! who swaps a name for a link mid-walk leads unrm nowhere else, a FUSE
 //! mount inside the tree is never entered, and a tree of a million
-//! directories costs one descriptor, not a million.
+//! directories costs one descriptor, not a million. Each directory opened
+//! is checked to be a child of the one it was found in, and in a user's
+//! tree, to be that user's.
 
 use std::{
     ffi::{CString, OsStr},

@@ -41,26 +41,22 @@ impl Engine {
         self.timers.stop_by = Some(Instant::now() + STOP_WITHIN);
         // Protected deletions may now have the held files' share too.
         self.retry_protected();
-        let unfinished = self.unfinished_copies();
-        if unfinished > 0 {
-            log::info!(
-                "stopping once {unfinished} files only unrm holds are copied (within {STOP_WITHIN:?})"
-            );
+        let copies = self.copies_left();
+        if copies > 0 {
+            log::info!("stopping once {copies} files only unrm holds are copied (within {STOP_WITHIN:?})");
         }
     }
 
     /// The engine may stop: nothing only it can copy is left, or its time
     /// is up. What no sweep matched is recorded on the way out.
     pub(super) fn may_stop(&mut self) -> bool {
-        let unfinished = self.unfinished_copies();
-        if unfinished > 0 && self.timers.stop_by.is_some_and(|by| Instant::now() < by) {
+        let undecided = self.pending.len() + usize::from(self.timers.recheck_at.is_some());
+        let copies = self.copies_left();
+        if copies + undecided > 0 && self.timers.stop_by.is_some_and(|by| Instant::now() < by) {
             return false;
         }
-        if unfinished > 0 {
-            log::warn!(
-                "stopping after {STOP_WITHIN:?} with {unfinished} copies or decisions unfinished: \
-                 files only unrm held among them are lost"
-            );
+        if copies > 0 {
+            log::warn!("stopping with {copies} files only unrm held not copied: they are lost");
         }
         self.record_unmatched(Duration::ZERO);
         self.commit();
@@ -68,17 +64,15 @@ impl Engine {
         true
     }
 
-    /// Deleted files whose content may depend on this process alone: copies
+    /// Deleted files whose content depends on this process alone: copies
     /// queued or under way, protected deletions waiting for a descriptor or
-    /// for a sweep to name their inode, deletions not yet decided on, and a
-    /// snapshot asked for (it may find a holder gone).
-    fn unfinished_copies(&self) -> usize {
+    /// for a sweep to name their inode. (Deletions not yet decided on, and a
+    /// snapshot asked for, which may find a holder gone, hold a stop up too.)
+    fn copies_left(&self) -> usize {
         let awaiting_sweep =
             self.protection.by_path.values().filter(|(_, at)| at.elapsed() < SWEEP_WITHIN).count();
         self.pins.iter().filter(|(_, pin)| pin.capturing).count()
             + self.protection.waiting.len()
             + awaiting_sweep
-            + self.pending.len()
-            + usize::from(self.timers.recheck_at.is_some())
     }
 }
