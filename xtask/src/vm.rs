@@ -265,8 +265,13 @@ impl Guest {
             .arg("-initrd")
             .arg(self.dir.join("initrd.gz"))
             .arg("-append")
+            // loglevel=5, not `quiet`: boot chatter (info) stays out of the
+            // console log, warnings and their stack traces go in, and a soft
+            // lockup shows every CPU's (seen twice in the emulated guest,
+            // cause not yet found).
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet cryptomgr.notests unrm_script={} unrm_keep={}{}",
+                "console=ttyS0 panic=-1 loglevel=5 softlockup_all_cpu_backtrace=1 cryptomgr.notests \
+                 unrm_script={} unrm_keep={}{}",
                 script.display(),
                 self.workspace.display(),
                 init.cmdline()
