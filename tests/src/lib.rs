@@ -632,6 +632,15 @@ pub fn rm(path: &Path, cwd: Option<&Path>) -> u32 {
     pid
 }
 
+/// An editor's save: a temporary file beside `path` written and synced,
+/// then renamed over it.
+pub fn editor_save(path: &Path, data: &[u8]) {
+    let temp = path.with_file_name(format!(".{}.swp", path.file_name().unwrap().to_str().unwrap()));
+    std::fs::write(&temp, data).unwrap();
+    std::fs::File::open(&temp).unwrap().sync_all().unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
 /// A directory in memory for loop images, so that a test's filesystem has
 /// no disk's noise underneath: /dev/shm where it is a tmpfs, else the
 /// temporary directory (a tmpfs in the VM).

@@ -11,7 +11,9 @@ use std::{
 };
 
 use serde_json::Value;
-use unrm_tests::{Daemon, Mount, User, assert_one_line_error, content, expected_tier, rm, run, wait_until};
+use unrm_tests::{
+    Daemon, Mount, User, assert_one_line_error, content, editor_save, expected_tier, rm, run, wait_until,
+};
 
 /// `unrm protect DIR` through the CLI, expecting success; its line.
 fn protect(daemon: &Daemon, dir: &Path) -> String {
@@ -43,14 +45,6 @@ fn restore_path(daemon: &Daemon, path: &Path, version: Option<usize>, to: &Path)
     let out = daemon.cli(&args);
     assert!(out.status.success(), "restore {path:?}: {}", String::from_utf8_lossy(&out.stderr));
     fs::read(to).unwrap()
-}
-
-/// An editor's save: a temporary file written and synced, renamed over.
-fn save(path: &Path, data: &[u8]) {
-    let temp = path.with_file_name(format!(".{}.swp", path.file_name().unwrap().to_str().unwrap()));
-    fs::write(&temp, data).unwrap();
-    fs::File::open(&temp).unwrap().sync_all().unwrap();
-    fs::rename(&temp, path).unwrap();
 }
 
 fn tagged(tag: &str) -> Vec<u8> {
@@ -125,14 +119,19 @@ fn a_stop_right_after_an_rm_rf_loses_nothing() {
     let glob = format!("{}/*", dir.display());
     let statuses = |daemon: &Daemon| -> Vec<String> {
         let records = daemon.json(&["list", "--json", "--limit", "0", "--path", &glob]);
-        records.as_array().unwrap().iter().map(|r| r["status"].to_string()).collect()
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
+            .collect()
     };
     // Every deletion is known (pinned through unrm's own reference, most
     // not copied yet), then the service manager says stop.
     wait_until("every deletion recorded", || statuses(&daemon).len() == files.len());
     let state = daemon.stop_keeping();
     let daemon = Daemon::start_in(state, &[]);
-    let captured = statuses(&daemon).iter().filter(|s| *s == "\"captured\"").count();
+    let captured = statuses(&daemon).iter().filter(|s| *s == "captured").count();
     assert_eq!(captured, files.len(), "{}", daemon.log());
     for (i, (path, data)) in files.iter().enumerate().step_by(37) {
         let rec = daemon.wait_record(path, "captured");
@@ -148,7 +147,7 @@ fn an_editor_save_loop_keeps_versions_newest_first() {
     let file = fs.file("draft.txt", b"version 0");
     protect(&daemon, &fs.path);
     for v in 1..=5 {
-        save(&file, format!("version {v}").as_bytes());
+        editor_save(&file, format!("version {v}").as_bytes());
         // Each save's replaced version is captured before the next.
         let rec = daemon.wait_record(&file, "captured");
         assert_eq!(rec["size"], 9, "{rec}");
@@ -360,7 +359,7 @@ fn protection_works_in_every_tier_that_loads() {
             let saved = fs.file("saved", b"old");
             protect(&daemon, &fs.path);
             let pid = rm(&file, None);
-            save(&saved, b"new");
+            editor_save(&saved, b"new");
             let rec = daemon.wait_record(&file, "captured");
             assert_eq!(rec["deleted_by"]["pid"], pid, "{tier}: {rec}");
             assert_eq!(daemon.restore_to(&rec["id"], &fs.path.join("back")), tagged(tier), "{tier}");
@@ -385,7 +384,7 @@ fn another_users_file_of_the_same_name_evicts_none_of_the_owners_versions() {
     let doc = shared.join("doc");
     fs::write(&doc, b"root v0").unwrap();
     wait_until("the file protected", || tree(&daemon, &shared)["files"] == 1);
-    save(&doc, b"root v1");
+    editor_save(&doc, b"root v1");
     daemon.wait_record(&doc, "captured");
     rm(&doc, None);
     let captured =

@@ -14,6 +14,8 @@ use std::{
 };
 
 struct Mount {
+    /// The mount's id (statx `STATX_MNT_ID` gives a descriptor's).
+    id: u64,
     dev: u64,
     /// The directory of the filesystem this mount shows (`/` unless a bind).
     root: PathBuf,
@@ -22,6 +24,12 @@ struct Mount {
     stacked: bool,
     /// The filesystem's type, as mountinfo names it (`ext4`, `tmpfs`...).
     fstype: String,
+}
+
+impl Mount {
+    fn filesystem(&self) -> Filesystem<'_> {
+        Filesystem { dev: self.dev, point: &self.point, root: &self.root, fstype: &self.fstype }
+    }
 }
 
 /// Where a path leads: the filesystem, the path inside it, and whether it
@@ -49,7 +57,8 @@ pub struct Mounts {
 }
 
 impl Mounts {
-    fn parse(text: &str) -> Self {
+    /// A table as mountinfo(5) lists it.
+    pub fn parse(text: &str) -> Self {
         let mounts = text
             .lines()
             .filter_map(|line| {
@@ -57,6 +66,7 @@ impl Mounts {
                 let (major, minor) = fields.get(2)?.split_once(':')?;
                 let fstype = fields.iter().skip_while(|f| **f != "-").nth(1)?;
                 Some(Mount {
+                    id: fields.first()?.parse().ok()?,
                     dev: libc::makedev(major.parse().ok()?, minor.parse().ok()?),
                     root: unescape(fields.get(3)?),
                     point: unescape(fields.get(4)?),
@@ -66,6 +76,16 @@ impl Mounts {
             })
             .collect();
         Mounts { mounts }
+    }
+
+    /// The mounts' ids.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.mounts.iter().map(|m| m.id)
+    }
+
+    /// The filesystem mount `id` shows, through that mount.
+    pub fn by_id(&self, id: u64) -> Option<Filesystem<'_>> {
+        self.mounts.iter().find(|m| m.id == id).map(Mount::filesystem)
     }
 
     /// The absolute path of `fs_path` (relative to the root of filesystem
@@ -94,9 +114,7 @@ impl Mounts {
                 })
                 .or_insert(m);
         }
-        let filesystem =
-            |m: &'a Mount| Filesystem { dev: m.dev, point: &m.point, root: &m.root, fstype: &m.fstype };
-        best.into_values().map(filesystem).collect()
+        best.into_values().map(Mount::filesystem).collect()
     }
 
     /// What `path` names: through the mount at the longest matching mount
@@ -291,5 +309,17 @@ mod tests {
             on_top,
             Located { dev: libc::makedev(0, 41), fs_path: PathBuf::from("/f"), stacked: true }
         );
+    }
+
+    #[test]
+    fn a_mount_is_found_by_its_id() {
+        let m = Mounts::parse(INFO);
+        assert_eq!(m.ids().collect::<Vec<_>>(), [22, 30, 31, 32]);
+        let tmp = m.by_id(31).unwrap();
+        assert_eq!(
+            (tmp.dev, tmp.fstype, tmp.point),
+            (libc::makedev(0, 40), "tmpfs", Path::new("/mnt/with space"))
+        );
+        assert!(m.by_id(99).is_none());
     }
 }

@@ -162,18 +162,10 @@ pub fn rm_rf(files: usize, rounds: usize) -> Vec<Row> {
     vec![protect, rm]
 }
 
-/// An editor's save: a temporary file written and synced, renamed over.
-fn save(path: &Path, data: &[u8]) {
-    let temp = path.with_extension("swp");
-    std::fs::write(&temp, data).unwrap();
-    std::fs::File::open(&temp).unwrap().sync_all().unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
-
 /// Seconds one save of `path` takes.
 fn timed_save(path: &Path, data: &[u8]) -> f64 {
     let started = Instant::now();
-    save(path, data);
+    crate::editor_save(path, data);
     started.elapsed().as_secs_f64()
 }
 

@@ -37,7 +37,7 @@ use super::{
     trees::{Asked, Registry},
     walk::Counts,
 };
-use crate::{holders::InodeId, notify::Group};
+use crate::{holders::InodeId, mounts::Mounts, notify::Group};
 
 /// Trees in all, and per user other than root.
 const MAX_TREES: usize = 64;
@@ -156,6 +156,25 @@ struct Tree {
     rewalk_due: bool,
     fstype: String,
     refused: Option<String>,
+}
+
+impl Tree {
+    /// A tree not yet walked (nor live, nor refused).
+    fn new(path: PathBuf, uid: u32, source: Source, any_fs: bool, dev: Option<u64>) -> Self {
+        Tree {
+            path,
+            uid,
+            source,
+            any_fs,
+            dev,
+            live: None,
+            counts: Counts::default(),
+            rewalked: None,
+            rewalk_due: false,
+            fstype: String::new(),
+            refused: None,
+        }
+    }
 }
 
 /// A tree being protected now.
@@ -308,7 +327,7 @@ fn mount_ids(mountinfo: &mut File) -> HashSet<u64> {
     let mut text = String::new();
     let _ = mountinfo.seek(std::io::SeekFrom::Start(0));
     let _ = mountinfo.read_to_string(&mut text);
-    text.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect()
+    Mounts::parse(&text).ids().collect()
 }
 
 /// Mount `id`'s filesystem type and device, as mountinfo names them: the
@@ -316,16 +335,8 @@ fn mount_ids(mountinfo: &mut File) -> HashSet<u64> {
 /// each btrfs subvolume a device of its own).
 fn mount_facts(id: u64) -> (String, Option<u64>) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.split(' ').next() == Some(&id.to_string())) else {
-        return (String::new(), None);
-    };
-    let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default();
-    let dev = line
-        .split(' ')
-        .nth(2)
-        .and_then(|d| d.split_once(':'))
-        .and_then(|(major, minor)| Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?)));
-    (fstype.to_owned(), dev)
+    let mounts = Mounts::parse(&text);
+    mounts.by_id(id).map_or((String::new(), None), |fs| (fs.fstype.to_owned(), Some(fs.dev)))
 }
 
 /// Where a kept descriptor's file was, without the kernel's " (deleted)".

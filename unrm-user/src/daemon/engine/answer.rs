@@ -219,6 +219,7 @@ impl Engine {
             events_dropped: self.feed.log.stats.dropped.load(Ordering::Relaxed) + index.changes_dropped,
             followers_dropped: self.feed.dropped,
         };
+        let (protected_files, protected_trees) = self.protection.protector.shared.totals();
         Ok(DaemonStatus {
             pid: std::process::id(),
             uptime_secs: self.figures.started.elapsed().as_secs(),
@@ -235,8 +236,8 @@ impl Engine {
             held_bytes,
             store_bytes: self.storage.usage.total(),
             store_files: self.storage.usage.captures() as u64,
-            protected_files: self.protection.protector.shared.totals().0,
-            protected_trees: self.protection.protector.shared.totals().1,
+            protected_files,
+            protected_trees,
             records: self.index.rows(),
             pin_latency_us: Latency {
                 histogram: self.figures.latency_counts.histogram(),

@@ -79,12 +79,11 @@ impl Engine {
             return Ok(());
         }
         // A protected file past its share of the budget waits its turn.
-        let pending = match pending.deletion.grabbed.is_some() && self.protected_share_spent() {
-            true => match self.defer_protected(pending) {
-                Some(pending) => pending,
-                None => return Ok(()),
-            },
-            false => pending,
+        let pending = if pending.deletion.grabbed.is_some() && self.protected_share_spent() {
+            let Some(pending) = self.defer_protected(pending) else { return Ok(()) };
+            pending
+        } else {
+            pending
         };
         let grabbed = pending.deletion.grabbed.is_some();
         if !grabbed && (pending.deletion.over_budget || self.admission.budget.exhausted()) {

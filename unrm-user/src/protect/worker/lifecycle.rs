@@ -16,7 +16,7 @@ use crate::{
     protect::{
         Covered, TreeView,
         trees::{Asked, unsafe_filesystem},
-        walk::{Counts, mount_of},
+        walk::mount_of,
     },
 };
 
@@ -30,20 +30,8 @@ impl Worker {
                 // Kept, and shown as refused: the user unprotects it.
                 let id = self.next_id;
                 self.next_id += 1;
-                let tree = Tree {
-                    path: asked.path,
-                    uid: asked.uid,
-                    source: Source::User,
-                    any_fs: asked.any_fs,
-                    dev: None,
-                    live: None,
-                    counts: Counts::default(),
-                    rewalked: None,
-                    rewalk_due: false,
-                    fstype: String::new(),
-                    refused: Some(err),
-                };
-                self.trees.insert(id, tree);
+                let tree = Tree::new(asked.path, asked.uid, Source::User, asked.any_fs, None);
+                self.trees.insert(id, Tree { refused: Some(err), ..tree });
             }
         }
     }
@@ -127,20 +115,7 @@ impl Worker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let tree = Tree {
-            path,
-            uid,
-            source,
-            any_fs,
-            dev: Some(dev),
-            live: None,
-            counts: Counts::default(),
-            rewalked: None,
-            rewalk_due: false,
-            fstype: String::new(),
-            refused: None,
-        };
-        self.trees.insert(id, tree);
+        self.trees.insert(id, Tree::new(path, uid, source, any_fs, Some(dev)));
         self.go_live(id, root);
         Ok(id)
     }
